@@ -1,0 +1,811 @@
+/* hk_lua: a script generation — the lua_State, the embedded runtime, the operator's scripts,
+ * their routes and log hooks — and the running of handlers in coroutines. The C half of the
+ * `hancock` module is `hancock.core` (registered here); the Lua half is lua/hancock.lua.
+ * Entry points: hk_lua_new, hk_lua_route, hk_lua_run, hk_lua_log. */
+#include "hk_lua.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "hk_embedded.h"
+#include "hk_json.h"
+#include "hk_router.h"
+
+#define REQUEST_MT "hancock.Request"
+#define HEADERS_MT "hancock.Headers"
+
+struct hk_lua_s {
+  lua_State *L;
+  hk_router_t *router;
+  char *scripts_dir;
+  int respond_ref;        /* hancock._respond: shapes a handler's return values */
+  int log_hooks_ref;      /* a sequence of hk.on_log functions */
+  size_t log_hook_count;
+  bool in_log_hook;       /* a hook that logs must not re-enter the hooks */
+  uint64_t last_hook_error_ns;
+  hk_request_t *current;  /* the request whose coroutine is running */
+};
+
+/* The one registry key under which a state finds its hk_lua_t. */
+static const char LUA_CONTEXT_KEY = 'k';
+
+static hk_lua_t *context_of(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &LUA_CONTEXT_KEY);
+  hk_lua_t *lua = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return lua;
+}
+
+/* ---- errors with the script's location ---------------------------------------------------- */
+
+/* Prefixes msg with the innermost script location ("scripts/routes.lua:12: ") unless it already
+ * has one, so errors raised inside C functions still point at the operator's line. */
+static void push_located_message(lua_State *L, lua_State *co, const char *msg) {
+  lua_Debug ar;
+  for (int level = 0; lua_getstack(co, level, &ar); level++) {
+    if (!lua_getinfo(co, "Sl", &ar) || ar.currentline <= 0) continue;
+    size_t src_len = strlen(ar.short_src);
+    if (strncmp(msg, ar.short_src, src_len) == 0 && msg[src_len] == ':') break;
+    lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, msg);
+    return;
+  }
+  lua_pushstring(L, msg);
+}
+
+/* The error value as text, without running arbitrary __tostring metamethods (an error value may
+ * be nil, a table, or a table whose __tostring never returns). */
+static const char *error_text(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER) return lua_tostring(L, idx);
+  if (lua_type(L, idx) == LUA_TNIL) return "error(nil)";
+  return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+}
+
+static int message_handler(lua_State *L) {
+  const char *msg = error_text(L, 1);
+  push_located_message(L, L, msg);
+  luaL_traceback(L, L, lua_tostring(L, -1), 1);
+  return 1;
+}
+
+/* pcall with a traceback: the one way C enters Lua outside a coroutine. */
+static int protected_call(lua_State *L, int nargs, int nresults) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, message_handler);
+  lua_insert(L, base);
+  int status = lua_pcall(L, nargs, nresults, base);
+  lua_remove(L, base);
+  return status;
+}
+
+/* ---- module searchers: embedded runtime, then the scripts dir ----------------------------- */
+
+static int load_embedded(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const char *dev_dir = getenv("HANCOCK_LUA_PATH");
+  if (dev_dir != NULL && *dev_dir != '\0') {
+    /* Development: read lua/ from disk so edits need no rebuild. */
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, dev_dir);
+    luaL_addchar(&b, '/');
+    for (const char *p = name; *p; p++) luaL_addchar(&b, *p == '.' ? '/' : *p);
+    luaL_addstring(&b, ".lua");
+    luaL_pushresult(&b);
+    const char *path = lua_tostring(L, -1);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+      lua_pushfstring(L, "no file '%s' (HANCOCK_LUA_PATH)", path);
+      return 1;
+    }
+    fclose(f);
+    if (luaL_loadfilex(L, path, "t") != LUA_OK) return lua_error(L);
+    lua_pushstring(L, path);
+    return 2;
+  }
+  for (const hk_embedded_module_t *m = hk_embedded_lua; m->name != NULL; m++) {
+    if (strcmp(m->name, name) != 0) continue;
+    lua_pushfstring(L, "=%s", m->chunk);
+    if (luaL_loadbufferx(L, m->source, m->size, lua_tostring(L, -1), "t") != LUA_OK) return lua_error(L);
+    lua_pushstring(L, m->chunk);
+    return 2;
+  }
+  lua_pushfstring(L, "no embedded module '%s'", name);
+  return 1;
+}
+
+static void install_searchers(lua_State *L, const char *scripts_dir) {
+  lua_getglobal(L, "package");
+  /* Scripts find their own modules; nothing from the system's Lua paths, no C modules. */
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", scripts_dir, scripts_dir);
+  lua_setfield(L, -2, "path");
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "cpath");
+  lua_getfield(L, -1, "searchers");
+  /* Keep the preload searcher (1) and the Lua-path searcher; drop the C searchers. */
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  for (lua_Integer i = n; i >= 3; i--) {
+    lua_pushnil(L);
+    lua_rawseti(L, -2, i);
+  }
+  lua_rawgeti(L, -1, 2);    /* the package.path searcher */
+  lua_rawseti(L, -2, 3);
+  lua_pushcfunction(L, load_embedded);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 2);
+}
+
+/* ---- hancock.core: registration --------------------------------------------------------- */
+
+/* core.route(method, pattern, handler)  [-3, +0, e] */
+static int core_route(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  const char *method = luaL_checkstring(L, 1);
+  const char *pattern = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  char upper[32];
+  size_t len = strlen(method);
+  if (len == 0 || len >= sizeof upper) return luaL_error(L, "hk.route: invalid method '%s'", method);
+  for (size_t i = 0; i <= len; i++) upper[i] = (char)(method[i] >= 'a' && method[i] <= 'z' ? method[i] - 32 : method[i]);
+  if (strcmp(upper, "ANY") == 0) strcpy(upper, "*");
+  lua_pushvalue(L, 3);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  const char *err = NULL;
+  int rc = hk_router_add(lua->router, upper, pattern, ref, &err);
+  if (rc != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    return luaL_error(L, "hk.route(%s, %s): %s", method, pattern, err ? err : "out of memory");
+  }
+  return 0;
+}
+
+/* core.on_log(fn)  [-1, +0, e] */
+static int core_on_log(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lua->log_hooks_ref);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, (lua_Integer)++lua->log_hook_count);
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* ---- logging ------------------------------------------------------------------------------ */
+
+static const char *const fixed_keys[] = {"timestamp", "level", "request_id", "event", "message"};
+
+static bool is_fixed_key(const char *key) {
+  for (size_t i = 0; i < sizeof fixed_keys / sizeof fixed_keys[0]; i++) {
+    if (strcmp(key, fixed_keys[i]) == 0) return true;
+  }
+  return false;
+}
+
+static int compare_strings(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Appends one Lua value as a log field value. */
+static int append_lua_value(lua_State *L, int idx, hk_buf_t *line) {
+  switch (lua_type(L, idx)) {
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, idx, &len);
+      return hk_json_append_string(line, s, len, HK_JSON_ASCII);
+    }
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) return hk_buf_appendf(line, "%lld", (long long)lua_tointeger(L, idx));
+      else {
+        double d = lua_tonumber(L, idx);
+        if (d != d || d > 1e308 || d < -1e308) return hk_buf_append_str(line, "null");
+        return hk_buf_appendf(line, "%.17g", d);
+      }
+    case LUA_TBOOLEAN: return hk_buf_append_str(line, lua_toboolean(L, idx) ? "true" : "false");
+    case LUA_TTABLE: {
+      char err[128];
+      size_t mark = line->len;
+      if (hk_json_encode(L, idx, line, err, sizeof err) == 0) return 0;
+      line->len = mark;
+      return hk_json_append_string(line, err, strlen(err), HK_JSON_ASCII);
+    }
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(L, idx) == NULL) return hk_buf_append_str(line, "null");
+      /* fallthrough */
+    default: {
+      const char *tn = luaL_typename(L, idx);
+      return hk_buf_appendf(line, "\"<%s>\"", tn);
+    }
+  }
+}
+
+/* Serialises the event table at `idx` as one log line: the fixed keys first, then the rest
+ * sorted, secret-named keys redacted. */
+static void write_event_table(lua_State *L, int idx, hk_log_level_t level) {
+  idx = lua_absindex(L, idx);
+  hk_buf_t line = HK_BUF_INIT;
+  lua_getfield(L, idx, "request_id");
+  lua_getfield(L, idx, "event");
+  lua_getfield(L, idx, "message");
+  const char *request_id = lua_type(L, -3) == LUA_TSTRING ? lua_tostring(L, -3) : NULL;
+  const char *event = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "log";
+  const char *message = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  int rc = hk_log_begin_line(&line, level, request_id, event, message);
+  lua_pop(L, 3);
+
+  const char *keys[256];
+  size_t count = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    if (lua_type(L, -2) == LUA_TSTRING && count < sizeof keys / sizeof keys[0]) {
+      const char *key = lua_tostring(L, -2);
+      if (!is_fixed_key(key)) keys[count++] = key; /* anchored by the table */
+    }
+    lua_pop(L, 1);
+  }
+  qsort(keys, count, sizeof keys[0], compare_strings);
+  for (size_t i = 0; rc == 0 && i < count; i++) {
+    size_t key_len = strlen(keys[i]);
+    rc = hk_buf_append_char(&line, ',');
+    if (rc == 0) rc = hk_json_append_string(&line, keys[i], key_len, HK_JSON_ASCII);
+    if (rc == 0) rc = hk_buf_append_char(&line, ':');
+    if (rc != 0) break;
+    if (hk_log_key_is_secret(keys[i], key_len)) {
+      rc = hk_buf_append_str(&line, "\"[redacted]\"");
+      continue;
+    }
+    lua_getfield(L, idx, keys[i]);
+    rc = append_lua_value(L, -1, &line);
+    lua_pop(L, 1);
+  }
+  if (rc == 0) rc = hk_buf_append_char(&line, '}');
+  if (rc == 0) hk_log_write_line(line.data, line.len);
+  hk_buf_free(&line);
+}
+
+/* Runs the hooks on the event table at the top of the stack. Returns false when a hook asked
+ * to drop the event. */
+static bool run_log_hooks(hk_lua_t *lua, lua_State *L) {
+  int ev = lua_gettop(L);
+  bool keep = true;
+  lua->in_log_hook = true;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lua->log_hooks_ref);
+  for (size_t i = 1; keep && i <= lua->log_hook_count; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)i);
+    lua_pushvalue(L, ev);
+    if (protected_call(L, 1, 1) != LUA_OK) {
+      uint64_t now = hk_now_ns();
+      if (now - lua->last_hook_error_ns > 1000000000u) {
+        lua->last_hook_error_ns = now;
+        hk_log_event(HK_LOG_ERROR, NULL, "log_hook_error", "an hk.on_log hook failed",
+                     (hk_log_field_t[]){HK_LOG_S("error", lua_tostring(L, -1))}, 1);
+      }
+    } else if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+      keep = false;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua->in_log_hook = false;
+  return keep;
+}
+
+static void push_field_value(lua_State *L, const hk_log_field_t *f) {
+  switch (f->type) {
+    case HK_LOG_STR:
+      if (f->str) lua_pushlstring(L, f->str, f->len);
+      else lua_pushlightuserdata(L, NULL);
+      break;
+    case HK_LOG_INT: lua_pushinteger(L, f->i); break;
+    case HK_LOG_DOUBLE: lua_pushnumber(L, (double)llround(f->d * 100) / 100); break;
+    case HK_LOG_BOOL: lua_pushboolean(L, (int)f->i); break;
+    case HK_LOG_RAW: lua_pushlstring(L, f->str ? f->str : "null", f->str ? f->len : 4); break;
+  }
+}
+
+void hk_lua_log(hk_lua_t *lua, hk_log_level_t level, const char *request_id, const char *event,
+                const char *message, const hk_log_field_t *fields, size_t field_count) {
+  if (!hk_log_enabled(level)) return;
+  if (lua == NULL || lua->log_hook_count == 0 || lua->in_log_hook) {
+    hk_log_event(level, request_id, event, message, fields, field_count);
+    return;
+  }
+  lua_State *L = lua->L;
+  int top = lua_gettop(L);
+  lua_createtable(L, 0, (int)field_count + 5);
+  if (request_id) lua_pushstring(L, request_id), lua_setfield(L, -2, "request_id");
+  lua_pushstring(L, event), lua_setfield(L, -2, "event");
+  lua_pushstring(L, message ? message : event), lua_setfield(L, -2, "message");
+  lua_pushstring(L, hk_log_level_name(level)), lua_setfield(L, -2, "level");
+  for (size_t i = 0; i < field_count; i++) {
+    push_field_value(L, &fields[i]);
+    lua_setfield(L, -2, fields[i].key);
+  }
+  if (run_log_hooks(lua, L)) write_event_table(L, -1, level);
+  lua_settop(L, top);
+}
+
+/* core.log(level, event, fields)  [-3, +0, e] */
+static int core_log(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  const char *level_name = luaL_checkstring(L, 1);
+  const char *event = luaL_checkstring(L, 2);
+  hk_log_level_t level;
+  if (hk_log_level_parse(level_name, &level) != 0) return luaL_error(L, "unknown log level '%s'", level_name);
+  if (!hk_log_enabled(level)) return 0;
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  /* A fresh table: the caller's stays untouched by the fixed keys and the hooks. */
+  lua_newtable(L);
+  int ev = lua_gettop(L);
+  if (lua_istable(L, 3)) {
+    lua_pushnil(L);
+    while (lua_next(L, 3) != 0) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, ev);
+    }
+  }
+  lua_pushstring(L, event), lua_setfield(L, ev, "event");
+  lua_pushstring(L, hk_log_level_name(level)), lua_setfield(L, ev, "level");
+  if (lua->current != NULL) lua_pushstring(L, lua->current->id), lua_setfield(L, ev, "request_id");
+  if (lua->log_hook_count == 0 || lua->in_log_hook || run_log_hooks(lua, L)) write_event_table(L, ev, level);
+  return 0;
+}
+
+/* ---- the request object ------------------------------------------------------------------- */
+
+typedef struct request_box_s {
+  hk_request_t *req; /* NULL once the request has finished */
+} request_box_t;
+
+static hk_request_t *check_request(lua_State *L, int idx) {
+  request_box_t *box = luaL_checkudata(L, idx, REQUEST_MT);
+  if (box->req == NULL) luaL_error(L, "request has finished");
+  return box->req;
+}
+
+static int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Pushes s percent-decoded ('+' as space when form is true). Malformed escapes stay as sent. */
+static void push_decoded(lua_State *L, const char *s, size_t len, bool form) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] == '%' && i + 2 < len + 0 && hex_value(s[i + 1]) >= 0 && hex_value(s[i + 2]) >= 0) {
+      luaL_addchar(&b, (char)(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2])));
+      i += 2;
+    } else if (form && s[i] == '+') {
+      luaL_addchar(&b, ' ');
+    } else {
+      luaL_addchar(&b, s[i]);
+    }
+  }
+  luaL_pushresult(&b);
+}
+
+static void push_query_table(lua_State *L, const hk_http_request_t *http) {
+  lua_newtable(L);
+  const char *q = http->query;
+  size_t len = http->query_len;
+  size_t i = 0;
+  while (q != NULL && i < len) {
+    size_t start = i;
+    while (i < len && q[i] != '&') i++;
+    size_t end = i++;
+    if (end == start) continue;
+    const char *eq = memchr(q + start, '=', end - start);
+    size_t key_end = eq ? (size_t)(eq - q) : end;
+    push_decoded(L, q + start, key_end - start, true);
+    if (eq) push_decoded(L, eq + 1, end - key_end - 1, true);
+    else lua_pushliteral(L, "");
+    lua_rawset(L, -3); /* a repeated key keeps its last value */
+  }
+}
+
+/* Header tables are keyed by lower-case name; lookups with any case go through __index. */
+static int headers_index(lua_State *L) {
+  size_t len;
+  const char *key = lua_tolstring(L, 2, &len);
+  if (key == NULL || len > 256) return 0;
+  char lower[257];
+  for (size_t i = 0; i < len; i++) lower[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
+  lua_pushlstring(L, lower, len);
+  lua_rawget(L, 1);
+  return 1;
+}
+
+static void push_headers_table(lua_State *L, const hk_http_request_t *http) {
+  lua_createtable(L, 0, (int)http->header_count);
+  for (size_t i = 0; i < http->header_count; i++) {
+    const hk_http_header_t *h = &http->headers[i];
+    char lower[256];
+    size_t n = h->name_len < sizeof lower ? h->name_len : sizeof lower;
+    for (size_t k = 0; k < n; k++) lower[k] = (char)((h->name[k] >= 'A' && h->name[k] <= 'Z') ? h->name[k] + 32 : h->name[k]);
+    lua_pushlstring(L, lower, n);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) == LUA_TSTRING) {
+      /* Repeated header: join as one list value (RFC 9110 §5.3). */
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, h->value, h->value_len);
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 1);
+      lua_pushlstring(L, h->value, h->value_len);
+    }
+    lua_rawset(L, -3);
+  }
+  luaL_setmetatable(L, HEADERS_MT);
+}
+
+/* req:json() -> value | nil, err  [-1, +(1|2), m] */
+static int request_json(lua_State *L) {
+  hk_request_t *req = check_request(L, 1);
+  lua_getiuservalue(L, 1, 1);
+  if (lua_getfield(L, -1, "\0json") != LUA_TNIL) return 1; /* decoded once per request */
+  lua_pop(L, 1);
+  const hk_buf_t *body = &req->http->body;
+  char err[128];
+  if (body->len == 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "empty body");
+    return 2;
+  }
+  if (hk_json_decode(L, body->data ? body->data : "", body->len, err, sizeof err) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "\0json");
+  return 1;
+}
+
+/* req:header(name) -> string | nil  [-2, +1, m] */
+static int request_header(lua_State *L) {
+  hk_request_t *req = check_request(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  const hk_http_header_t *h = hk_http_header_find(req->http, name);
+  if (h == NULL) lua_pushnil(L);
+  else lua_pushlstring(L, h->value, h->value_len);
+  return 1;
+}
+
+/* Lazily built fields are cached in the userdata's user value table. */
+static bool push_cached(lua_State *L, const char *key) {
+  lua_getiuservalue(L, 1, 1);
+  if (lua_getfield(L, -1, key) != LUA_TNIL) {
+    lua_remove(L, -2);
+    return true;
+  }
+  lua_pop(L, 2);
+  return false;
+}
+
+static void cache_top(lua_State *L, const char *key) {
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, key);
+  lua_pop(L, 1);
+}
+
+/* __index(req, key)  [-2, +1, e] */
+static int request_index(lua_State *L) {
+  hk_request_t *req = check_request(L, 1);
+  const hk_http_request_t *http = req->http;
+  const char *key = luaL_checkstring(L, 2);
+  if (strcmp(key, "method") == 0) lua_pushlstring(L, http->method, http->method_len);
+  else if (strcmp(key, "path") == 0) lua_pushlstring(L, http->path, http->path_len);
+  else if (strcmp(key, "id") == 0) lua_pushstring(L, req->id);
+  else if (strcmp(key, "body") == 0) lua_pushlstring(L, http->body.data ? http->body.data : "", http->body.len);
+  else if (strcmp(key, "endpoint") == 0) lua_pushstring(L, req->endpoint);
+  else if (strcmp(key, "remote_addr") == 0) lua_pushstring(L, req->remote_addr);
+  else if (strcmp(key, "remote_port") == 0) lua_pushinteger(L, req->remote_port);
+  else if (strcmp(key, "mode") == 0) {
+    if (req->mode[0]) lua_pushstring(L, req->mode);
+    else lua_pushnil(L);
+  } else if (strcmp(key, "query_string") == 0) {
+    if (http->query) lua_pushlstring(L, http->query, http->query_len);
+    else lua_pushnil(L);
+  } else if (strcmp(key, "json") == 0) lua_pushcfunction(L, request_json);
+  else if (strcmp(key, "header") == 0) lua_pushcfunction(L, request_header);
+  else if (strcmp(key, "query") == 0) {
+    if (!push_cached(L, key)) push_query_table(L, http), cache_top(L, key);
+  } else if (strcmp(key, "headers") == 0) {
+    if (!push_cached(L, key)) push_headers_table(L, http), cache_top(L, key);
+  } else if (strcmp(key, "params") == 0) {
+    if (!push_cached(L, key)) {
+      lua_createtable(L, 0, (int)req->match.param_count);
+      for (size_t i = 0; i < req->match.param_count; i++) {
+        push_decoded(L, req->match.params[i].value, req->match.params[i].value_len, false);
+        lua_setfield(L, -2, req->match.params[i].name);
+      }
+      cache_top(L, key);
+    }
+  } else {
+    /* The script's own per-request fields. */
+    lua_getiuservalue(L, 1, 1);
+    lua_getfield(L, -1, key);
+  }
+  return 1;
+}
+
+static bool is_builtin_field(const char *key) {
+  static const char *const names[] = {"method", "path", "id", "body", "endpoint", "remote_addr",
+                                      "remote_port", "query_string", "json", "header", "query",
+                                      "headers", "params"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    if (strcmp(key, names[i]) == 0) return true;
+  }
+  return false;
+}
+
+/* __newindex(req, key, value)  [-3, +0, e] */
+static int request_newindex(lua_State *L) {
+  hk_request_t *req = check_request(L, 1);
+  const char *key = luaL_checkstring(L, 2);
+  if (strcmp(key, "mode") == 0) {
+    if (lua_isnil(L, 3)) {
+      req->mode[0] = '\0';
+      return 0;
+    }
+    size_t len;
+    const char *mode = luaL_checklstring(L, 3, &len);
+    if (len == 0 || len > HK_MODE_MAX) return luaL_error(L, "req.mode must be 1 to %d bytes", HK_MODE_MAX);
+    memcpy(req->mode, mode, len);
+    req->mode[len] = '\0';
+    return 0;
+  }
+  if (is_builtin_field(key)) return luaL_error(L, "req.%s is read-only", key);
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, 3);
+  lua_setfield(L, -2, key);
+  return 0;
+}
+
+static int request_tostring(lua_State *L) {
+  request_box_t *box = luaL_checkudata(L, 1, REQUEST_MT);
+  if (box->req == NULL) lua_pushliteral(L, "hancock.Request (finished)");
+  else lua_pushfstring(L, "hancock.Request (%s)", box->req->id);
+  return 1;
+}
+
+static void create_metatables(lua_State *L) {
+  luaL_newmetatable(L, REQUEST_MT);
+  lua_pushcfunction(L, request_index), lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, request_newindex), lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, request_tostring), lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "hancock.Request"), lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, HEADERS_MT);
+  lua_pushcfunction(L, headers_index), lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
+/* ---- hancock.core ------------------------------------------------------------------------- */
+
+static int open_core(lua_State *L) {
+  static const luaL_Reg functions[] = {
+      {"route", core_route},
+      {"on_log", core_on_log},
+      {"log", core_log},
+      {NULL, NULL},
+  };
+  luaL_newlib(L, functions);
+  hk_json_open(L);
+  lua_setfield(L, -2, "json");
+  lua_pushstring(L, HK_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}
+
+/* ---- loading ------------------------------------------------------------------------------ */
+
+static int filter_lua(const struct dirent *entry) {
+  size_t len = strlen(entry->d_name);
+  return entry->d_name[0] != '.' && len > 4 && strcmp(entry->d_name + len - 4, ".lua") == 0;
+}
+
+static char *dup_message(const char *msg) {
+  char *copy = strdup(msg ? msg : "unknown error");
+  return copy;
+}
+
+/* Runs every *.lua of the scripts dir in name order. */
+static int load_scripts(hk_lua_t *lua, char **err) {
+  lua_State *L = lua->L;
+  struct dirent **entries = NULL;
+  int n = scandir(lua->scripts_dir, &entries, filter_lua, alphasort);
+  if (n < 0) {
+    char msg[PATH_MAX + 64];
+    snprintf(msg, sizeof msg, "cannot read scripts directory %s: %s", lua->scripts_dir, strerror(errno));
+    *err = dup_message(msg);
+    return -errno;
+  }
+  int rc = 0;
+  for (int i = 0; i < n; i++) {
+    if (rc == 0) {
+      char path[PATH_MAX];
+      snprintf(path, sizeof path, "%s/%s", lua->scripts_dir, entries[i]->d_name);
+      int status = luaL_loadfilex(L, path, "t");
+      if (status == LUA_OK) status = protected_call(L, 0, 0);
+      if (status != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        /* The first line is "file:line: message"; the traceback follows for the log. */
+        *err = dup_message(msg);
+        lua_pop(L, 1);
+        rc = -EINVAL;
+      }
+    }
+    free(entries[i]);
+  }
+  free(entries);
+  return rc;
+}
+
+int hk_lua_new(const char *scripts_dir, hk_lua_t **out, char **err) {
+  *err = NULL;
+  hk_lua_t *lua = calloc(1, sizeof *lua);
+  if (lua == NULL) goto oom;
+  lua->respond_ref = lua->log_hooks_ref = LUA_NOREF;
+  lua->scripts_dir = strdup(scripts_dir);
+  lua->L = luaL_newstate();
+  if (lua->scripts_dir == NULL || lua->L == NULL || hk_router_new(&lua->router) != 0) goto oom;
+  lua_State *L = lua->L;
+  luaL_openlibs(L);
+  lua_pushlightuserdata(L, lua);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &LUA_CONTEXT_KEY);
+  hk_json_init(L);
+  create_metatables(L);
+  lua_newtable(L);
+  lua->log_hooks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  install_searchers(L, scripts_dir);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open_core);
+  lua_setfield(L, -2, "hancock.core");
+  lua_pop(L, 1);
+
+  /* The runtime first: its _respond shapes every handler's return values. */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "hancock");
+  if (protected_call(L, 1, 1) != LUA_OK) {
+    *err = dup_message(lua_tostring(L, -1));
+    goto fail;
+  }
+  lua_getfield(L, -1, "_respond");
+  if (!lua_isfunction(L, -1)) {
+    *err = dup_message("lua/hancock.lua: _respond missing");
+    goto fail;
+  }
+  lua->respond_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+
+  if (load_scripts(lua, err) != 0) goto fail;
+  *out = lua;
+  return 0;
+oom:
+  *err = dup_message("out of memory");
+fail:
+  hk_lua_free(lua);
+  return -EINVAL;
+}
+
+void hk_lua_free(hk_lua_t *lua) {
+  if (lua == NULL) return;
+  if (lua->L) lua_close(lua->L);
+  hk_router_free(lua->router);
+  free(lua->scripts_dir);
+  free(lua);
+}
+
+size_t hk_lua_route_count(const hk_lua_t *lua) { return hk_router_count(lua->router); }
+
+int hk_lua_route(hk_lua_t *lua, hk_request_t *req, char *allow, size_t allow_size) {
+  const hk_http_request_t *http = req->http;
+  char method[32];
+  size_t len = http->method_len < sizeof method - 1 ? http->method_len : sizeof method - 1;
+  memcpy(method, http->method, len);
+  method[len] = '\0';
+  int rc = hk_router_match(lua->router, method, http->path, http->path_len, &req->match, allow, allow_size);
+  req->endpoint = rc == 0 ? req->match.pattern : "unmatched";
+  return rc;
+}
+
+/* ---- running handlers --------------------------------------------------------------------- */
+
+static void fail_request(hk_request_t *req, const char *event, const char *detail) {
+  hk_log_event(HK_LOG_ERROR, req->id, event, "handler failed",
+               (hk_log_field_t[]){HK_LOG_S("endpoint", req->endpoint), HK_LOG_S("error", detail)}, 2);
+  hk_buf_reset(&req->response.headers);
+  hk_response_set_error(&req->response, 500, "internal error", req->id);
+}
+
+/* Reads _respond's results (status, body, content_type, headers) from the coroutine's stack. */
+static void collect_response(lua_State *co, int nres, hk_request_t *req) {
+  hk_response_t *res = &req->response;
+  lua_Integer status = nres >= 1 && lua_isinteger(co, 1) ? lua_tointeger(co, 1) : 0;
+  if (status < 100 || status > 599) {
+    fail_request(req, "handler_bad_response", "status must be an integer from 100 to 599");
+    return;
+  }
+  res->status = (int)status;
+  size_t body_len = 0;
+  const char *body = nres >= 2 && lua_type(co, 2) == LUA_TSTRING ? lua_tolstring(co, 2, &body_len) : NULL;
+  if (body && hk_buf_append(&res->body, body, body_len) != 0) {
+    fail_request(req, "handler_bad_response", "out of memory");
+    return;
+  }
+  if (nres >= 3 && lua_type(co, 3) == LUA_TSTRING)
+    snprintf(res->content_type, sizeof res->content_type, "%s", lua_tostring(co, 3));
+  if (nres >= 4 && lua_istable(co, 4)) {
+    lua_pushnil(co);
+    while (lua_next(co, 4) != 0) {
+      size_t name_len, value_len;
+      const char *name = lua_type(co, -2) == LUA_TSTRING ? lua_tolstring(co, -2, &name_len) : NULL;
+      const char *value = lua_type(co, -1) == LUA_TSTRING || lua_type(co, -1) == LUA_TNUMBER
+                              ? lua_tolstring(co, -1, &value_len) : NULL;
+      if (name == NULL || value == NULL ||
+          hk_response_add_header(res, name, name_len, value, value_len) != 0) {
+        char detail[160];
+        snprintf(detail, sizeof detail, "invalid response header '%.64s'", name ? name : "?");
+        lua_pop(co, 2);
+        fail_request(req, "handler_bad_response", detail);
+        return;
+      }
+      lua_pop(co, 1);
+    }
+  }
+}
+
+void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
+  lua_State *L = lua->L;
+  lua_State *co = lua_newthread(L);
+  int co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, lua->respond_ref);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, req->match.handler);
+  request_box_t *box = lua_newuserdatauv(co, sizeof *box, 1);
+  box->req = req;
+  luaL_setmetatable(co, REQUEST_MT);
+  lua_newtable(co);
+  lua_setiuservalue(co, -2, 1);
+  /* Anchored on the main stack so the box outlives the handler's last reference to it. */
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1);
+
+  hk_request_t *outer = lua->current;
+  lua->current = req;
+  int nres = 0;
+  int status = lua_resume(co, L, 2, &nres);
+  lua->current = outer;
+
+  if (status == LUA_OK) {
+    collect_response(co, nres, req);
+  } else if (status == LUA_YIELD) {
+    fail_request(req, "handler_error", "handler yielded outside an asynchronous hancock call");
+  } else {
+    /* The dead coroutine still has its stack: take the traceback before resetting it. */
+    lua_xmove(co, L, 1);
+    int base = lua_gettop(L);
+    push_located_message(L, co, error_text(L, base));
+    luaL_traceback(L, co, lua_tostring(L, -1), 0);
+    fail_request(req, "handler_error", lua_tostring(L, -1));
+    lua_settop(L, base - 1);
+  }
+  box->req = NULL; /* a request object kept by the script must not outlive the request */
+  lua_pop(L, 1);   /* the box anchor */
+  lua_resetthread(co);
+  luaL_unref(L, LUA_REGISTRYINDEX, co_ref);
+  done(req);
+}

@@ -1,0 +1,36 @@
+/* hk_lua: one script generation — a lua_State with the hancock runtime (lua/, embedded) and
+ * the operator's scripts loaded, its routes, its log hooks — and the running of route handlers,
+ * each in its own coroutine. Knows requests only through hk_request_t; knows nothing of
+ * sockets. The server owns when it runs; this module owns what runs. */
+#ifndef HK_LUA_H
+#define HK_LUA_H
+
+#include <stddef.h>
+
+#include "hk_log.h"
+#include "hk_request.h"
+
+typedef struct hk_lua_s hk_lua_t;
+
+/* Creates a state and runs every *.lua in scripts_dir in name order. On failure returns a
+ * negative code and sets *err to a malloc'ed "file:line: message" (the caller frees it). */
+int hk_lua_new(const char *scripts_dir, hk_lua_t **out, char **err);
+void hk_lua_free(hk_lua_t *lua); /* NULL is a no-op */
+
+size_t hk_lua_route_count(const hk_lua_t *lua);
+
+/* Matches req->http against the routes, filling req->match and req->endpoint. Returns 0,
+ * HK_ROUTER_NOT_FOUND or HK_ROUTER_METHOD_NOT_ALLOWED (allow then lists the methods). */
+int hk_lua_route(hk_lua_t *lua, hk_request_t *req, char *allow, size_t allow_size);
+
+/* Runs the matched handler in a new coroutine and fills req->response. A Lua error becomes a
+ * 500 with the traceback logged, never sent. `done` is called exactly once, when the response
+ * is ready (today always before hk_lua_run returns; with outbound I/O, later). */
+typedef void (*hk_lua_done_cb)(hk_request_t *req);
+void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done);
+
+/* Logs an event through the scripts' hk.on_log hooks (when there are any) and hk_log. */
+void hk_lua_log(hk_lua_t *lua, hk_log_level_t level, const char *request_id, const char *event,
+                const char *message, const hk_log_field_t *fields, size_t field_count);
+
+#endif

@@ -1,0 +1,52 @@
+/* hk_request: one request/response exchange, from a complete request head and body to the
+ * response bytes. Owned by the server (it lives in its connection); the Lua runtime reads the
+ * request through it and fills `response`. Shared between hk_server and hk_lua so neither
+ * needs the other's internals. */
+#ifndef HK_REQUEST_H
+#define HK_REQUEST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hk_buf.h"
+#include "hk_http.h"
+#include "hk_reqid.h"
+#include "hk_router.h"
+
+#define HK_MODE_MAX 64
+
+typedef struct hk_response_s {
+  int status;
+  hk_buf_t headers; /* extra header lines, each "Name: value\r\n", already validated */
+  hk_buf_t body;
+  char content_type[128]; /* empty: no Content-Type */
+} hk_response_t;
+
+typedef struct hk_request_s {
+  const hk_http_request_t *http; /* borrowed from the connection's parser until finished */
+  hk_route_match_t match;
+  const char *endpoint; /* the route pattern, or "unmatched": a bounded label */
+  char id[HK_REQID_SIZE];
+  char mode[HK_MODE_MAX + 1]; /* from the JSON body's "mode", or set by the script */
+  char remote_addr[64];
+  int remote_port;
+  uint64_t start_ns;
+  hk_response_t response;
+  bool finished;
+  void *owner; /* the connection; NULL once the client has gone */
+} hk_request_t;
+
+/* Replaces the response with the JSON error body {"error": message, "request_id": id}. */
+int hk_response_set_error(hk_response_t *response, int status, const char *message,
+                          const char *request_id);
+
+/* Validates and appends one response header. -EINVAL for a name that is not a token, a value
+ * with CR, LF or NUL, or a header the server sets itself (Content-Length, Transfer-Encoding,
+ * Connection, Date). */
+int hk_response_add_header(hk_response_t *response, const char *name, size_t name_len,
+                           const char *value, size_t value_len);
+
+/* Monotonic nanoseconds, for latencies. */
+uint64_t hk_now_ns(void);
+
+#endif

@@ -1,0 +1,698 @@
+/* hk_server: libuv TCP server. Owns listening, the connection table, per-connection timers,
+ * response serialisation and writes, lingering close, the connection cap and the SIGTERM/SIGINT
+ * drain. Each connection runs one request at a time through hk_http (so pipelined responses
+ * leave in order) and hands complete requests to hk_lua. Entry points: hk_server_new/run. */
+#include "hk_server.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cJSON.h>
+#include <uv.h>
+
+#include "hk_http.h"
+#include "hk_json.h"
+#include "hk_log.h"
+#include "hk_reqid.h"
+#include "hk_request.h"
+
+#define READ_BUFFER_SIZE (64 * 1024)
+/* Unparsed input kept while a request is being answered; past it, reading pauses. */
+#define INPUT_HIGH_WATER (64 * 1024)
+#define LINGER_MS 2000
+
+typedef struct hk_worker_s hk_worker_t;
+
+typedef enum timer_phase_e {
+  PHASE_NONE,
+  PHASE_KEEPALIVE, /* idle between requests */
+  PHASE_HEAD,      /* part of a head received */
+  PHASE_BODY,      /* body arriving: reset on every read */
+  PHASE_SEND,      /* a response is waiting for the client to take it */
+  PHASE_LINGER,    /* after a close-delimited response, draining the client's leftovers */
+} timer_phase_t;
+
+typedef struct hk_conn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_write_t write_req;
+  uv_shutdown_t shutdown_req;
+  hk_worker_t *worker;
+  struct hk_conn_s *prev, *next;
+  hk_buf_t in;
+  hk_buf_t out;      /* response bytes not yet handed to the kernel */
+  hk_buf_t writing;  /* bytes in the uv_write in flight */
+  hk_http_parser_t parser;
+  hk_request_t request;
+  timer_phase_t phase;
+  int handles_open;
+  bool reading;
+  bool in_flight;    /* a handler is running for `request` */
+  bool write_active;
+  bool close_after;  /* close once the queued response is written */
+  bool closing;      /* uv_close called */
+  bool lingering;
+  bool processing;   /* conn_process is on the stack: it continues with the next request */
+} hk_conn_t;
+
+struct hk_worker_s {
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  uv_signal_t sigterm, sigint;
+  uv_timer_t drain_timer;
+  const hk_config_t *config;
+  hk_lua_t *lua;
+  hk_conn_t *conns; /* doubly-linked list of open connections */
+  size_t conn_count;
+  uint64_t conns_rejected;
+  uint64_t last_reject_log_ms;
+  bool draining;
+  bool listener_open;
+  int port;
+  char read_buffer[READ_BUFFER_SIZE];
+  char date[40];
+  time_t date_second;
+};
+
+struct hk_server_s {
+  hk_worker_t worker; /* one worker today; N workers will be an array of these */
+};
+
+static void conn_process(hk_conn_t *conn);
+static void conn_close(hk_conn_t *conn);
+static void conn_resume_reading(hk_conn_t *conn);
+static void conn_finish_request(hk_request_t *req);
+static void worker_maybe_stop(hk_worker_t *worker);
+
+/* ---- connection lifetime ------------------------------------------------------------------ */
+
+static void conn_free(hk_conn_t *conn) {
+  hk_worker_t *worker = conn->worker;
+  if (conn->prev) conn->prev->next = conn->next;
+  else worker->conns = conn->next;
+  if (conn->next) conn->next->prev = conn->prev;
+  worker->conn_count--;
+  hk_buf_free(&conn->in);
+  hk_buf_free(&conn->out);
+  hk_buf_free(&conn->writing);
+  hk_buf_free(&conn->request.response.headers);
+  hk_buf_free(&conn->request.response.body);
+  hk_http_parser_free(&conn->parser);
+  free(conn);
+  worker_maybe_stop(worker);
+}
+
+static void on_conn_handle_closed(uv_handle_t *handle) {
+  hk_conn_t *conn = handle->data;
+  if (--conn->handles_open == 0 && !conn->in_flight) conn_free(conn);
+}
+
+static void conn_close(hk_conn_t *conn) {
+  if (conn->closing) return;
+  conn->closing = true;
+  conn->request.owner = NULL;
+  uv_close((uv_handle_t *)&conn->tcp, on_conn_handle_closed);
+  uv_close((uv_handle_t *)&conn->timer, on_conn_handle_closed);
+}
+
+/* ---- timers ------------------------------------------------------------------------------- */
+
+static void send_error_and_close(hk_conn_t *conn, int status, const char *message);
+
+static void on_conn_timer(uv_timer_t *timer) {
+  hk_conn_t *conn = timer->data;
+  switch (conn->phase) {
+    case PHASE_HEAD:
+    case PHASE_BODY:
+      hk_log_event(HK_LOG_INFO, NULL, "client_timeout", "request not received in time", (hk_log_field_t[]){
+          HK_LOG_S("phase", conn->phase == PHASE_HEAD ? "head" : "body"),
+          HK_LOG_S("client", conn->request.remote_addr)}, 2);
+      send_error_and_close(conn, 408, "request timeout");
+      break;
+    case PHASE_SEND:
+      hk_log_event(HK_LOG_INFO, NULL, "client_timeout", "response not taken in time",
+                   (hk_log_field_t[]){HK_LOG_S("phase", "send"),
+                                      HK_LOG_S("client", conn->request.remote_addr)}, 2);
+      conn_close(conn);
+      break;
+    default:
+      conn_close(conn);
+      break;
+  }
+}
+
+static void conn_set_phase(hk_conn_t *conn, timer_phase_t phase, bool restart) {
+  if (conn->closing || (conn->phase == phase && !restart)) return;
+  const hk_config_t *cfg = conn->worker->config;
+  conn->phase = phase;
+  uint64_t ms = 0;
+  switch (phase) {
+    case PHASE_KEEPALIVE: ms = cfg->keepalive_timeout_ms; break;
+    case PHASE_HEAD: ms = cfg->header_timeout_ms; break;
+    case PHASE_BODY: ms = cfg->body_timeout_ms; break;
+    case PHASE_SEND: ms = cfg->send_timeout_ms; break;
+    case PHASE_LINGER: ms = LINGER_MS; break;
+    case PHASE_NONE: break;
+  }
+  if (ms == 0) uv_timer_stop(&conn->timer);
+  else uv_timer_start(&conn->timer, on_conn_timer, ms, 0);
+}
+
+/* ---- writing ------------------------------------------------------------------------------ */
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  hk_conn_t *conn = req->data;
+  if (status < 0 || conn->closing) {
+    conn_close(conn);
+    return;
+  }
+  /* Keep reading (and discarding) for a moment so unread request bytes do not make the
+   * kernel answer with a reset that could destroy the response in flight. */
+  conn->lingering = true;
+  conn_set_phase(conn, PHASE_LINGER, true);
+  conn_resume_reading(conn);
+}
+
+static void conn_close_gracefully(hk_conn_t *conn) {
+  if (conn->closing || conn->lingering) return;
+  conn->shutdown_req.data = conn;
+  if (uv_shutdown(&conn->shutdown_req, (uv_stream_t *)&conn->tcp, on_shutdown) != 0) conn_close(conn);
+  else conn->lingering = true;
+}
+
+static void conn_flush(hk_conn_t *conn);
+
+static void on_write(uv_write_t *req, int status) {
+  hk_conn_t *conn = req->data;
+  conn->write_active = false;
+  hk_buf_reset(&conn->writing);
+  if (conn->closing) return;
+  if (status < 0) {
+    conn_close(conn);
+    return;
+  }
+  if (conn->out.len > 0) {
+    conn_flush(conn);
+    return;
+  }
+  if (conn->close_after) {
+    conn_close_gracefully(conn);
+    return;
+  }
+  conn_process(conn);
+}
+
+/* Hands conn->out to the kernel: uv_try_write first (the common case writes everything at
+ * once), the rest through one uv_write. */
+static void conn_flush(hk_conn_t *conn) {
+  if (conn->closing || conn->write_active || conn->out.len == 0) return;
+  uv_buf_t buf = uv_buf_init(conn->out.data, (unsigned)conn->out.len);
+  int n = uv_try_write((uv_stream_t *)&conn->tcp, &buf, 1);
+  if (n < 0 && n != UV_EAGAIN) {
+    conn_close(conn);
+    return;
+  }
+  if (n > 0) hk_buf_consume(&conn->out, (size_t)n);
+  if (conn->out.len == 0) {
+    if (conn->close_after) conn_close_gracefully(conn);
+    return;
+  }
+  hk_buf_t tmp = conn->writing;
+  conn->writing = conn->out;
+  conn->out = tmp;
+  hk_buf_reset(&conn->out);
+  buf = uv_buf_init(conn->writing.data, (unsigned)conn->writing.len);
+  conn->write_req.data = conn;
+  if (uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, &buf, 1, on_write) != 0) {
+    conn_close(conn);
+    return;
+  }
+  conn->write_active = true;
+  conn_set_phase(conn, PHASE_SEND, true);
+}
+
+static const char *worker_date(hk_worker_t *worker) {
+  time_t now = time(NULL);
+  if (now != worker->date_second) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(worker->date, sizeof worker->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    worker->date_second = now;
+  }
+  return worker->date;
+}
+
+/* Serialises req->response onto conn->out. */
+static int conn_queue_response(hk_conn_t *conn, hk_request_t *req, bool keep_alive) {
+  const hk_response_t *res = &req->response;
+  const hk_http_request_t *http = req->http;
+  bool head = http && http->method_len == 4 && memcmp(http->method, "HEAD", 4) == 0;
+  bool no_body = res->status == 204 || res->status == 304 || (res->status >= 100 && res->status < 200);
+  hk_buf_t *out = &conn->out;
+  int rc = hk_buf_reserve(out, 256 + res->headers.len + res->body.len);
+  if (rc != 0) return rc;
+  hk_buf_appendf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n", res->status,
+                 hk_http_reason(res->status), worker_date(conn->worker), req->id);
+  if (res->content_type[0] != '\0' && !no_body)
+    hk_buf_appendf(out, "Content-Type: %s\r\n", res->content_type);
+  if (!no_body) hk_buf_appendf(out, "Content-Length: %zu\r\n", res->body.len);
+  if (!keep_alive) hk_buf_append_str(out, "Connection: close\r\n");
+  else if (http && http->version_minor == 0) hk_buf_append_str(out, "Connection: keep-alive\r\n");
+  hk_buf_append(out, res->headers.data ? res->headers.data : "", res->headers.len);
+  hk_buf_append(out, "\r\n", 2);
+  if (!head && !no_body) hk_buf_append(out, res->body.data ? res->body.data : "", res->body.len);
+  return 0;
+}
+
+/* ---- requests ----------------------------------------------------------------------------- */
+
+static void request_reset(hk_request_t *req) {
+  hk_buf_t headers = req->response.headers, body = req->response.body;
+  char addr[sizeof req->remote_addr];
+  memcpy(addr, req->remote_addr, sizeof addr);
+  int port = req->remote_port;
+  void *owner = req->owner;
+  hk_buf_reset(&headers);
+  hk_buf_reset(&body);
+  memset(req, 0, sizeof *req);
+  req->response.headers = headers;
+  req->response.body = body;
+  memcpy(req->remote_addr, addr, sizeof addr);
+  req->remote_port = port;
+  req->owner = owner;
+}
+
+static void request_assign_id(hk_request_t *req) {
+  const hk_http_header_t *h = req->http ? hk_http_header_find(req->http, "x-request-id") : NULL;
+  if (h != NULL && hk_reqid_is_valid(h->value, h->value_len)) {
+    memcpy(req->id, h->value, h->value_len);
+    req->id[h->value_len] = '\0';
+  } else if (hk_reqid_new(req->id) != 0) {
+    snprintf(req->id, sizeof req->id, "unavailable");
+  }
+}
+
+/* The JSON body's top-level "mode", the default for req.mode: labels and log field. */
+static void request_default_mode(hk_request_t *req) {
+  const hk_buf_t *body = &req->http->body;
+  size_t i = 0;
+  while (i < body->len && (body->data[i] == ' ' || body->data[i] == '\n' || body->data[i] == '\r' || body->data[i] == '\t')) i++;
+  if (i == body->len || body->data[i] != '{') return;
+  cJSON *doc = cJSON_ParseWithLength(body->data, body->len);
+  if (doc == NULL) return;
+  const cJSON *mode = cJSON_GetObjectItemCaseSensitive(doc, "mode");
+  if (cJSON_IsString(mode) && mode->valuestring[0] != '\0')
+    snprintf(req->mode, sizeof req->mode, "%s", mode->valuestring);
+  cJSON_Delete(doc);
+}
+
+static void log_request_started(hk_worker_t *worker, hk_request_t *req) {
+  if (!hk_log_enabled(HK_LOG_INFO)) return;
+  const hk_http_request_t *http = req->http;
+  hk_log_field_t fields[] = {
+      HK_LOG_SN("method", http->method, http->method_len),
+      HK_LOG_S("endpoint", req->endpoint),
+      HK_LOG_SN("path", http->path, http->path_len),
+      HK_LOG_S("client", req->remote_addr),
+      HK_LOG_S("mode", req->mode),
+  };
+  hk_lua_log(worker->lua, HK_LOG_INFO, req->id, "request_started", "request started", fields,
+             req->mode[0] ? 5 : 4);
+}
+
+static void log_request_completed(hk_worker_t *worker, hk_request_t *req) {
+  if (!hk_log_enabled(HK_LOG_INFO)) return;
+  const hk_http_request_t *http = req->http;
+  double latency_ms = (double)(hk_now_ns() - req->start_ns) / 1e6;
+  hk_log_field_t fields[] = {
+      HK_LOG_SN("method", http->method, http->method_len),
+      HK_LOG_S("endpoint", req->endpoint),
+      HK_LOG_I("status", req->response.status),
+      HK_LOG_D("latency_ms", latency_ms),
+      HK_LOG_S("mode", req->mode),
+  };
+  hk_lua_log(worker->lua, HK_LOG_INFO, req->id, "request_completed", "request completed", fields,
+             req->mode[0] ? 5 : 4);
+}
+
+static void conn_dispatch(hk_conn_t *conn) {
+  hk_worker_t *worker = conn->worker;
+  hk_request_t *req = &conn->request;
+  request_reset(req);
+  req->http = &conn->parser.request;
+  req->start_ns = hk_now_ns();
+  req->owner = conn;
+  request_assign_id(req);
+  request_default_mode(req);
+  conn->in_flight = true;
+  conn_set_phase(conn, PHASE_NONE, false);
+
+  char allow[128];
+  int rc = hk_lua_route(worker->lua, req, allow, sizeof allow);
+  log_request_started(worker, req);
+  if (rc == 0) {
+    hk_lua_run(worker->lua, req, conn_finish_request);
+    return;
+  }
+  if (rc == HK_ROUTER_METHOD_NOT_ALLOWED) {
+    hk_response_set_error(&req->response, 405, "method not allowed", req->id);
+    hk_response_add_header(&req->response, "Allow", 5, allow, strlen(allow));
+  } else {
+    hk_response_set_error(&req->response, 404, "not found", req->id);
+  }
+  conn_finish_request(req);
+}
+
+/* Called once per request when its response is ready (by hk_lua, or directly for errors). */
+static void conn_finish_request(hk_request_t *req) {
+  hk_conn_t *conn = req->owner ? (hk_conn_t *)req->owner : NULL;
+  req->finished = true;
+  if (conn == NULL) return; /* the client went away; nothing to send */
+  hk_worker_t *worker = conn->worker;
+  conn->in_flight = false;
+  log_request_completed(worker, req);
+  if (conn->closing) {
+    if (conn->handles_open == 0) conn_free(conn);
+    return;
+  }
+  bool keep_alive = req->http->keep_alive && !worker->draining;
+  if (conn_queue_response(conn, req, keep_alive) != 0) {
+    conn_close(conn);
+    return;
+  }
+  if (!keep_alive) conn->close_after = true;
+  hk_http_parser_next(&conn->parser);
+  conn_flush(conn);
+  /* A handler that finished later (after I/O) restarts the loop for pipelined requests. */
+  if (!conn->processing) conn_process(conn);
+}
+
+/* Answers a protocol error (before any handler ran) and closes. */
+static void send_error_and_close(hk_conn_t *conn, int status, const char *message) {
+  hk_request_t *req = &conn->request;
+  request_reset(req);
+  req->http = NULL;
+  request_assign_id(req);
+  hk_response_set_error(&req->response, status, message, req->id);
+  hk_log_event(HK_LOG_INFO, req->id, "request_rejected", message, (hk_log_field_t[]){
+      HK_LOG_I("status", status), HK_LOG_S("client", req->remote_addr)}, 2);
+  conn->close_after = true;
+  if (conn_queue_response(conn, req, false) != 0) {
+    conn_close(conn);
+    return;
+  }
+  conn_flush(conn);
+}
+
+static void conn_write_continue(hk_conn_t *conn) {
+  static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+  if (hk_buf_append(&conn->out, line, sizeof line - 1) != 0) conn_close(conn);
+  else conn_flush(conn);
+}
+
+/* ---- reading and the per-connection loop -------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+  hk_conn_t *conn = handle->data;
+  (void)suggested;
+  /* One buffer per worker is enough: on_read copies the bytes out before returning. */
+  *buf = uv_buf_init(conn->worker->read_buffer, READ_BUFFER_SIZE);
+}
+
+static void conn_pause_reading(hk_conn_t *conn) {
+  if (conn->reading) {
+    uv_read_stop((uv_stream_t *)&conn->tcp);
+    conn->reading = false;
+  }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static void conn_resume_reading(hk_conn_t *conn) {
+  if (!conn->reading && !conn->closing) {
+    if (uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read) == 0) conn->reading = true;
+  }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  hk_conn_t *conn = stream->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    /* EOF or reset. A response being written still goes out when the client only half-closed. */
+    conn_pause_reading(conn);
+    if (conn->lingering || nread != UV_EOF) {
+      conn_close(conn);
+      return;
+    }
+    if (conn->in_flight || conn->write_active || conn->out.len > 0) {
+      conn->close_after = true;
+      return;
+    }
+    conn_close(conn);
+    return;
+  }
+  if (conn->lingering) return; /* discard */
+  if (hk_buf_append(&conn->in, buf->base, (size_t)nread) != 0) {
+    conn_close(conn);
+    return;
+  }
+  if (conn->parser.state == HK_HTTP_STATE_BODY) conn_set_phase(conn, PHASE_BODY, true);
+  conn_process(conn);
+}
+
+/* Parses and answers requests from conn->in until input runs out or a response must wait. */
+static void conn_process(hk_conn_t *conn) {
+  conn->processing = true;
+  while (!conn->closing && !conn->lingering && !conn->in_flight && !conn->write_active &&
+         !conn->close_after) {
+    size_t consumed = 0;
+    hk_http_event_t ev = hk_http_parse(&conn->parser, conn->in.data, conn->in.len, &consumed);
+    hk_buf_consume(&conn->in, consumed);
+    switch (ev) {
+      case HK_HTTP_NEED_MORE:
+        if (conn->worker->draining && conn->parser.state == HK_HTTP_STATE_IDLE && conn->in.len == 0) {
+          conn->processing = false;
+          conn_close(conn);
+          return;
+        }
+        if (conn->parser.state == HK_HTTP_STATE_IDLE) conn_set_phase(conn, PHASE_KEEPALIVE, false);
+        else if (conn->parser.state == HK_HTTP_STATE_HEAD) conn_set_phase(conn, PHASE_HEAD, false);
+        else if (conn->phase != PHASE_BODY) conn_set_phase(conn, PHASE_BODY, true);
+        conn_resume_reading(conn);
+        conn->processing = false;
+        return;
+      case HK_HTTP_CONTINUE:
+        conn_write_continue(conn);
+        conn_set_phase(conn, PHASE_BODY, true);
+        break;
+      case HK_HTTP_ERROR:
+        conn_pause_reading(conn);
+        send_error_and_close(conn, conn->parser.error_status, conn->parser.error_message);
+        conn->processing = false;
+        return;
+      case HK_HTTP_REQUEST:
+        conn_dispatch(conn);
+        break;
+    }
+  }
+  conn->processing = false;
+  /* Waiting on a handler or a write: bound what a pipelining client can queue meanwhile. */
+  if (conn->in.len > INPUT_HIGH_WATER) conn_pause_reading(conn);
+  else if (!conn->closing && !conn->lingering && !conn->close_after) conn_resume_reading(conn);
+}
+
+/* ---- accepting ---------------------------------------------------------------------------- */
+
+static void reject_connection(hk_worker_t *worker) {
+  uv_tcp_t *tmp = malloc(sizeof *tmp);
+  if (tmp == NULL) return;
+  uv_tcp_init(&worker->loop, tmp);
+  if (uv_accept((uv_stream_t *)&worker->listener, (uv_stream_t *)tmp) == 0) worker->conns_rejected++;
+  uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
+  uint64_t now = uv_now(&worker->loop);
+  if (now - worker->last_reject_log_ms >= 1000 || worker->last_reject_log_ms == 0) {
+    worker->last_reject_log_ms = now;
+    hk_log_event(HK_LOG_WARNING, NULL, "connection_limit_reached",
+                 "connection refused: too many open connections",
+                 (hk_log_field_t[]){HK_LOG_I("limit", worker->config->max_connections),
+                                    HK_LOG_I("rejected_total", worker->conns_rejected)}, 2);
+  }
+}
+
+static void on_connection(uv_stream_t *listener, int status) {
+  hk_worker_t *worker = listener->data;
+  if (status < 0) return;
+  if (worker->conn_count >= worker->config->max_connections) {
+    reject_connection(worker);
+    return;
+  }
+  hk_conn_t *conn = calloc(1, sizeof *conn);
+  if (conn == NULL) {
+    reject_connection(worker);
+    return;
+  }
+  conn->worker = worker;
+  uv_tcp_init(&worker->loop, &conn->tcp);
+  uv_timer_init(&worker->loop, &conn->timer);
+  conn->tcp.data = conn;
+  conn->timer.data = conn;
+  conn->handles_open = 2;
+  conn->next = worker->conns;
+  if (worker->conns) worker->conns->prev = conn;
+  worker->conns = conn;
+  worker->conn_count++;
+  hk_http_parser_init(&conn->parser, worker->config->max_body_bytes);
+  if (uv_accept(listener, (uv_stream_t *)&conn->tcp) != 0) {
+    conn_close(conn);
+    return;
+  }
+  uv_tcp_nodelay(&conn->tcp, 1);
+  struct sockaddr_storage peer;
+  int len = sizeof peer;
+  if (uv_tcp_getpeername(&conn->tcp, (struct sockaddr *)&peer, &len) == 0) {
+    if (peer.ss_family == AF_INET) {
+      const struct sockaddr_in *in4 = (const struct sockaddr_in *)&peer;
+      uv_ip4_name(in4, conn->request.remote_addr, sizeof conn->request.remote_addr);
+      conn->request.remote_port = ntohs(in4->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+      const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&peer;
+      uv_ip6_name(in6, conn->request.remote_addr, sizeof conn->request.remote_addr);
+      conn->request.remote_port = ntohs(in6->sin6_port);
+    }
+  }
+  conn_set_phase(conn, PHASE_KEEPALIVE, true);
+  conn_resume_reading(conn);
+}
+
+/* ---- shutdown ----------------------------------------------------------------------------- */
+
+static void worker_maybe_stop(hk_worker_t *worker) {
+  if (!worker->draining || worker->conn_count > 0) return;
+  uv_timer_stop(&worker->drain_timer);
+  uv_stop(&worker->loop);
+}
+
+static void on_drain_timeout(uv_timer_t *timer) {
+  hk_worker_t *worker = timer->data;
+  hk_log_event(HK_LOG_WARNING, NULL, "drain_timeout", "drain timeout: closing remaining connections",
+               (hk_log_field_t[]){HK_LOG_I("connections", worker->conn_count)}, 1);
+  for (hk_conn_t *c = worker->conns; c != NULL; c = c->next) conn_close(c);
+}
+
+static void on_signal(uv_signal_t *handle, int signum) {
+  hk_worker_t *worker = handle->data;
+  if (worker->draining) return;
+  worker->draining = true;
+  hk_log_event(HK_LOG_INFO, NULL, "shutdown_started", "signal received: draining connections",
+               (hk_log_field_t[]){HK_LOG_S("signal", signum == SIGTERM ? "SIGTERM" : "SIGINT"),
+                                  HK_LOG_I("connections", worker->conn_count)}, 2);
+  if (worker->listener_open) {
+    uv_close((uv_handle_t *)&worker->listener, NULL);
+    worker->listener_open = false;
+  }
+  /* Idle connections close now; busy ones close after their current response. */
+  hk_conn_t *next;
+  for (hk_conn_t *c = worker->conns; c != NULL; c = next) {
+    next = c->next;
+    if (c->parser.state == HK_HTTP_STATE_IDLE && c->in.len == 0 && !c->in_flight && !c->write_active &&
+        c->out.len == 0)
+      conn_close(c);
+  }
+  uv_timer_start(&worker->drain_timer, on_drain_timeout, worker->config->drain_timeout_ms, 0);
+  worker_maybe_stop(worker);
+}
+
+/* ---- public ------------------------------------------------------------------------------- */
+
+static int bind_listener(hk_worker_t *worker, char *err, size_t errsize) {
+  const hk_config_t *cfg = worker->config;
+  struct sockaddr_storage addr;
+  int rc = uv_ip4_addr(cfg->listen_host, cfg->port, (struct sockaddr_in *)&addr);
+  if (rc != 0) rc = uv_ip6_addr(cfg->listen_host, cfg->port, (struct sockaddr_in6 *)&addr);
+  if (rc == 0) rc = uv_tcp_init(&worker->loop, &worker->listener);
+  if (rc != 0) goto fail;
+  worker->listener.data = worker;
+  worker->listener_open = true;
+  rc = uv_tcp_bind(&worker->listener, (const struct sockaddr *)&addr, 0);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&worker->listener, 1024, on_connection);
+  if (rc != 0) goto fail;
+  struct sockaddr_storage bound;
+  int len = sizeof bound;
+  uv_tcp_getsockname(&worker->listener, (struct sockaddr *)&bound, &len);
+  worker->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                   : ((struct sockaddr_in *)&bound)->sin_port);
+  return 0;
+fail:
+  snprintf(err, errsize, "cannot listen on %s%s%s:%d: %s", strchr(cfg->listen_host, ':') ? "[" : "",
+           cfg->listen_host, strchr(cfg->listen_host, ':') ? "]" : "", cfg->port, uv_strerror(rc));
+  return rc;
+}
+
+int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_server_t **out, char *err,
+                  size_t errsize) {
+  hk_server_t *server = calloc(1, sizeof *server);
+  if (server == NULL) {
+    snprintf(err, errsize, "out of memory");
+    return -ENOMEM;
+  }
+  hk_worker_t *worker = &server->worker;
+  worker->config = config;
+  worker->lua = lua;
+  int rc = uv_loop_init(&worker->loop);
+  if (rc != 0) {
+    snprintf(err, errsize, "cannot start the event loop: %s", uv_strerror(rc));
+    free(server);
+    return rc;
+  }
+  uv_signal_init(&worker->loop, &worker->sigterm);
+  uv_signal_init(&worker->loop, &worker->sigint);
+  uv_timer_init(&worker->loop, &worker->drain_timer);
+  worker->sigterm.data = worker->sigint.data = worker->drain_timer.data = worker;
+  rc = bind_listener(worker, err, errsize);
+  if (rc != 0) {
+    hk_server_free(server);
+    return rc;
+  }
+  *out = server;
+  return 0;
+}
+
+int hk_server_port(const hk_server_t *server) { return server->worker.port; }
+
+int hk_server_run(hk_server_t *server) {
+  hk_worker_t *worker = &server->worker;
+  uv_signal_start(&worker->sigterm, on_signal, SIGTERM);
+  uv_signal_start(&worker->sigint, on_signal, SIGINT);
+  const hk_config_t *cfg = worker->config;
+  hk_log_event(HK_LOG_INFO, NULL, "server_listening", "listening",
+               (hk_log_field_t[]){HK_LOG_S("address", cfg->listen_host), HK_LOG_I("port", worker->port),
+                                  HK_LOG_I("routes", hk_lua_route_count(worker->lua)),
+                                  HK_LOG_S("version", HK_VERSION)}, 4);
+  uv_run(&worker->loop, UV_RUN_DEFAULT);
+  hk_log_event(HK_LOG_INFO, NULL, "shutdown_complete", "all connections closed", NULL, 0);
+  return 0;
+}
+
+static void close_walk(uv_handle_t *handle, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(handle)) uv_close(handle, NULL);
+}
+
+void hk_server_free(hk_server_t *server) {
+  if (server == NULL) return;
+  hk_worker_t *worker = &server->worker;
+  for (hk_conn_t *c = worker->conns; c != NULL; c = c->next) conn_close(c);
+  uv_walk(&worker->loop, close_walk, NULL);
+  while (uv_run(&worker->loop, UV_RUN_DEFAULT) != 0) {
+  }
+  int rc = uv_loop_close(&worker->loop);
+  (void)rc;
+  assert(rc == 0); /* every handle closed: nothing leaks */
+  free(server);
+}

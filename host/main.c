@@ -1,0 +1,134 @@
+/* hancock: the command line. Parses the command and its flags (through hk_config), then runs
+ * `serve` (the HTTP host) or `check` (load the scripts as serve would and report). Everything
+ * else lives in the hk_* modules; this file only wires them together and picks exit codes. */
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hk_config.h"
+#include "hk_log.h"
+#include "hk_lua.h"
+#include "hk_server.h"
+
+#define LOG_QUEUE_LIMIT (8u * 1024 * 1024)
+
+static void print_usage(FILE *out) {
+  fprintf(out,
+          "Usage: hancock [serve] [options]   run the HTTP host (default command)\n"
+          "       hancock check [options]     load the scripts as serve would; report errors as\n"
+          "                                   file:line: message and exit 1 on error\n"
+          "       hancock --help | --version\n"
+          "\n"
+          "Options (flags override environment variables):\n");
+  hk_config_print_options(out, HK_CONFIG_FOR_SERVE | HK_CONFIG_FOR_SCRIPTS);
+  fprintf(out,
+          "\n"
+          "Development: HANCOCK_LUA_PATH=DIR loads the runtime from DIR (a lua/ tree) instead of\n"
+          "the copy compiled into the binary.\n"
+          "Docs: README.md and docs/ in the source tree.\n");
+}
+
+/* Only the first line of a Lua error: "file:line: message". The traceback goes to the log. */
+static void print_first_line(const char *prefix, const char *msg) {
+  const char *nl = strchr(msg, '\n');
+  int len = nl ? (int)(nl - msg) : (int)strlen(msg);
+  fprintf(stderr, "%s%.*s\n", prefix, len, msg);
+}
+
+static int check_scripts_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (d == NULL) {
+    fprintf(stderr, "hancock: cannot read scripts directory %s: %s\n", dir, strerror(errno));
+    return -1;
+  }
+  closedir(d);
+  return 0;
+}
+
+static int load_config(hk_config_t *cfg, int argc, char **argv, int first, unsigned allowed) {
+  char err[512];
+  if (hk_config_load(cfg, argc, argv, first, allowed, err, sizeof err) != 0) {
+    fprintf(stderr, "hancock: %s\n", err);
+    return -1;
+  }
+  hk_log_set_level(cfg->log_level);
+  return 0;
+}
+
+static int command_check(int argc, char **argv, int first) {
+  hk_config_t cfg;
+  if (load_config(&cfg, argc, argv, first, HK_CONFIG_FOR_SCRIPTS) != 0) return 1;
+  if (check_scripts_dir(cfg.scripts_dir) != 0) return 1;
+  hk_lua_t *lua = NULL;
+  char *err = NULL;
+  if (hk_lua_new(cfg.scripts_dir, &lua, &err) != 0) {
+    print_first_line("", err);
+    free(err);
+    return 1;
+  }
+  printf("ok: %s loaded, %zu routes\n", cfg.scripts_dir, hk_lua_route_count(lua));
+  hk_lua_free(lua);
+  return 0;
+}
+
+static int command_serve(int argc, char **argv, int first) {
+  hk_config_t cfg;
+  if (load_config(&cfg, argc, argv, first, HK_CONFIG_FOR_SERVE) != 0) return 1;
+  if (check_scripts_dir(cfg.scripts_dir) != 0) return 1;
+
+  hk_lua_t *lua = NULL;
+  char *err = NULL;
+  if (hk_lua_new(cfg.scripts_dir, &lua, &err) != 0) {
+    print_first_line("hancock: script error: ", err);
+    hk_log_event(HK_LOG_ERROR, NULL, "script_error", "scripts failed to load",
+                 (hk_log_field_t[]){HK_LOG_S("error", err)}, 1);
+    free(err);
+    return 1;
+  }
+  hk_server_t *server = NULL;
+  char msg[512];
+  if (hk_server_new(&cfg, lua, &server, msg, sizeof msg) != 0) {
+    fprintf(stderr, "hancock: %s\n", msg);
+    hk_lua_free(lua);
+    return 1;
+  }
+  int status = 0;
+  if (hk_log_start(1, LOG_QUEUE_LIMIT) != 0) {
+    fprintf(stderr, "hancock: cannot start the log writer\n");
+    status = 1;
+  } else {
+    status = hk_server_run(server);
+  }
+  hk_server_free(server);
+  hk_lua_free(lua);
+  hk_log_stop();
+  return status;
+}
+
+int main(int argc, char **argv) {
+  /* Writes to a closed socket or stdout pipe report EPIPE instead of killing the process. */
+  signal(SIGPIPE, SIG_IGN);
+  const char *command = argc > 1 ? argv[1] : "serve";
+  if (strcmp(command, "--help") == 0 || strcmp(command, "-h") == 0 || strcmp(command, "help") == 0) {
+    print_usage(stdout);
+    return 0;
+  }
+  if (strcmp(command, "--version") == 0 || strcmp(command, "version") == 0) {
+    printf("hancock %s\n", HK_VERSION);
+    return 0;
+  }
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      print_usage(stdout);
+      return 0;
+    }
+  }
+  if (strcmp(command, "serve") == 0) return command_serve(argc, argv, 2);
+  if (strcmp(command, "check") == 0) return command_check(argc, argv, 2);
+  if (strncmp(command, "--", 2) == 0) return command_serve(argc, argv, 1);
+  fprintf(stderr, "hancock: unknown command '%s' (see hancock --help)\n", command);
+  return 1;
+}

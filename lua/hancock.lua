@@ -1,0 +1,103 @@
+-- hancock: the API scripts see through `require "hancock"`.
+-- Routing, logging and JSON are thin layers over the C core (hancock.core); the shaping of a
+-- handler's return values into a response lives here, where it reads as the contract it is.
+
+local core = require "hancock.core"
+
+local json = core.json
+
+local hk = {
+  json = json,
+  version = core.version,
+  log = {},
+}
+
+local ErrorResponse = { __name = "hancock.ErrorResponse" }
+
+--- Registers `handler(req)` for `method` ("GET", "POST", … or "*") and `pattern`
+--- ("/v1/chat", "/v1/items/:id", "/static/*path").
+function hk.route(method, pattern, handler)
+  core.route(method, pattern, handler)
+end
+
+--- An error response: return hk.error(400, "message required") from a handler.
+--- The body is {"error": message, "request_id": req.id}.
+function hk.error(status, message)
+  if math.type(status) ~= "integer" or status < 400 or status > 599 then
+    error("hk.error: status must be an integer from 400 to 599", 2)
+  end
+  if type(message) ~= "string" then
+    error("hk.error: message must be a string", 2)
+  end
+  return setmetatable({ status = status, message = message }, ErrorResponse)
+end
+
+--- The environment variable `name`, or `default` when it is unset or empty.
+function hk.env(name, default)
+  local value = os.getenv(name)
+  if value == nil or value == "" then
+    return default
+  end
+  return value
+end
+
+for _, level in ipairs { "debug", "info", "warn", "error" } do
+  local core_level = level == "warn" and "WARNING" or level:upper()
+  hk.log[level] = function(event, fields)
+    core.log(core_level, event, fields)
+  end
+end
+
+--- Registers fn(event) to run on every log event: it may add, change or remove fields, and
+--- returning false drops the event.
+function hk.on_log(fn)
+  core.on_log(fn)
+end
+
+local function error_body(err, req)
+  return json.encode { error = err.message, request_id = req.id }
+end
+
+local function encode_body(body, headers)
+  if body == nil then
+    return "", nil
+  elseif type(body) == "string" then
+    local has_type = false
+    for name in pairs(headers or {}) do
+      if type(name) == "string" and name:lower() == "content-type" then
+        has_type = true
+      end
+    end
+    return body, (not has_type) and "text/plain; charset=utf-8" or nil
+  elseif type(body) == "table" then
+    if getmetatable(body) == ErrorResponse then
+      error("return hk.error(...) alone, not as a body", 0)
+    end
+    return json.encode(body), "application/json"
+  end
+  error(("response body must be a string or a table, not %s"):format(type(body)), 0)
+end
+
+--- Called by the core in the request's coroutine: runs the handler and returns
+--- status, body, content type, headers.
+function hk._respond(handler, req)
+  local first, body, headers = handler(req)
+  if getmetatable(first) == ErrorResponse then
+    return first.status, error_body(first, req), "application/json"
+  elseif first == nil then
+    return 204, "", nil
+  elseif type(first) == "table" then
+    return 200, json.encode(first), "application/json"
+  elseif type(first) == "string" then
+    return 200, first, "text/plain; charset=utf-8"
+  elseif math.type(first) == "integer" then
+    if headers ~= nil and type(headers) ~= "table" then
+      error("response headers must be a table", 0)
+    end
+    local text, content_type = encode_body(body, headers)
+    return first, text, content_type, headers
+  end
+  error(("handler returned %s; return a table, a string, or status, body, headers"):format(type(first)), 0)
+end
+
+return hk
