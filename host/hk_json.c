@@ -515,6 +515,7 @@ typedef struct encoder_s {
   hk_buf_t *buf;
   char *err;
   size_t errsize;
+  int string_flags; /* passed to hk_json_append_string for keys and values */
   int array_mt; /* stack index of the array marker metatable */
   int scratch;  /* stack index of the userdata holding keys[] once it outgrew inline_keys */
   /* Object keys waiting to be sorted and written, used as a stack: each object being written
@@ -647,7 +648,7 @@ static int encode_table(encoder_t *e, int idx, int depth) {
     /* Nested objects may move keys[]: index it afresh each time. */
     sorted_key_t key = e->keys[base + i];
     if (i > 0 && (rc = hk_buf_append_char(e->buf, ',')) != 0) break;
-    if ((rc = hk_json_append_string(e->buf, key.str, key.len, 0)) != 0) break;
+    if ((rc = hk_json_append_string(e->buf, key.str, key.len, e->string_flags)) != 0) break;
     if ((rc = hk_buf_append_char(e->buf, ':')) != 0) break;
     lua_pushlstring(L, key.str, key.len);
     lua_rawget(L, idx);
@@ -675,7 +676,7 @@ static int encode_value(encoder_t *e, int idx, int depth) {
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
-      return hk_json_append_string(e->buf, s, len, 0);
+      return hk_json_append_string(e->buf, s, len, e->string_flags);
     }
     case LUA_TLIGHTUSERDATA:
       if (lua_touserdata(L, idx) == NULL) return hk_buf_append(e->buf, "null", 4);
@@ -686,6 +687,11 @@ static int encode_value(encoder_t *e, int idx, int depth) {
 }
 
 int hk_json_encode(lua_State *L, int idx, hk_buf_t *buf, char *err, size_t errsize) {
+  return hk_json_encode_flags(L, idx, buf, 0, err, errsize);
+}
+
+int hk_json_encode_flags(lua_State *L, int idx, hk_buf_t *buf, int flags, char *err,
+                         size_t errsize) {
   int top = lua_gettop(L);
   size_t start = buf->len;
   encoder_t e;
@@ -696,6 +702,7 @@ int hk_json_encode(lua_State *L, int idx, hk_buf_t *buf, char *err, size_t errsi
   e.buf = buf;
   e.err = err;
   e.errsize = errsize;
+  e.string_flags = flags;
   e.keys = e.inline_keys;
   e.keys_used = 0;
   e.keys_cap = sizeof e.inline_keys / sizeof e.inline_keys[0];

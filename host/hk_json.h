@@ -54,6 +54,10 @@ int hk_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
  * marker. [-0, +0, m] */
 int hk_json_encode(lua_State *L, int idx, hk_buf_t *buf, char *err, size_t errsize);
 
+/* hk_json_encode with string flags (HK_JSON_ASCII for log lines). */
+int hk_json_encode_flags(lua_State *L, int idx, hk_buf_t *buf, int flags, char *err,
+                         size_t errsize);
+
 /* Opens the Lua module table {encode, decode, null, array, is_array} and pushes it. encode(v)
  * returns a string or raises; decode(s) returns the value or nil, msg (invalid input is an
  * expected failure). [-0, +1, m] */

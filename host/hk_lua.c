@@ -213,7 +213,7 @@ static int append_lua_value(lua_State *L, int idx, hk_buf_t *line) {
     case LUA_TTABLE: {
       char err[128];
       size_t mark = line->len;
-      if (hk_json_encode(L, idx, line, err, sizeof err) == 0) return 0;
+      if (hk_json_encode_flags(L, idx, line, HK_JSON_ASCII, err, sizeof err) == 0) return 0;
       line->len = mark;
       return hk_json_append_string(line, err, strlen(err), HK_JSON_ASCII);
     }
@@ -450,11 +450,15 @@ static void push_headers_table(lua_State *L, const hk_http_request_t *http) {
   luaL_setmetatable(L, HEADERS_MT);
 }
 
+/* Key of the decoded body in the request's user value table: not a string, so it cannot
+ * clash with a script's own request fields. */
+static const char JSON_CACHE_KEY = 'j';
+
 /* req:json() -> value | nil, err  [-1, +(1|2), m] */
 static int request_json(lua_State *L) {
   hk_request_t *req = check_request(L, 1);
   lua_getiuservalue(L, 1, 1);
-  if (lua_getfield(L, -1, "\0json") != LUA_TNIL) return 1; /* decoded once per request */
+  if (lua_rawgetp(L, -1, &JSON_CACHE_KEY) != LUA_TNIL) return 1; /* decoded once per request */
   lua_pop(L, 1);
   const hk_buf_t *body = &req->http->body;
   char err[128];
@@ -469,7 +473,7 @@ static int request_json(lua_State *L) {
     return 2;
   }
   lua_pushvalue(L, -1);
-  lua_setfield(L, -3, "\0json");
+  lua_rawsetp(L, -3, &JSON_CACHE_KEY);
   return 1;
 }
 

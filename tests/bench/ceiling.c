@@ -5,8 +5,9 @@
  *   cc -O2 -o ceiling tests/bench/ceiling.c $(pkg-config --cflags --libs libuv)
  *   ./ceiling PORT          listens on 127.0.0.1:PORT until killed
  *
- * Every request, whatever its method or path, gets the same 200 response: a JSON body of the
- * size and shape the host sends for POST /v1/chat, with a request id that changes per request.
+ * Every request, whatever its method or path, gets the same 200 response, byte for byte the size
+ * and shape of the host's answer to POST /v1/chat: Date, X-Request-ID, Content-Type and
+ * Content-Length headers and a small JSON body, with a request id that changes per request.
  * Connections are kept alive. Parsing is minimal: a request is its header block up to the first
  * "\r\n\r\n" plus the Content-Length bytes that follow (the header is found case-insensitively);
  * the body is skipped as it arrives and never buffered. Several requests in one read (pipelining)
@@ -14,23 +15,27 @@
  * completed go out in a single write. Not supported, because wrk never sends them: chunked
  * request bodies, "Connection: close" and HTTP/1.0. A header block larger than the connection
  * buffer, a malformed Content-Length or a chunked body closes the connection. */
-#define _POSIX_C_SOURCE 200809L /* uv.h needs the POSIX types under -std=c11 */
+#define _POSIX_C_SOURCE 200809L /* gmtime_r, and the POSIX types uv.h uses, under -std=c11 */
 
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 enum {
   HEADER_MAX = 16 * 1024,    /* the largest header block a connection buffers */
   WRITE_QUEUE_MAX = 1 << 20, /* stop reading while this many response bytes are unsent */
-  RESPONSE_MAX = 256,
+  RESPONSE_MAX = 512,
 };
 
-#define BODY_FORMAT "{\"response\":\"ok\",\"mode\":\"soc\",\"request_id\":\"%08x-0000-4000-8000-%012llx\"}"
-#define HEAD_FORMAT "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+#define ID_FORMAT "%08x-0000-4000-8000-%012llx" /* 36 characters, like the host's UUIDs */
+#define BODY_FORMAT "{\"mode\":\"soc\",\"request_id\":\"%s\",\"response\":\"ok\"}"
+#define HEAD_FORMAT \
+  "HTTP/1.1 200 OK\r\nDate: %s\r\nX-Request-ID: %s\r\nContent-Type: application/json\r\n" \
+  "Content-Length: %d\r\n\r\n"
 
 typedef struct conn_s {
   uv_tcp_t tcp;
@@ -52,8 +57,8 @@ typedef struct write_s {
 static uv_tcp_t server;
 static uint64_t request_count;
 static uint32_t process_tag;
-
-static void conn_close(conn_t *c);
+static time_t date_second = -1;
+static char date_header[64]; /* the HTTP date of date_second */
 
 /* The offset of the first "\r\n\r\n" in data, or -1. */
 static long find_header_end(const char *data, size_t len) {
@@ -132,6 +137,18 @@ static int parse_content_length(const char *head, size_t len, uint64_t *length) 
   return 0;
 }
 
+/* The Date header's value, formatted again only when the second changes. */
+static const char *http_date(void) {
+  time_t now = time(NULL);
+  if (now != date_second) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(date_header, sizeof date_header, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    date_second = now;
+  }
+  return date_header;
+}
+
 /* Appends one response to c->out. */
 static int append_response(conn_t *c) {
   if (c->out_cap - c->out_len < RESPONSE_MAX) {
@@ -143,10 +160,13 @@ static int append_response(conn_t *c) {
     c->out = out;
     c->out_cap = cap;
   }
+  char id[40];
   char body[128];
-  int body_len = snprintf(body, sizeof body, BODY_FORMAT, process_tag,
-                          (unsigned long long)(++request_count & 0xffffffffffffULL));
-  int n = snprintf(c->out + c->out_len, RESPONSE_MAX, HEAD_FORMAT "%s", body_len, body);
+  snprintf(id, sizeof id, ID_FORMAT, process_tag,
+           (unsigned long long)(++request_count & 0xffffffffffffULL));
+  int body_len = snprintf(body, sizeof body, BODY_FORMAT, id);
+  int n = snprintf(c->out + c->out_len, RESPONSE_MAX, HEAD_FORMAT "%s", http_date(), id, body_len,
+                   body);
   if (n < 0 || n >= RESPONSE_MAX) {
     return -1;
   }

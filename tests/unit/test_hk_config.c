@@ -93,5 +93,25 @@ HK_TEST(durations_and_sizes) {
   HK_ASSERT_INT_EQ(hk_config_parse_size("1x", &v), -EINVAL);
 }
 
-HK_TEST_MAIN(HK_CASE(defaults), HK_CASE(environment_then_flags), HK_CASE(ipv6_listen),
+/* docs/configuration.md carries the generated table verbatim. */
+HK_TEST(docs_table_is_current) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/docs/configuration.md", HK_SOURCE_DIR);
+  FILE *docs = fopen(path, "r");
+  HK_ASSERT(docs != NULL);
+  static char text[65536];
+  size_t n = fread(text, 1, sizeof text - 1, docs);
+  text[n] = '\0';
+  fclose(docs);
+  char *table = NULL;
+  size_t table_len = 0;
+  FILE *out = open_memstream(&table, &table_len);
+  hk_config_print_markdown(out);
+  fclose(out);
+  if (strstr(text, table) == NULL)
+    HK_FAIL_("docs/configuration.md is stale; regenerate its table from hk_config_print_markdown:\n%s", table);
+  free(table);
+}
+
+HK_TEST_MAIN(HK_CASE(docs_table_is_current), HK_CASE(defaults), HK_CASE(environment_then_flags), HK_CASE(ipv6_listen),
              HK_CASE(errors_name_the_problem), HK_CASE(durations_and_sizes))
