@@ -16,12 +16,18 @@
 
 hk_log_level_t hk__log_level = HK_LOG_INFO;
 
+/* The writer waits this long after the first line of a burst before writing, unless the queue
+ * already holds BATCH_BYTES: log lines reach stdout at most ~2 ms late. */
+#define BATCH_WINDOW_NS 2000000L
+#define BATCH_BYTES (64 * 1024)
+
 static struct {
   pthread_mutex_t lock;
   pthread_cond_t wake;
   pthread_t thread;
   bool running;
   bool stopping;
+  bool idle; /* the writer sleeps on an empty queue: the next line must wake it */
   int fd;
   size_t queue_limit;
   hk_buf_t queue;
@@ -165,8 +171,18 @@ static void *writer_main(void *arg) {
   hk_buf_t out = HK_BUF_INIT;
   pthread_mutex_lock(&writer.lock);
   for (;;) {
-    while (writer.queue.len == 0 && writer.dropped_unreported == 0 && !writer.stopping)
+    while (writer.queue.len == 0 && writer.dropped_unreported == 0 && !writer.stopping) {
+      writer.idle = true;
       pthread_cond_wait(&writer.wake, &writer.lock);
+      writer.idle = false;
+    }
+    if (!writer.stopping && writer.queue.len < BATCH_BYTES) {
+      /* Let a burst accumulate: one write(2) per window instead of one per line, and no
+       * wake-up per line for the loop threads to pay for. */
+      pthread_mutex_unlock(&writer.lock);
+      nanosleep(&(struct timespec){0, BATCH_WINDOW_NS}, NULL);
+      pthread_mutex_lock(&writer.lock);
+    }
     if (writer.dropped_unreported > 0) queue_dropped_report();
     if (writer.queue.len == 0 && writer.stopping) break;
     /* Swap buffers so writers can keep appending while this thread blocks in write(2). */
@@ -235,7 +251,7 @@ void hk_log_write_line(const char *line, size_t len) {
   } else {
     hk_buf_append(&writer.queue, line, len);
     hk_buf_append_char(&writer.queue, '\n');
-    pthread_cond_signal(&writer.wake);
+    if (writer.idle) pthread_cond_signal(&writer.wake);
   }
   pthread_mutex_unlock(&writer.lock);
 }

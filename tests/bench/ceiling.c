@@ -31,10 +31,10 @@ enum {
   RESPONSE_MAX = 512,
 };
 
-#define ID_FORMAT "%08x-0000-4000-8000-%012llx" /* 36 characters, like the host's UUIDs */
+#define ID_FORMAT   "%08x-0000-4000-8000-%012llx" /* 36 characters, like the host's UUIDs */
 #define BODY_FORMAT "{\"mode\":\"soc\",\"request_id\":\"%s\",\"response\":\"ok\"}"
-#define HEAD_FORMAT \
-  "HTTP/1.1 200 OK\r\nDate: %s\r\nX-Request-ID: %s\r\nContent-Type: application/json\r\n" \
+#define HEAD_FORMAT                                                                                \
+  "HTTP/1.1 200 OK\r\nDate: %s\r\nX-Request-ID: %s\r\nContent-Type: application/json\r\n"          \
   "Content-Length: %d\r\n\r\n"
 
 typedef struct conn_s {

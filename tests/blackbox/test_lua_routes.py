@@ -27,8 +27,12 @@ class _Socket(socket.socket):
 class Server(harness.Server):
     def connect(self, timeout=10):
         s = _Socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        s.connect(("127.0.0.1", self.port))
+        try:
+            s.settimeout(timeout)
+            s.connect(("127.0.0.1", self.port))
+        except BaseException:
+            s.close()
+            raise
         return s
 
 

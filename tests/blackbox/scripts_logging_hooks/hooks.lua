@@ -31,3 +31,7 @@ hk.route("GET", "/noisy", function(req)
   hk.log.info("kept_event", { n = 2 })
   return { request_id = req.id }
 end)
+
+hk.route("GET", "/boom", function()
+  error("hooks-fixture-boom")
+end)
