@@ -252,7 +252,9 @@ static hk_http_event_t check_headers(hk_http_parser_t *parser) {
   if (req->content_length > 0 && (uint64_t)req->content_length > parser->max_body)
     return fail(parser, 413, "request body too large");
   req->keep_alive = req->version_minor == 1 ? !conn_close : (conn_keep_alive && !conn_close);
-  if (!req->chunked && req->content_length <= 0) req->expect_continue = false;
+  /* RFC 9110 §10.1.1: ignore 100-continue from HTTP/1.0 clients, who cannot take a 1xx. */
+  if ((!req->chunked && req->content_length <= 0) || req->version_minor == 0)
+    req->expect_continue = false;
   return HK_HTTP_NEED_MORE;
 }
 
@@ -276,6 +278,12 @@ static hk_http_event_t scan_head(hk_http_parser_t *parser, const char *data, siz
     if (!parser->have_request_line) {
       if (line_len == 0) continue; /* RFC 9112 §2.2: ignore an empty line before a request */
       if (line_len > HK_HTTP_MAX_REQUEST_LINE) return fail(parser, 414, "request line too long");
+      /* An HTTP/0.9 client sends only this line and waits: answer now, not at the timeout. */
+      const char *line = data + i - 1 - line_len, *end = data + i - 1;
+      if (line_len < 9 || end[-9] != ' ' || memcmp(end - 8, "HTTP/1.", 7) != 0 ||
+          (end[-1] != '0' && end[-1] != '1'))
+        return fail(parser, 400, memmem(line, line_len, " HTTP/", 6) ? "unsupported HTTP version"
+                                                                     : "malformed request line");
       parser->have_request_line = true;
       continue;
     }

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import unittest
+import weakref
 
 BIN = os.environ.get("HANCOCK_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "hancock")
@@ -89,6 +90,7 @@ class Server:
         self.reader.join(5)
         self.stderr = self.proc.stderr.read().decode("utf-8", "replace")
         self.proc.stderr.close()
+        self.proc.stdout.close()
         return code
 
     def __enter__(self):
@@ -98,12 +100,16 @@ class Server:
         self.stop()
 
 
+# Bytes read past one response, per socket (socket objects take no new attributes).
+_pending = weakref.WeakKeyDictionary()
+
+
 def recv_response(sock, head_only=False):
     """Reads one HTTP/1.1 response (Content-Length framed) from a socket with its own buffer.
 
     Returns (status, headers dict with lower-case names, body bytes). Raises on EOF first.
     """
-    buf = getattr(sock, "_hk_buf", b"")
+    buf = _pending.pop(sock, b"")
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         if not chunk:
@@ -122,7 +128,8 @@ def recv_response(sock, head_only=False):
         if not chunk:
             raise ConnectionError("connection closed inside a body")
         rest += chunk
-    body, sock._hk_buf = rest[:length], rest[length:]
+    body = rest[:length]
+    _pending[sock] = rest[length:]
     return status, headers, body
 
 

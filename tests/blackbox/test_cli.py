@@ -3,11 +3,13 @@ unknown options, HANCOCK_PORT and HANCOCK_LUA_PATH.
 """
 import json
 import os
+import queue
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import unittest
 
 import harness
@@ -182,14 +184,18 @@ class CliTest(unittest.TestCase):
         proc = subprocess.Popen([harness.BIN, "serve", "--scripts", d],
                                 env=clean_env(HANCOCK_PORT=str(port), LOG_LEVEL="INFO"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lines = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(raw) for raw in proc.stdout] + [lines.put(None)],
+                                  daemon=True)
+        reader.start()
         try:
             listening = None
-            for raw in proc.stdout:
+            while listening is None:
+                raw = lines.get(timeout=10)
+                self.assertIsNotNone(raw, "hancock exited before listening: %r" % proc.stderr.read())
                 ev = json.loads(raw)
                 if ev.get("event") == "server_listening":
                     listening = ev
-                    break
-            self.assertIsNotNone(listening, "no server_listening event")
             self.assertEqual(listening["port"], port)
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                 s.sendall(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -199,6 +205,7 @@ class CliTest(unittest.TestCase):
         finally:
             proc.terminate()
             code = proc.wait(timeout=15)
+            reader.join(5)
             proc.stdout.close()
             proc.stderr.close()
         self.assertEqual(code, 0)

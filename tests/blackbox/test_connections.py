@@ -357,6 +357,18 @@ class ConnectionsTest(unittest.TestCase):
         slow.close()  # unread data: the kernel resets it; the server must let go of it
         self.assert_still_serving(server)
 
+    def test_send_timeout_drops_client_that_stops_reading(self):
+        server = self.start("--send-timeout", TIMEOUT_FLAG, env={"HANCOCK_TEST_PROTOCOL_ROUTES": "1"})
+        big = b"GET /protocol/big/4096 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        count = 8  # 32 MiB asked for: far more than the socket buffers between us can hold
+        with connect(server, rcvbuf=4096) as slow:
+            slow.sendall(big * count)
+            ev = server.wait_event("client_timeout", timeout=5, predicate=lambda e: e.get("phase") == "send")
+            self.assertTrue(ev)
+            received = len(read_until_closed_or_reset(slow, 10))  # what was already in flight, then EOF
+        self.assertLess(received, count * 4 * 1024 * 1024, "every response was delivered anyway")
+        self.assert_still_serving(server)
+
 
 if __name__ == "__main__":
     unittest.main()

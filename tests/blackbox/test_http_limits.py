@@ -127,9 +127,9 @@ class HttpLimitsTest(unittest.TestCase):
 
     # ---- request head and request line ----------------------------------------------------
 
-    def test_head_just_under_16k_is_accepted(self):
+    def test_head_of_exactly_16k_is_accepted(self):
         server = self.start()
-        raw = head_with_padding("/v1/items/big-head", 16 * KIB - 64)
+        raw = head_with_padding("/v1/items/big-head", 16 * KIB)  # blank line included
         with connect(server) as sock:
             sock.sendall(raw)
             status, _, body = recv_response(sock)
@@ -138,7 +138,9 @@ class HttpLimitsTest(unittest.TestCase):
 
     def test_head_over_16k_gets_431(self):
         server = self.start()
-        self.assert_rejected_and_closed(server, head_with_padding("/v1/items/1", 16 * KIB + 512), 431)
+        # 16 KiB + 3: over the limit even when the final blank line is not counted.
+        self.assert_rejected_and_closed(server, head_with_padding("/v1/items/1", 16 * KIB + 3), 431)
+        self.assert_rejected_and_closed(server, head_with_padding("/v1/items/1", 64 * KIB), 431)
 
     def test_unterminated_head_over_16k_gets_431_without_waiting(self):
         # The head never ends: the server must answer as soon as it has 16 KiB, not wait for
@@ -154,9 +156,12 @@ class HttpLimitsTest(unittest.TestCase):
 
     def test_request_line_over_8k_gets_414(self):
         server = self.start()
-        path = "/v1/items/" + "a" * (8 * KIB + 100)
-        self.assert_rejected_and_closed(
-            server, b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode(), 414)
+        for line_len in (8 * KIB + 1, 12 * KIB):  # without the CRLF
+            path = "/v1/items/" + "a" * (line_len - len("GET /v1/items/ HTTP/1.1"))
+            line = b"GET %s HTTP/1.1" % path.encode()
+            self.assertEqual(len(line), line_len)
+            with self.subTest(line_len=line_len):
+                self.assert_rejected_and_closed(server, line + b"\r\nHost: 127.0.0.1\r\n\r\n", 414)
 
     def test_unterminated_request_line_over_8k_gets_414_without_waiting(self):
         server = self.start("--header-timeout", "10s")
@@ -166,11 +171,14 @@ class HttpLimitsTest(unittest.TestCase):
         self.assertEqual(len(responses), 1)
         self.assert_error(responses[0], 414)
 
-    def test_request_line_just_under_8k_is_accepted(self):
+    def test_request_line_of_8k_is_accepted(self):
         server = self.start()
-        item = "i" * (8 * KIB - 100)
+        # 8 KiB counting its CRLF: within the limit however the line is measured.
+        item = "i" * (8 * KIB - len("GET /v1/items/ HTTP/1.1\r\n"))
+        line = b"GET /v1/items/%s HTTP/1.1\r\n" % item.encode()
+        self.assertEqual(len(line), 8 * KIB)
         with connect(server) as sock:
-            sock.sendall(b"GET /v1/items/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % item.encode())
+            sock.sendall(line + b"Host: 127.0.0.1\r\n\r\n")
             status, _, body = recv_response(sock)
         self.assertEqual(status, 200)
         self.assertEqual(json.loads(body)["id"], item)

@@ -75,6 +75,10 @@ def expect_silence(test, sock, seconds=0.05):
 
 class HttpProtocolTest(harness.HancockTestCase):
 
+    # Short enough that a request the server wrongly waits on fails fast, long enough for the
+    # split-send test's deliberate pauses.
+    server_args = ("--header-timeout", "2s")
+
     # ---- helpers -------------------------------------------------------------------------
 
     def assert_error_body(self, status, headers, body, want_status):
@@ -131,7 +135,8 @@ class HttpProtocolTest(harness.HancockTestCase):
                b"GET /v1/items/three HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
                b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"3\r\nabc\r\n0\r\n\r\n"
-               b"GET /v1/items/four?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+               b"GET /v1/items/four?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+               b"GET /v1/items/after-close HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # never answered
         responses = parse_responses(exchange(self.server, raw))
         self.assertEqual([r[0] for r in responses], [200] * 5)
         self.assertEqual(json.loads(responses[0][2])["id"], "one")
@@ -217,6 +222,15 @@ class HttpProtocolTest(harness.HancockTestCase):
         self.assertEqual(len(responses), 1, data)
         self.assert_error_body(*responses[0], 413)
         self.assert_still_serving()
+
+    def test_expect_100_continue_ignored_for_http10(self):
+        # RFC 9110 §10.1.1 and §15.2: an HTTP/1.0 request's 100-continue expectation is ignored,
+        # and no 1xx response may be sent to an HTTP/1.0 client.
+        data = exchange(self.server, b"POST /echo HTTP/1.0\r\nContent-Length: 3\r\n"
+                                     b"Expect: 100-continue\r\n\r\nabc")
+        self.assertNotIn(b" 100 ", data.split(b"\r\n", 1)[0], "1xx sent to an HTTP/1.0 client: %r" % data[:60])
+        responses = parse_responses(data)
+        self.assertEqual([(r[0], r[2]) for r in responses], [(200, b"abc")])
 
     # ---- HEAD -----------------------------------------------------------------------------
 
@@ -318,6 +332,18 @@ class HttpProtocolTest(harness.HancockTestCase):
             with self.subTest(raw=raw):
                 self.assert_rejected(raw)
 
+    def test_rejects_http09_request_line_without_waiting_for_more(self):
+        # An HTTP/0.9 client sends only "GET /" CRLF and then waits: no header block follows.
+        # The line alone is already not HTTP/1.x, so the stricter reading is a 400 at once, not a
+        # 408 once the header timeout (2 s here) runs out.
+        with connect(self.server) as sock:
+            sock.sendall(b"GET /\r\n")
+            data = read_until_closed(sock, 5)
+        responses = parse_responses(data)
+        self.assertEqual(len(responses), 1, data)
+        self.assert_error_body(*responses[0], 400)
+        self.assert_still_serving()
+
     def test_rejects_http11_without_host(self):
         self.assert_rejected(b"GET /v1/items/1 HTTP/1.1\r\nAccept: */*\r\n\r\n")
 
@@ -336,6 +362,11 @@ class HttpProtocolTest(harness.HancockTestCase):
     def test_rejects_bad_chunk_size_line(self):
         for chunks in (b"zz\r\nhello\r\n0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n", b" 5\r\nhello\r\n0\r\n\r\n",
                        b"\r\nhello\r\n0\r\n\r\n"):
+            with self.subTest(chunks=chunks):
+                self.assert_rejected(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+
+    def test_rejects_chunk_data_not_followed_by_crlf(self):
+        for chunks in (b"3\r\nabcX\r\n0\r\n\r\n", b"3\r\nabc\n0\r\n\r\n", b"3\r\nabc0\r\n\r\n"):
             with self.subTest(chunks=chunks):
                 self.assert_rejected(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
 

@@ -2,8 +2,8 @@
  * value, decodes the encoding and encodes again, and requires the two encodings to match (the
  * encoder's output is canonical, so one round trip reaches a fixed point). It also checks that
  * hk_json_append_string always produces a JSON string that decodes, the same in both modes.
- * Build: clang -g -fsanitize=fuzzer,address,undefined -Ihost -I/usr/include/lua5.4
- *        tests/fuzz/fuzz_json.c host/hk_json.c host/hk_buf.c -llua5.4 -lm -o fuzz_json */
+ * Built by tests/fuzz/CMakeLists.txt: as fuzz_json_replay (with replay_main.c, any compiler, run
+ * on corpus/json/ by ctest) and, with -DHK_FUZZ=ON, as a libFuzzer binary. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>

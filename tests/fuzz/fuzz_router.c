@@ -2,8 +2,8 @@
  * clear the rest is a path matched against a fixed router, with it set the rest is a pattern
  * added to a fresh router, which must then match the pattern's own text. It checks the contract's
  * invariants (status codes, params inside the path, Allow NUL-terminated) and leaves memory
- * errors to ASan. Build: clang -fsanitize=fuzzer,address -Ihost tests/fuzz/fuzz_router.c
- * host/hk_router.c; -DHK_FUZZ_MAIN gives a main() that replays files with any compiler. */
+ * errors to ASan. Built by tests/fuzz/CMakeLists.txt: as fuzz_router_replay (with replay_main.c,
+ * any compiler, run on corpus/router/ by ctest) and, with -DHK_FUZZ=ON, as a libFuzzer binary. */
 #include "hk_router.h"
 
 #include <errno.h>
@@ -137,21 +137,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   check_match(fixed_router(), method, (const char *)data + 1, size - 1, FIXED_COUNT);
   return 0;
 }
-
-#ifdef HK_FUZZ_MAIN
-int main(int argc, char **argv) {
-  for (int i = 1; i < argc; i++) {
-    FILE *f = fopen(argv[i], "rb");
-    if (f == NULL) continue;
-    static uint8_t buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    uint8_t *exact = malloc(n ? n : 1);
-    if (exact == NULL) return 1;
-    memcpy(exact, buf, n);
-    LLVMFuzzerTestOneInput(exact, n);
-    free(exact);
-  }
-  return 0;
-}
-#endif
