@@ -516,6 +516,7 @@ typedef struct encoder_s {
   char *err;
   size_t errsize;
   int string_flags; /* passed to hk_json_append_string for keys and values */
+  bool (*redact_key)(const char *key, size_t len);
   int array_mt; /* stack index of the array marker metatable */
   int scratch;  /* stack index of the userdata holding keys[] once it outgrew inline_keys */
   /* Object keys waiting to be sorted and written, used as a stack: each object being written
@@ -650,6 +651,10 @@ static int encode_table(encoder_t *e, int idx, int depth) {
     if (i > 0 && (rc = hk_buf_append_char(e->buf, ',')) != 0) break;
     if ((rc = hk_json_append_string(e->buf, key.str, key.len, e->string_flags)) != 0) break;
     if ((rc = hk_buf_append_char(e->buf, ':')) != 0) break;
+    if (e->redact_key != NULL && e->redact_key(key.str, key.len)) {
+      rc = hk_buf_append_str(e->buf, "\"[redacted]\"");
+      continue;
+    }
     lua_pushlstring(L, key.str, key.len);
     lua_rawget(L, idx);
     rc = encode_value(e, lua_gettop(L), depth);
@@ -687,11 +692,11 @@ static int encode_value(encoder_t *e, int idx, int depth) {
 }
 
 int hk_json_encode(lua_State *L, int idx, hk_buf_t *buf, char *err, size_t errsize) {
-  return hk_json_encode_flags(L, idx, buf, 0, err, errsize);
+  return hk_json_encode_opts(L, idx, buf, NULL, err, errsize);
 }
 
-int hk_json_encode_flags(lua_State *L, int idx, hk_buf_t *buf, int flags, char *err,
-                         size_t errsize) {
+int hk_json_encode_opts(lua_State *L, int idx, hk_buf_t *buf, const hk_json_encode_opts_t *opts,
+                        char *err, size_t errsize) {
   int top = lua_gettop(L);
   size_t start = buf->len;
   encoder_t e;
@@ -702,7 +707,8 @@ int hk_json_encode_flags(lua_State *L, int idx, hk_buf_t *buf, int flags, char *
   e.buf = buf;
   e.err = err;
   e.errsize = errsize;
-  e.string_flags = flags;
+  e.string_flags = opts ? opts->string_flags : 0;
+  e.redact_key = opts ? opts->redact_key : NULL;
   e.keys = e.inline_keys;
   e.keys_used = 0;
   e.keys_cap = sizeof e.inline_keys / sizeof e.inline_keys[0];

@@ -19,6 +19,7 @@
 #ifndef HK_JSON_H
 #define HK_JSON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <lua.h>
@@ -54,9 +55,15 @@ int hk_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
  * marker. [-0, +0, m] */
 int hk_json_encode(lua_State *L, int idx, hk_buf_t *buf, char *err, size_t errsize);
 
-/* hk_json_encode with string flags (HK_JSON_ASCII for log lines). */
-int hk_json_encode_flags(lua_State *L, int idx, hk_buf_t *buf, int flags, char *err,
-                         size_t errsize);
+/* Encoding options, for log lines: string flags (HK_JSON_ASCII) and a predicate naming object
+ * keys whose values are written as "[redacted]" at any depth. */
+typedef struct hk_json_encode_opts_s {
+  int string_flags;
+  bool (*redact_key)(const char *key, size_t len);
+} hk_json_encode_opts_t;
+
+int hk_json_encode_opts(lua_State *L, int idx, hk_buf_t *buf, const hk_json_encode_opts_t *opts,
+                        char *err, size_t errsize);
 
 /* Opens the Lua module table {encode, decode, null, array, is_array} and pushes it. encode(v)
  * returns a string or raises; decode(s) returns the value or nil, msg (invalid input is an

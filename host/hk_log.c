@@ -117,6 +117,10 @@ int hk_log_append_field(hk_buf_t *line, const hk_log_field_t *field) {
   if (rc == 0) rc = hk_buf_append_char(line, ':');
   if (rc != 0) return rc;
   if (hk_log_key_is_secret(field->key, key_len)) return hk_buf_append_str(line, "\"[redacted]\"");
+  return hk_log_append_value(line, field);
+}
+
+int hk_log_append_value(hk_buf_t *line, const hk_log_field_t *field) {
   switch (field->type) {
     case HK_LOG_STR: return append_str_or_null(line, field->str, field->len);
     case HK_LOG_INT: return hk_buf_appendf(line, "%lld", field->i);
@@ -128,8 +132,25 @@ int hk_log_append_field(hk_buf_t *line, const hk_log_field_t *field) {
   return -EINVAL;
 }
 
+static _Thread_local hk_log_enrich_cb enricher;
+static _Thread_local void *enricher_data;
+
+void hk_log_set_enricher(hk_log_enrich_cb enrich, void *data) {
+  enricher = enrich;
+  enricher_data = data;
+}
+
 void hk_log_event(hk_log_level_t level, const char *request_id, const char *event,
                   const char *message, const hk_log_field_t *fields, size_t field_count) {
+  if (!hk_log_enabled(level)) return;
+  if (enricher != NULL &&
+      enricher(enricher_data, level, request_id, event, message, fields, field_count))
+    return;
+  hk_log_event_plain(level, request_id, event, message, fields, field_count);
+}
+
+void hk_log_event_plain(hk_log_level_t level, const char *request_id, const char *event,
+                        const char *message, const hk_log_field_t *fields, size_t field_count) {
   if (!hk_log_enabled(level)) return;
   hk_buf_t line = HK_BUF_INIT;
   int rc = hk_log_begin_line(&line, level, request_id, event, message);

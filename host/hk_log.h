@@ -71,6 +71,9 @@ bool hk_log_key_is_secret(const char *key, size_t len);
 /* Appends `"key":value` (with a leading comma) for one field, redacting secret-named keys. */
 int hk_log_append_field(hk_buf_t *line, const hk_log_field_t *field);
 
+/* Appends a field's value alone, in the core's format (doubles with two decimals). */
+int hk_log_append_value(hk_buf_t *line, const hk_log_field_t *field);
+
 /* Starts a line: {"timestamp":…,"level":…,"request_id":…,"event":…,"message":… (no closing
  * brace). request_id and message may be NULL (written as null / the event name). */
 int hk_log_begin_line(hk_buf_t *line, hk_log_level_t level, const char *request_id,
@@ -82,6 +85,19 @@ void hk_log_write_line(const char *line, size_t len);
 /* Formats and queues an event when its level is enabled. */
 void hk_log_event(hk_log_level_t level, const char *request_id, const char *event,
                   const char *message, const hk_log_field_t *fields, size_t field_count);
+
+/* An enricher sees every event of the thread that installed it before it is written (the
+ * scripts' hk.on_log hooks). It returns true when it took care of the event — wrote it, or
+ * dropped it on purpose — and false to let hk_log write it unchanged. Per thread, so each
+ * worker's events go through its own scripts. */
+typedef bool (*hk_log_enrich_cb)(void *data, hk_log_level_t level, const char *request_id,
+                                 const char *event, const char *message,
+                                 const hk_log_field_t *fields, size_t field_count);
+void hk_log_set_enricher(hk_log_enrich_cb enrich, void *data);
+
+/* Formats and queues an event without the enricher (the enricher's own fallback). */
+void hk_log_event_plain(hk_log_level_t level, const char *request_id, const char *event,
+                        const char *message, const hk_log_field_t *fields, size_t field_count);
 
 /* Lines dropped because the queue was full, since start. */
 uint64_t hk_log_dropped(void);

@@ -1,7 +1,7 @@
 /* hk_lua: a script generation — the lua_State, the embedded runtime, the operator's scripts,
  * their routes and log hooks — and the running of handlers in coroutines. The C half of the
  * `hancock` module is `hancock.core` (registered here); the Lua half is lua/hancock.lua.
- * Entry points: hk_lua_new, hk_lua_route, hk_lua_run, hk_lua_log. */
+ * Entry points: hk_lua_new, hk_lua_route, hk_lua_run, hk_lua_attach_log. */
 #include "hk_lua.h"
 
 #include <dirent.h>
@@ -34,6 +34,7 @@ struct hk_lua_s {
   bool in_log_hook;       /* a hook that logs must not re-enter the hooks */
   uint64_t last_hook_error_ns;
   hk_request_t *current;  /* the request whose coroutine is running */
+  lua_State *running;     /* that coroutine */
 };
 
 /* The one registry key under which a state finds its hk_lua_t. */
@@ -54,6 +55,7 @@ static void push_located_message(lua_State *L, lua_State *co, const char *msg) {
   lua_Debug ar;
   for (int level = 0; lua_getstack(co, level, &ar); level++) {
     if (!lua_getinfo(co, "Sl", &ar) || ar.currentline <= 0) continue;
+    if (strncmp(ar.source, "=lua/", 5) == 0) continue; /* the runtime: point past it */
     size_t src_len = strlen(ar.short_src);
     if (strncmp(msg, ar.short_src, src_len) == 0 && msg[src_len] == ':') break;
     lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, msg);
@@ -102,13 +104,23 @@ static int load_embedded(lua_State *L) {
     luaL_addstring(&b, ".lua");
     luaL_pushresult(&b);
     const char *path = lua_tostring(L, -1);
-    FILE *f = fopen(path, "r");
+    FILE *f = fopen(path, "rb");
     if (f == NULL) {
       lua_pushfstring(L, "no file '%s' (HANCOCK_LUA_PATH)", path);
       return 1;
     }
+    luaL_Buffer source;
+    luaL_buffinit(L, &source);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) luaL_addlstring(&source, chunk, n);
     fclose(f);
-    if (luaL_loadfilex(L, path, "t") != LUA_OK) return lua_error(L);
+    luaL_pushresult(&source);
+    /* The embedded chunk name, so runtime frames are recognised either way. */
+    const char *name_in_tree = lua_pushfstring(L, "=lua/%s", path + strlen(dev_dir) + 1);
+    size_t len;
+    const char *text = lua_tolstring(L, -2, &len);
+    if (luaL_loadbufferx(L, text, len, name_in_tree, "t") != LUA_OK) return lua_error(L);
     lua_pushstring(L, path);
     return 2;
   }
@@ -194,8 +206,22 @@ static int compare_strings(const void *a, const void *b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Appends one Lua value as a log field value. */
-static int append_lua_value(lua_State *L, int idx, hk_buf_t *line) {
+/* The shortest %g form that reads back as the same double. */
+static int append_double(hk_buf_t *line, double d) {
+  if (d != d || d > 1.7976931348623157e308 || d < -1.7976931348623157e308)
+    return hk_buf_append_str(line, "null");
+  char text[40];
+  for (int precision = 15; precision <= 17; precision++) {
+    snprintf(text, sizeof text, "%.*g", precision, d);
+    if (strtod(text, NULL) == d) break;
+  }
+  return hk_buf_append_str(line, text);
+}
+
+/* Appends one Lua value as a log field value. `origin`, when not NULL, is the core's field of
+ * the same name: a number the hooks left unchanged keeps the core's format (two decimals for
+ * latencies). */
+static int append_lua_value(lua_State *L, int idx, hk_buf_t *line, const hk_log_field_t *origin) {
   switch (lua_type(L, idx)) {
     case LUA_TSTRING: {
       size_t len;
@@ -204,32 +230,37 @@ static int append_lua_value(lua_State *L, int idx, hk_buf_t *line) {
     }
     case LUA_TNUMBER:
       if (lua_isinteger(L, idx)) return hk_buf_appendf(line, "%lld", (long long)lua_tointeger(L, idx));
-      else {
-        double d = lua_tonumber(L, idx);
-        if (d != d || d > 1e308 || d < -1e308) return hk_buf_append_str(line, "null");
-        return hk_buf_appendf(line, "%.17g", d);
-      }
+      if (origin != NULL && origin->type == HK_LOG_DOUBLE &&
+          lua_tonumber(L, idx) == (double)llround(origin->d * 100) / 100)
+        return hk_log_append_value(line, origin);
+      return append_double(line, lua_tonumber(L, idx));
     case LUA_TBOOLEAN: return hk_buf_append_str(line, lua_toboolean(L, idx) ? "true" : "false");
     case LUA_TTABLE: {
       char err[128];
       size_t mark = line->len;
-      if (hk_json_encode_flags(L, idx, line, HK_JSON_ASCII, err, sizeof err) == 0) return 0;
+      static const hk_json_encode_opts_t log_opts = {HK_JSON_ASCII, hk_log_key_is_secret};
+      if (hk_json_encode_opts(L, idx, line, &log_opts, err, sizeof err) == 0) return 0;
       line->len = mark;
       return hk_json_append_string(line, err, strlen(err), HK_JSON_ASCII);
     }
     case LUA_TLIGHTUSERDATA:
       if (lua_touserdata(L, idx) == NULL) return hk_buf_append_str(line, "null");
       /* fallthrough */
-    default: {
-      const char *tn = luaL_typename(L, idx);
-      return hk_buf_appendf(line, "\"<%s>\"", tn);
-    }
+    default: return hk_buf_appendf(line, "\"<%s>\"", luaL_typename(L, idx));
   }
+}
+
+static const hk_log_field_t *find_field(const hk_log_field_t *fields, size_t count, const char *key) {
+  for (size_t i = 0; i < count; i++) {
+    if (strcmp(fields[i].key, key) == 0) return &fields[i];
+  }
+  return NULL;
 }
 
 /* Serialises the event table at `idx` as one log line: the fixed keys first, then the rest
  * sorted, secret-named keys redacted. */
-static void write_event_table(lua_State *L, int idx, hk_log_level_t level) {
+static void write_event_table(lua_State *L, int idx, hk_log_level_t level,
+                              const hk_log_field_t *fields, size_t field_count) {
   idx = lua_absindex(L, idx);
   hk_buf_t line = HK_BUF_INIT;
   lua_getfield(L, idx, "request_id");
@@ -263,7 +294,7 @@ static void write_event_table(lua_State *L, int idx, hk_log_level_t level) {
       continue;
     }
     lua_getfield(L, idx, keys[i]);
-    rc = append_lua_value(L, -1, &line);
+    rc = append_lua_value(L, -1, &line, find_field(fields, field_count, keys[i]));
     lua_pop(L, 1);
   }
   if (rc == 0) rc = hk_buf_append_char(&line, '}');
@@ -285,7 +316,7 @@ static bool run_log_hooks(hk_lua_t *lua, lua_State *L) {
       uint64_t now = hk_now_ns();
       if (now - lua->last_hook_error_ns > 1000000000u) {
         lua->last_hook_error_ns = now;
-        hk_log_event(HK_LOG_ERROR, NULL, "log_hook_error", "an hk.on_log hook failed",
+        hk_log_event_plain(HK_LOG_ERROR, NULL, "log_hook_error", "an hk.on_log hook failed",
                      (hk_log_field_t[]){HK_LOG_S("error", lua_tostring(L, -1))}, 1);
       }
     } else if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
@@ -311,15 +342,17 @@ static void push_field_value(lua_State *L, const hk_log_field_t *f) {
   }
 }
 
-void hk_lua_log(hk_lua_t *lua, hk_log_level_t level, const char *request_id, const char *event,
-                const char *message, const hk_log_field_t *fields, size_t field_count) {
-  if (!hk_log_enabled(level)) return;
-  if (lua == NULL || lua->log_hook_count == 0 || lua->in_log_hook) {
-    hk_log_event(level, request_id, event, message, fields, field_count);
-    return;
-  }
+/* The hk_log enricher: runs the scripts' hooks on a core event. */
+static bool enrich_event(void *data, hk_log_level_t level, const char *request_id,
+                         const char *event, const char *message, const hk_log_field_t *fields,
+                         size_t field_count) {
+  hk_lua_t *lua = data;
+  /* A hook that logs, or an event raised while a coroutine runs, is written as it is: the
+   * main thread must not be re-entered from inside a coroutine. */
+  if (lua->log_hook_count == 0 || lua->in_log_hook || lua->running != NULL) return false;
   lua_State *L = lua->L;
   int top = lua_gettop(L);
+  if (!lua_checkstack(L, 8)) return false;
   lua_createtable(L, 0, (int)field_count + 5);
   if (request_id) lua_pushstring(L, request_id), lua_setfield(L, -2, "request_id");
   lua_pushstring(L, event), lua_setfield(L, -2, "event");
@@ -329,8 +362,14 @@ void hk_lua_log(hk_lua_t *lua, hk_log_level_t level, const char *request_id, con
     push_field_value(L, &fields[i]);
     lua_setfield(L, -2, fields[i].key);
   }
-  if (run_log_hooks(lua, L)) write_event_table(L, -1, level);
+  if (run_log_hooks(lua, L)) write_event_table(L, -1, level, fields, field_count);
   lua_settop(L, top);
+  return true;
+}
+
+void hk_lua_attach_log(hk_lua_t *lua) {
+  if (lua == NULL) hk_log_set_enricher(NULL, NULL);
+  else hk_log_set_enricher(enrich_event, lua);
 }
 
 /* core.log(level, event, fields)  [-3, +0, e] */
@@ -356,7 +395,7 @@ static int core_log(lua_State *L) {
   lua_pushstring(L, event), lua_setfield(L, ev, "event");
   lua_pushstring(L, hk_log_level_name(level)), lua_setfield(L, ev, "level");
   if (lua->current != NULL) lua_pushstring(L, lua->current->id), lua_setfield(L, ev, "request_id");
-  if (lua->log_hook_count == 0 || lua->in_log_hook || run_log_hooks(lua, L)) write_event_table(L, ev, level);
+  if (lua->log_hook_count == 0 || lua->in_log_hook || run_log_hooks(lua, L)) write_event_table(L, ev, level, NULL, 0);
   return 0;
 }
 
@@ -789,10 +828,13 @@ void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
   lua_xmove(co, L, 1);
 
   hk_request_t *outer = lua->current;
+  lua_State *outer_co = lua->running;
   lua->current = req;
+  lua->running = co;
   int nres = 0;
   int status = lua_resume(co, L, 2, &nres);
   lua->current = outer;
+  lua->running = outer_co;
 
   if (status == LUA_OK) {
     collect_response(co, nres, req);

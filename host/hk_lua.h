@@ -29,8 +29,8 @@ int hk_lua_route(hk_lua_t *lua, hk_request_t *req, char *allow, size_t allow_siz
 typedef void (*hk_lua_done_cb)(hk_request_t *req);
 void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done);
 
-/* Logs an event through the scripts' hk.on_log hooks (when there are any) and hk_log. */
-void hk_lua_log(hk_lua_t *lua, hk_log_level_t level, const char *request_id, const char *event,
-                const char *message, const hk_log_field_t *fields, size_t field_count);
+/* Sends the calling thread's log events (hk_log_event) through this generation's hk.on_log
+ * hooks; NULL detaches. */
+void hk_lua_attach_log(hk_lua_t *lua);
 
 #endif

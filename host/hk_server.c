@@ -312,7 +312,7 @@ static void request_default_mode(hk_request_t *req) {
   cJSON_Delete(doc);
 }
 
-static void log_request_started(hk_worker_t *worker, hk_request_t *req) {
+static void log_request_started(const hk_request_t *req) {
   if (!hk_log_enabled(HK_LOG_INFO)) return;
   const hk_http_request_t *http = req->http;
   hk_log_field_t fields[] = {
@@ -322,11 +322,11 @@ static void log_request_started(hk_worker_t *worker, hk_request_t *req) {
       HK_LOG_S("client", req->remote_addr),
       HK_LOG_S("mode", req->mode),
   };
-  hk_lua_log(worker->lua, HK_LOG_INFO, req->id, "request_started", "request started", fields,
+  hk_log_event(HK_LOG_INFO, req->id, "request_started", "request started", fields,
              req->mode[0] ? 5 : 4);
 }
 
-static void log_request_completed(hk_worker_t *worker, hk_request_t *req) {
+static void log_request_completed(const hk_request_t *req) {
   if (!hk_log_enabled(HK_LOG_INFO)) return;
   const hk_http_request_t *http = req->http;
   double latency_ms = (double)(hk_now_ns() - req->start_ns) / 1e6;
@@ -337,7 +337,7 @@ static void log_request_completed(hk_worker_t *worker, hk_request_t *req) {
       HK_LOG_D("latency_ms", latency_ms),
       HK_LOG_S("mode", req->mode),
   };
-  hk_lua_log(worker->lua, HK_LOG_INFO, req->id, "request_completed", "request completed", fields,
+  hk_log_event(HK_LOG_INFO, req->id, "request_completed", "request completed", fields,
              req->mode[0] ? 5 : 4);
 }
 
@@ -355,7 +355,7 @@ static void conn_dispatch(hk_conn_t *conn) {
 
   char allow[128];
   int rc = hk_lua_route(worker->lua, req, allow, sizeof allow);
-  log_request_started(worker, req);
+  log_request_started(req);
   if (rc == 0) {
     hk_lua_run(worker->lua, req, conn_finish_request);
     return;
@@ -376,7 +376,7 @@ static void conn_finish_request(hk_request_t *req) {
   if (conn == NULL) return; /* the client went away; nothing to send */
   hk_worker_t *worker = conn->worker;
   conn->in_flight = false;
-  log_request_completed(worker, req);
+  log_request_completed(req);
   if (conn->closing) {
     if (conn->handles_open == 0) conn_free(conn);
     return;

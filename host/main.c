@@ -100,7 +100,9 @@ static int command_serve(int argc, char **argv, int first) {
     fprintf(stderr, "hancock: cannot start the log writer\n");
     status = 1;
   } else {
+    hk_lua_attach_log(lua);
     status = hk_server_run(server);
+    hk_lua_attach_log(NULL);
   }
   hk_server_free(server);
   hk_lua_free(lua);

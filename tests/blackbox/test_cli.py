@@ -13,30 +13,13 @@ import threading
 import unittest
 
 import harness
-from harness import request, write_scripts
+from harness import Server, request, write_scripts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE_SCRIPTS = os.path.join(HERE, "scripts")
 RUNTIME_LUA = os.path.join(harness.SOURCE_DIR, "lua", "hancock.lua")
 
 GOOD_ROUTE = 'local hk = require "hancock"\n\nhk.route("GET", "/ok", function()\n  return { ok = true }\nend)\n'
-
-
-class _Socket(socket.socket):
-    """A socket that can carry attributes: harness.recv_response keeps its read buffer on the
-    socket (sock._hk_buf), which a plain socket.socket (it has __slots__) refuses."""
-
-
-class Server(harness.Server):
-    def connect(self, timeout=10):
-        s = _Socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.settimeout(timeout)
-            s.connect(("127.0.0.1", self.port))
-        except BaseException:
-            s.close()
-            raise
-        return s
 
 
 def clean_env(**extra):
@@ -97,7 +80,6 @@ class CliTest(unittest.TestCase):
                                     '  return { version = hk.version }\nend)\n'})
         with Server(scripts=d) as server:
             status, _, body = request(server, "GET", "/v")
-        server.proc.stdout.close()
         self.assertEqual(json.loads(body), {"version": m.group(1)})
         self.assertEqual(server.proc.returncode, 0)
 
@@ -192,7 +174,8 @@ class CliTest(unittest.TestCase):
             listening = None
             while listening is None:
                 raw = lines.get(timeout=10)
-                self.assertIsNotNone(raw, "hancock exited before listening: %r" % proc.stderr.read())
+                if raw is None:
+                    self.fail("hancock exited before listening: %r" % proc.stderr.read())
                 ev = json.loads(raw)
                 if ev.get("event") == "server_listening":
                     listening = ev
@@ -223,13 +206,11 @@ class CliTest(unittest.TestCase):
                                      '  return { marker = hk.dev_marker or "embedded" }\nend)\n')})
         with Server(scripts=d, env={"HANCOCK_LUA_PATH": runtime}) as server:
             status, _, body = request(server, "GET", "/marker")
-        server.proc.stdout.close()
         self.assertEqual((status, json.loads(body)), (200, {"marker": "from HANCOCK_LUA_PATH"}))
         self.assertEqual(server.proc.returncode, 0)
         # Without it the embedded runtime (no marker) is used; an empty value means unset.
         with Server(scripts=d, env={"HANCOCK_LUA_PATH": ""}) as server:
             status, _, body = request(server, "GET", "/marker")
-        server.proc.stdout.close()
         self.assertEqual(json.loads(body), {"marker": "embedded"})
         # `check` loads the runtime the same way.
         strict = write_scripts({"a.lua": 'local hk = require "hancock"\n\nassert(hk.dev_marker, "no marker")\n'})

@@ -13,7 +13,7 @@ import time
 import unittest
 
 import harness
-from harness import read_until_closed, recv_response, request
+from harness import Server, read_until_closed, recv_response, request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOGGING_DIR = os.path.join(HERE, "scripts_logging")
@@ -25,23 +25,6 @@ UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 LATENCY = re.compile(r'"latency_ms":\d+\.\d{2}[,}]')
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
-
-
-class _Socket(socket.socket):
-    """A socket that can carry attributes: harness.recv_response keeps its read buffer on the
-    socket (sock._hk_buf), which a plain socket.socket (it has __slots__) refuses."""
-
-
-class Server(harness.Server):
-    def connect(self, timeout=10):
-        s = _Socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.settimeout(timeout)
-            s.connect(("127.0.0.1", self.port))
-        except BaseException:
-            s.close()
-            raise
-        return s
 
 
 def free_port():
@@ -113,7 +96,6 @@ class LoggingTest(unittest.TestCase):
     def stop(self, server):
         """Stops the server (flushing its log) and returns all stdout lines."""
         server.exit_code = server.stop()
-        server.proc.stdout.close()
         return list(server.lines)
 
     def assert_lines_valid(self, lines):

@@ -7,33 +7,14 @@ requires); a few tests build their own scripts directory with harness.write_scri
 import json
 import os
 import re
-import socket
 import unittest
 
-import harness
-from harness import read_until_closed, recv_response, request, write_scripts
+from harness import Server, read_until_closed, recv_response, request, write_scripts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROUTES_DIR = os.path.join(HERE, "scripts_routes")
 ROUTES_LUA = os.path.join(ROUTES_DIR, "routes.lua")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-
-
-class _Socket(socket.socket):
-    """A socket that can carry attributes: harness.recv_response keeps its read buffer on the
-    socket (sock._hk_buf), which a plain socket.socket (it has __slots__) refuses."""
-
-
-class Server(harness.Server):
-    def connect(self, timeout=10):
-        s = _Socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.settimeout(timeout)
-            s.connect(("127.0.0.1", self.port))
-        except BaseException:
-            s.close()
-            raise
-        return s
 
 
 def line_of(path, needle):
@@ -59,7 +40,6 @@ class LuaRoutesTest(unittest.TestCase):
     def tearDown(self):
         for server in self.servers:
             code = server.stop()
-            server.proc.stdout.close()
             self.assertEqual(code, 0, "hancock exited with %s; stderr: %s" % (code, server.stderr))
 
     def serve(self, scripts=ROUTES_DIR, env=None):

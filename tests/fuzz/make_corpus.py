@@ -99,6 +99,9 @@ HTTP = {
     "upgrade_alone": req("GET /ws HTTP/1.1", [HOST, ("Connection", "Upgrade"),
                                              ("Upgrade", "websocket"),
                                              ("Sec-WebSocket-Version", "13")]),
+    "upgrade_then_get": req("GET /ws HTTP/1.1", [HOST, ("Connection", "keep-alive, Upgrade"),
+                                                 ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA")])
+    + get("/next"),
     "truncated_body": req("POST / HTTP/1.1", [HOST, ("Content-Length", "10")], b"short"),
     "truncated_head": b"GET /partial HTTP/1.1\r\nHost: exa",
     "unknown_method": req("BREW /pot HTTP/1.1", [HOST]),
