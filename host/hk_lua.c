@@ -19,6 +19,7 @@
 
 #include "hk_embedded.h"
 #include "hk_json.h"
+#include "hk_lua_metrics.h"
 #include "hk_router.h"
 
 #define REQUEST_MT "hancock.Request"
@@ -26,6 +27,9 @@
 
 struct hk_lua_s {
   lua_State *L;
+  hk_metrics_t *metrics;
+  unsigned worker;
+  hk_series_t *memory_series; /* hancock_lua_memory_bytes{generation} */
   hk_router_t *router;
   char *scripts_dir;
   int respond_ref;        /* hancock._respond: shapes a handler's return values */
@@ -639,14 +643,24 @@ static void create_metatables(lua_State *L) {
 
 /* ---- hancock.core ------------------------------------------------------------------------- */
 
+/* core.monotonic() -> seconds on a monotonic clock  [-0, +1, -] */
+static int core_monotonic(lua_State *L) {
+  lua_pushnumber(L, (double)hk_now_ns() / 1e9);
+  return 1;
+}
+
 static int open_core(lua_State *L) {
   static const luaL_Reg functions[] = {
       {"route", core_route},
       {"on_log", core_on_log},
       {"log", core_log},
+      {"monotonic", core_monotonic},
       {NULL, NULL},
   };
+  hk_lua_t *lua = context_of(L);
   luaL_newlib(L, functions);
+  hk_lua_metrics_open(L, lua->metrics, lua->worker);
+  lua_setfield(L, -2, "metrics");
   hk_json_open(L);
   lua_setfield(L, -2, "json");
   lua_pushstring(L, HK_VERSION);
@@ -698,10 +712,32 @@ static int load_scripts(hk_lua_t *lua, char **err) {
   return rc;
 }
 
-int hk_lua_new(const char *scripts_dir, hk_lua_t **out, char **err) {
+/* Scripts' Lua memory, per generation, as a gauge (one generation until reloads exist). */
+static void register_memory_gauge(hk_lua_t *lua) {
+  static const char *const labels[] = {"generation"};
+  hk_metric_opts_t opts = {HK_METRIC_GAUGE, "hancock_lua_memory_bytes",
+                           "Memory held by the Lua state of a script generation.", labels, 1,
+                           NULL, 0, 0, 0};
+  hk_metric_t *metric = NULL;
+  char err[256];
+  const char *generation = "1";
+  if (hk_metrics_register(lua->metrics, &opts, &metric, err, sizeof err) == 0)
+    lua->memory_series = hk_metric_series_str(metric, &generation, 1);
+}
+
+static void update_memory_gauge(hk_lua_t *lua) {
+  if (lua->memory_series == NULL) return;
+  double bytes = (double)lua_gc(lua->L, LUA_GCCOUNT, 0) * 1024 + lua_gc(lua->L, LUA_GCCOUNTB, 0);
+  hk_series_gauge_set(lua->memory_series, bytes);
+}
+
+int hk_lua_new(const char *scripts_dir, hk_metrics_t *metrics, unsigned worker, hk_lua_t **out,
+               char **err) {
   *err = NULL;
   hk_lua_t *lua = calloc(1, sizeof *lua);
   if (lua == NULL) goto oom;
+  lua->metrics = metrics;
+  lua->worker = worker;
   lua->respond_ref = lua->log_hooks_ref = LUA_NOREF;
   lua->scripts_dir = strdup(scripts_dir);
   lua->L = luaL_newstate();
@@ -736,6 +772,8 @@ int hk_lua_new(const char *scripts_dir, hk_lua_t **out, char **err) {
   lua_pop(L, 1);
 
   if (load_scripts(lua, err) != 0) goto fail;
+  register_memory_gauge(lua);
+  update_memory_gauge(lua);
   *out = lua;
   return 0;
 oom:
@@ -853,5 +891,6 @@ void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
   lua_pop(L, 1);   /* the box anchor */
   lua_resetthread(co);
   luaL_unref(L, LUA_REGISTRYINDEX, co_ref);
+  update_memory_gauge(lua);
   done(req);
 }

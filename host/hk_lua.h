@@ -8,13 +8,17 @@
 #include <stddef.h>
 
 #include "hk_log.h"
+#include "hk_metrics.h"
 #include "hk_request.h"
 
 typedef struct hk_lua_s hk_lua_t;
 
-/* Creates a state and runs every *.lua in scripts_dir in name order. On failure returns a
- * negative code and sets *err to a malloc'ed "file:line: message" (the caller frees it). */
-int hk_lua_new(const char *scripts_dir, hk_lua_t **out, char **err);
+/* Creates a state and runs every *.lua in scripts_dir in name order. Scripts' metrics live in
+ * `metrics` (borrowed; it outlives the state) and their updates write cell `worker`. On failure
+ * returns a negative code and sets *err to a malloc'ed "file:line: message" (the caller frees
+ * it). */
+int hk_lua_new(const char *scripts_dir, hk_metrics_t *metrics, unsigned worker, hk_lua_t **out,
+               char **err);
 void hk_lua_free(hk_lua_t *lua); /* NULL is a no-op */
 
 size_t hk_lua_route_count(const hk_lua_t *lua);

@@ -70,3 +70,32 @@ int hk_response_add_header(hk_response_t *response, const char *name, size_t nam
   hk_buf_append(&response->headers, "\r\n", 2);
   return 0;
 }
+
+bool hk_request_accepts_gzip(const hk_http_request_t *http) {
+  const hk_http_header_t *h = hk_http_header_find(http, "accept-encoding");
+  if (h == NULL) return false;
+  const char *p = h->value, *end = h->value + h->value_len;
+  while (p < end) {
+    while (p < end && (*p == ' ' || *p == ',')) p++;
+    const char *item = p;
+    while (p < end && *p != ',') p++;
+    const char *semi = memchr(item, ';', (size_t)(p - item));
+    const char *name_end = semi ? semi : p;
+    while (name_end > item && (name_end[-1] == ' ' || name_end[-1] == '\t')) name_end--;
+    size_t name_len = (size_t)(name_end - item);
+    if ((name_len == 4 && strncasecmp(item, "gzip", 4) == 0) || (name_len == 1 && *item == '*')) {
+      /* "gzip;q=0" (or 0.0, 0.00…) refuses it. */
+      const char *q = semi ? semi + 1 : NULL;
+      while (q && q < p && (*q == ' ' || *q == '\t')) q++;
+      if (q && q + 2 <= p && (q[0] == 'q' || q[0] == 'Q') && q[1] == '=') {
+        q += 2;
+        bool nonzero = false;
+        for (; q < p && *q != ' ' && *q != ';'; q++)
+          if (*q >= '1' && *q <= '9') nonzero = true;
+        return nonzero;
+      }
+      return true;
+    }
+  }
+  return false;
+}

@@ -15,11 +15,24 @@
 
 #define HK_MODE_MAX 64
 
+/* A body produced in slices (large or unbounded responses such as /metrics): the server asks
+ * for the next slice only when the previous one has been written, so memory stays bounded by
+ * one slice and the loop serves other connections between slices. */
+typedef struct hk_body_stream_s {
+  /* Appends the next slice to out; sets *done after the last. Returns 0 or a negative code
+   * (the connection is then closed: the status line has already gone). */
+  int (*produce)(void *state, hk_buf_t *out, bool *done);
+  void (*release)(void *state); /* called exactly once, when the stream ends or is abandoned */
+  void *state;
+} hk_body_stream_t;
+
 typedef struct hk_response_s {
   int status;
   hk_buf_t headers; /* extra header lines, each "Name: value\r\n", already validated */
   hk_buf_t body;
   char content_type[128]; /* empty: no Content-Type */
+  hk_body_stream_t stream; /* produce != NULL: body comes from the stream, not `body` */
+  bool gzip;               /* compress the body (the client's Accept-Encoding allowed it) */
 } hk_response_t;
 
 typedef struct hk_request_s {
@@ -45,6 +58,9 @@ int hk_response_set_error(hk_response_t *response, int status, const char *messa
  * Connection, Date). */
 int hk_response_add_header(hk_response_t *response, const char *name, size_t name_len,
                            const char *value, size_t value_len);
+
+/* True when the request's Accept-Encoding allows gzip (a q-value of 0 refuses it). */
+bool hk_request_accepts_gzip(const hk_http_request_t *http);
 
 /* Monotonic nanoseconds, for latencies. */
 uint64_t hk_now_ns(void);

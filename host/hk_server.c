@@ -15,10 +15,12 @@
 
 #include <cJSON.h>
 #include <uv.h>
+#include <zlib.h>
 
 #include "hk_http.h"
 #include "hk_json.h"
 #include "hk_log.h"
+#include "hk_prom.h"
 #include "hk_reqid.h"
 #include "hk_request.h"
 
@@ -26,6 +28,8 @@
 /* Unparsed input kept while a request is being answered; past it, reading pauses. */
 #define INPUT_HIGH_WATER (64 * 1024)
 #define LINGER_MS 2000
+/* Bytes of exposition rendered per slice of a /metrics response. */
+#define METRICS_SLICE (64 * 1024)
 
 typedef struct hk_worker_s hk_worker_t;
 
@@ -59,6 +63,11 @@ typedef struct hk_conn_s {
   bool closing;      /* uv_close called */
   bool lingering;
   bool processing;   /* conn_process is on the stack: it continues with the next request */
+  bool streaming;    /* a streamed body is being produced slice by slice */
+  bool stream_chunked;
+  hk_body_stream_t stream;
+  z_stream *gzip;    /* the streamed body's compressor, when gzip was negotiated */
+  hk_buf_t slice;    /* one produced slice, before compression and chunk framing */
 } hk_conn_t;
 
 struct hk_worker_s {
@@ -68,6 +77,8 @@ struct hk_worker_s {
   uv_timer_t drain_timer;
   const hk_config_t *config;
   hk_lua_t *lua;
+  hk_host_metrics_t *metrics;
+  unsigned index; /* this worker's metric cell */
   hk_conn_t *conns; /* doubly-linked list of open connections */
   size_t conn_count;
   uint64_t conns_rejected;
@@ -89,6 +100,8 @@ static void conn_close(hk_conn_t *conn);
 static void conn_resume_reading(hk_conn_t *conn);
 static void conn_finish_request(hk_request_t *req);
 static void worker_maybe_stop(hk_worker_t *worker);
+static void conn_stream_end(hk_conn_t *conn);
+static void conn_stream_pump(hk_conn_t *conn);
 
 /* ---- connection lifetime ------------------------------------------------------------------ */
 
@@ -101,6 +114,8 @@ static void conn_free(hk_conn_t *conn) {
   hk_buf_free(&conn->in);
   hk_buf_free(&conn->out);
   hk_buf_free(&conn->writing);
+  hk_buf_free(&conn->slice);
+  conn_stream_end(conn);
   hk_buf_free(&conn->request.response.headers);
   hk_buf_free(&conn->request.response.body);
   hk_http_parser_free(&conn->parser);
@@ -201,6 +216,10 @@ static void on_write(uv_write_t *req, int status) {
     conn_flush(conn);
     return;
   }
+  if (conn->streaming) {
+    conn_stream_pump(conn);
+    return;
+  }
   if (conn->close_after) {
     conn_close_gracefully(conn);
     return;
@@ -210,18 +229,21 @@ static void on_write(uv_write_t *req, int status) {
 
 /* Hands conn->out to the kernel: uv_try_write first (the common case writes everything at
  * once), the rest through one uv_write. */
-static void conn_flush(hk_conn_t *conn) {
+static void conn_write_out(hk_conn_t *conn, bool try_first) {
   if (conn->closing || conn->write_active || conn->out.len == 0) return;
-  uv_buf_t buf = uv_buf_init(conn->out.data, (unsigned)conn->out.len);
-  int n = uv_try_write((uv_stream_t *)&conn->tcp, &buf, 1);
-  if (n < 0 && n != UV_EAGAIN) {
-    conn_close(conn);
-    return;
-  }
-  if (n > 0) hk_buf_consume(&conn->out, (size_t)n);
-  if (conn->out.len == 0) {
-    if (conn->close_after) conn_close_gracefully(conn);
-    return;
+  uv_buf_t buf;
+  if (try_first) {
+    buf = uv_buf_init(conn->out.data, (unsigned)conn->out.len);
+    int n = uv_try_write((uv_stream_t *)&conn->tcp, &buf, 1);
+    if (n < 0 && n != UV_EAGAIN) {
+      conn_close(conn);
+      return;
+    }
+    if (n > 0) hk_buf_consume(&conn->out, (size_t)n);
+    if (conn->out.len == 0) {
+      if (conn->close_after && !conn->streaming) conn_close_gracefully(conn);
+      return;
+    }
   }
   hk_buf_t tmp = conn->writing;
   conn->writing = conn->out;
@@ -237,6 +259,8 @@ static void conn_flush(hk_conn_t *conn) {
   conn_set_phase(conn, PHASE_SEND, true);
 }
 
+static void conn_flush(hk_conn_t *conn) { conn_write_out(conn, true); }
+
 static const char *worker_date(hk_worker_t *worker) {
   time_t now = time(NULL);
   if (now != worker->date_second) {
@@ -248,25 +272,136 @@ static const char *worker_date(hk_worker_t *worker) {
   return worker->date;
 }
 
-/* Serialises req->response onto conn->out. */
+/* ---- gzip and streamed bodies ------------------------------------------------------------ */
+
+static z_stream *gzip_new(void) {
+  z_stream *z = calloc(1, sizeof *z);
+  /* windowBits 15 + 16: a gzip wrapper; level 1: scrapes are frequent, CPU matters more. */
+  if (z != NULL && deflateInit2(z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    free(z);
+    z = NULL;
+  }
+  return z;
+}
+
+static void gzip_free(z_stream *z) {
+  if (z == NULL) return;
+  deflateEnd(z);
+  free(z);
+}
+
+/* Compresses len bytes onto out; finish ends the gzip member. */
+static int gzip_append(z_stream *z, const char *data, size_t len, bool finish, hk_buf_t *out) {
+  z->next_in = (Bytef *)data;
+  z->avail_in = (uInt)len;
+  int zrc;
+  do {
+    int rc = hk_buf_reserve(out, 16384);
+    if (rc != 0) return rc;
+    z->next_out = (Bytef *)out->data + out->len;
+    z->avail_out = (uInt)(out->cap - out->len - 1);
+    size_t before = z->avail_out;
+    zrc = deflate(z, finish ? Z_FINISH : Z_NO_FLUSH);
+    if (zrc == Z_STREAM_ERROR) return -EIO;
+    out->len += before - z->avail_out;
+    out->data[out->len] = '\0';
+  } while (z->avail_out == 0 || (finish && zrc != Z_STREAM_END));
+  return 0;
+}
+
+static void conn_stream_end(hk_conn_t *conn) {
+  if (conn->stream.release) conn->stream.release(conn->stream.state);
+  memset(&conn->stream, 0, sizeof conn->stream);
+  gzip_free(conn->gzip);
+  conn->gzip = NULL;
+  conn->streaming = false;
+}
+
+/* Produces, compresses and frames the next slice, and writes it asynchronously: the slice after
+ * it is produced only from the write callback, after the loop has served others. */
+static void conn_stream_pump(hk_conn_t *conn) {
+  bool done = false;
+  size_t framed_from = conn->out.len;
+  while (conn->out.len == framed_from && !done) {
+    hk_buf_reset(&conn->slice);
+    int rc = conn->stream.produce(conn->stream.state, &conn->slice, &done);
+    hk_buf_t compressed = HK_BUF_INIT;
+    const hk_buf_t *payload = &conn->slice;
+    if (rc == 0 && conn->gzip) {
+      rc = gzip_append(conn->gzip, conn->slice.data ? conn->slice.data : "", conn->slice.len, done,
+                       &compressed);
+      payload = &compressed;
+    }
+    if (rc == 0 && payload->len > 0) {
+      if (conn->stream_chunked) rc = hk_buf_appendf(&conn->out, "%zx\r\n", payload->len);
+      if (rc == 0) rc = hk_buf_append(&conn->out, payload->data, payload->len);
+      if (rc == 0 && conn->stream_chunked) rc = hk_buf_append(&conn->out, "\r\n", 2);
+    }
+    hk_buf_free(&compressed);
+    if (rc != 0) {
+      conn_stream_end(conn);
+      conn_close(conn);
+      return;
+    }
+  }
+  if (done) {
+    if (conn->stream_chunked) hk_buf_append_str(&conn->out, "0\r\n\r\n");
+    conn_stream_end(conn);
+  }
+  /* Large slices shrink back so an idle connection does not keep a scrape's memory. */
+  if (conn->slice.cap > 256 * 1024) hk_buf_free(&conn->slice);
+  conn_write_out(conn, false);
+}
+
+/* Serialises req->response onto conn->out; a streamed body is started, not produced. */
 static int conn_queue_response(hk_conn_t *conn, hk_request_t *req, bool keep_alive) {
-  const hk_response_t *res = &req->response;
+  hk_response_t *res = &req->response;
   const hk_http_request_t *http = req->http;
   bool head = http && http->method_len == 4 && memcmp(http->method, "HEAD", 4) == 0;
   bool no_body = res->status == 204 || res->status == 304 || (res->status >= 100 && res->status < 200);
+  /* HEAD gets the headers GET would get (chunked, no length), but the body is not produced. */
+  bool streamed = res->stream.produce != NULL && !no_body;
+  bool stream = streamed && !head;
+  bool chunked = streamed && http && http->version_minor == 1;
+  if (streamed && !chunked) keep_alive = false; /* HTTP/1.0: the body ends with the connection */
+  int rc = 0;
+  if (res->gzip && !stream && !no_body && res->body.len > 0) {
+    z_stream *z = gzip_new();
+    hk_buf_t compressed = HK_BUF_INIT;
+    rc = z ? gzip_append(z, res->body.data, res->body.len, true, &compressed) : -ENOMEM;
+    gzip_free(z);
+    if (rc != 0) {
+      hk_buf_free(&compressed);
+      return rc;
+    }
+    hk_buf_free(&res->body);
+    res->body = compressed;
+  }
   hk_buf_t *out = &conn->out;
-  int rc = hk_buf_reserve(out, 256 + res->headers.len + res->body.len);
+  rc = hk_buf_reserve(out, 320 + res->headers.len + res->body.len);
   if (rc != 0) return rc;
   hk_buf_appendf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n", res->status,
                  hk_http_reason(res->status), worker_date(conn->worker), req->id);
   if (res->content_type[0] != '\0' && !no_body)
     hk_buf_appendf(out, "Content-Type: %s\r\n", res->content_type);
-  if (!no_body) hk_buf_appendf(out, "Content-Length: %zu\r\n", res->body.len);
+  if (res->gzip && !no_body) hk_buf_append_str(out, "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
+  if (chunked) hk_buf_append_str(out, "Transfer-Encoding: chunked\r\n");
+  else if (!no_body && !streamed) hk_buf_appendf(out, "Content-Length: %zu\r\n", res->body.len);
   if (!keep_alive) hk_buf_append_str(out, "Connection: close\r\n");
   else if (http && http->version_minor == 0) hk_buf_append_str(out, "Connection: keep-alive\r\n");
   hk_buf_append(out, res->headers.data ? res->headers.data : "", res->headers.len);
   hk_buf_append(out, "\r\n", 2);
-  if (!head && !no_body) hk_buf_append(out, res->body.data ? res->body.data : "", res->body.len);
+  if (!head && !no_body && !stream) hk_buf_append(out, res->body.data ? res->body.data : "", res->body.len);
+  if (!keep_alive) conn->close_after = true;
+  if (stream) {
+    conn->stream = res->stream;
+    conn->stream_chunked = chunked;
+    conn->streaming = true;
+    if (res->gzip && (conn->gzip = gzip_new()) == NULL) return -ENOMEM;
+  } else if (res->stream.release) {
+    res->stream.release(res->stream.state); /* HEAD, 204, …: the body is never produced */
+  }
+  memset(&res->stream, 0, sizeof res->stream);
   return 0;
 }
 
@@ -341,6 +476,66 @@ static void log_request_completed(const hk_request_t *req) {
              req->mode[0] ? 5 : 4);
 }
 
+static void record_request(hk_worker_t *worker, const hk_request_t *req) {
+  const hk_http_request_t *http = req->http;
+  double seconds = (double)(hk_now_ns() - req->start_ns) / 1e9;
+  hk_host_metrics_request(worker->metrics, worker->index, http ? http->method : "", http ? http->method_len : 0,
+                          req->endpoint ? req->endpoint : "unmatched", req->response.status, req->mode,
+                          seconds);
+}
+
+/* ---- GET /metrics --------------------------------------------------------------------------- */
+
+typedef struct metrics_stream_s {
+  hk_metrics_t *registry;
+  hk_prom_cursor_t cursor;
+} metrics_stream_t;
+
+static int metrics_produce(void *state, hk_buf_t *out, bool *done) {
+  metrics_stream_t *stream = state;
+  int rc = hk_prom_render(stream->registry, &stream->cursor, out, METRICS_SLICE);
+  *done = stream->cursor.done;
+  return rc;
+}
+
+static void metrics_release(void *state) { free(state); }
+
+/* The exposition, streamed in slices: a scrape of any size costs one slice of memory and never
+ * holds the loop for more than one slice. */
+static void serve_metrics(hk_worker_t *worker, hk_request_t *req) {
+  const hk_http_request_t *http = req->http;
+  const hk_http_header_t *accept = hk_http_header_find(http, "accept");
+  hk_prom_format_t format = hk_prom_negotiate(accept ? accept->value : NULL, accept ? accept->value_len : 0);
+  metrics_stream_t *stream = calloc(1, sizeof *stream);
+  if (stream == NULL) {
+    hk_response_set_error(&req->response, 503, "out of memory", req->id);
+    return;
+  }
+  stream->registry = worker->metrics->registry;
+  hk_prom_cursor_init(&stream->cursor, format);
+  req->response.status = 200;
+  snprintf(req->response.content_type, sizeof req->response.content_type, "%s", hk_prom_content_type(format));
+  req->response.gzip = hk_request_accepts_gzip(http);
+  req->response.stream = (hk_body_stream_t){metrics_produce, metrics_release, stream};
+}
+
+/* Routes the core answers itself, before the scripts' routes. Returns true when it answered. */
+static bool serve_builtin(hk_worker_t *worker, hk_request_t *req) {
+  const hk_http_request_t *http = req->http;
+  if (!(http->path_len == 8 && memcmp(http->path, "/metrics", 8) == 0)) return false;
+  req->endpoint = "/metrics";
+  log_request_started(req);
+  bool get = http->method_len == 3 && memcmp(http->method, "GET", 3) == 0;
+  bool head = http->method_len == 4 && memcmp(http->method, "HEAD", 4) == 0;
+  if (get || head) {
+    serve_metrics(worker, req);
+  } else {
+    hk_response_set_error(&req->response, 405, "method not allowed", req->id);
+    hk_response_add_header(&req->response, "Allow", 5, "GET, HEAD", 9);
+  }
+  return true;
+}
+
 static void conn_dispatch(hk_conn_t *conn) {
   hk_worker_t *worker = conn->worker;
   hk_request_t *req = &conn->request;
@@ -353,6 +548,10 @@ static void conn_dispatch(hk_conn_t *conn) {
   conn->in_flight = true;
   conn_set_phase(conn, PHASE_NONE, false);
 
+  if (serve_builtin(worker, req)) {
+    conn_finish_request(req);
+    return;
+  }
   char allow[128];
   int rc = hk_lua_route(worker->lua, req, allow, sizeof allow);
   log_request_started(req);
@@ -377,6 +576,7 @@ static void conn_finish_request(hk_request_t *req) {
   hk_worker_t *worker = conn->worker;
   conn->in_flight = false;
   log_request_completed(req);
+  record_request(worker, req);
   if (conn->closing) {
     if (conn->handles_open == 0) conn_free(conn);
     return;
@@ -386,9 +586,9 @@ static void conn_finish_request(hk_request_t *req) {
     conn_close(conn);
     return;
   }
-  if (!keep_alive) conn->close_after = true;
   hk_http_parser_next(&conn->parser);
-  conn_flush(conn);
+  if (conn->streaming) conn_stream_pump(conn);
+  else conn_flush(conn);
   /* A handler that finished later (after I/O) restarts the loop for pipelined requests. */
   if (!conn->processing) conn_process(conn);
 }
@@ -402,6 +602,8 @@ static void send_error_and_close(hk_conn_t *conn, int status, const char *messag
   hk_response_set_error(&req->response, status, message, req->id);
   hk_log_event(HK_LOG_INFO, req->id, "request_rejected", message, (hk_log_field_t[]){
       HK_LOG_I("status", status), HK_LOG_S("client", req->remote_addr)}, 2);
+  req->start_ns = hk_now_ns();
+  record_request(conn->worker, req);
   conn->close_after = true;
   if (conn_queue_response(conn, req, false) != 0) {
     conn_close(conn);
@@ -470,7 +672,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 static void conn_process(hk_conn_t *conn) {
   conn->processing = true;
   while (!conn->closing && !conn->lingering && !conn->in_flight && !conn->write_active &&
-         !conn->close_after) {
+         !conn->close_after && !conn->streaming) {
     size_t consumed = 0;
     hk_http_event_t ev = hk_http_parse(&conn->parser, conn->in.data, conn->in.len, &consumed);
     hk_buf_consume(&conn->in, consumed);
@@ -513,7 +715,10 @@ static void reject_connection(hk_worker_t *worker) {
   uv_tcp_t *tmp = malloc(sizeof *tmp);
   if (tmp == NULL) return;
   uv_tcp_init(&worker->loop, tmp);
-  if (uv_accept((uv_stream_t *)&worker->listener, (uv_stream_t *)tmp) == 0) worker->conns_rejected++;
+  if (uv_accept((uv_stream_t *)&worker->listener, (uv_stream_t *)tmp) == 0) {
+    worker->conns_rejected++;
+    hk_series_add(hk_metric_series(worker->metrics->connections_rejected, NULL, 0), worker->index, 1);
+  }
   uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
   uint64_t now = uv_now(&worker->loop);
   if (now - worker->last_reject_log_ms >= 1000 || worker->last_reject_log_ms == 0) {
@@ -634,8 +839,16 @@ fail:
   return rc;
 }
 
-int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_server_t **out, char *err,
-                  size_t errsize) {
+/* Open connections, for hancock_active_connections, read at scrape time. */
+static void collect_connections(hk_metrics_t *registry, void *data) {
+  (void)registry;
+  hk_worker_t *worker = data;
+  hk_series_gauge_set(hk_metric_series(worker->metrics->active_connections, NULL, 0),
+                      (double)worker->conn_count);
+}
+
+int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *metrics,
+                  hk_server_t **out, char *err, size_t errsize) {
   hk_server_t *server = calloc(1, sizeof *server);
   if (server == NULL) {
     snprintf(err, errsize, "out of memory");
@@ -644,6 +857,9 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_server_t **out, c
   hk_worker_t *worker = &server->worker;
   worker->config = config;
   worker->lua = lua;
+  worker->metrics = metrics;
+  worker->index = 0;
+  hk_metrics_add_collector(metrics->registry, collect_connections, worker);
   int rc = uv_loop_init(&worker->loop);
   if (rc != 0) {
     snprintf(err, errsize, "cannot start the event loop: %s", uv_strerror(rc));

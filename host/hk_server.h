@@ -7,14 +7,16 @@
 #include <stddef.h>
 
 #include "hk_config.h"
+#include "hk_host_metrics.h"
 #include "hk_lua.h"
 
 typedef struct hk_server_s hk_server_t;
 
 /* Binds the listening socket. On failure returns a negative code with one line in err
- * ("cannot listen on 0.0.0.0:5000: address already in use"). Borrows config and lua. */
-int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_server_t **out, char *err,
-                  size_t errsize);
+ * ("cannot listen on 0.0.0.0:5000: address already in use"). Borrows config, lua and metrics
+ * (which it records every request in and serves at GET /metrics). */
+int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *metrics,
+                  hk_server_t **out, char *err, size_t errsize);
 
 /* Serves until SIGTERM or SIGINT, then drains. Returns the process exit status. */
 int hk_server_run(hk_server_t *server);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "hk_config.h"
+#include "hk_host_metrics.h"
 #include "hk_log.h"
 #include "hk_lua.h"
 #include "hk_server.h"
@@ -58,20 +59,43 @@ static int load_config(hk_config_t *cfg, int argc, char **argv, int first, unsig
   return 0;
 }
 
+/* The registry with the host's own families, as serve has it, so scripts that register
+ * conflicting metrics fail in `check` exactly as they would in `serve`. */
+static int metrics_new(unsigned workers, hk_metrics_t **registry, hk_host_metrics_t *host) {
+  char err[256];
+  /* One cell per worker, plus one for the collector (hk_host_metrics). */
+  if (hk_metrics_new(workers + 1, registry) != 0) {
+    fprintf(stderr, "hancock: out of memory\n");
+    return -1;
+  }
+  if (hk_host_metrics_init(host, *registry, workers, err, sizeof err) != 0) {
+    fprintf(stderr, "hancock: %s\n", err);
+    hk_metrics_free(*registry);
+    return -1;
+  }
+  return 0;
+}
+
 static int command_check(int argc, char **argv, int first) {
   hk_config_t cfg;
   if (load_config(&cfg, argc, argv, first, HK_CONFIG_FOR_SCRIPTS) != 0) return 1;
   if (check_scripts_dir(cfg.scripts_dir) != 0) return 1;
+  hk_metrics_t *registry = NULL;
+  hk_host_metrics_t host;
+  if (metrics_new(1, &registry, &host) != 0) return 1;
   hk_lua_t *lua = NULL;
   char *err = NULL;
-  if (hk_lua_new(cfg.scripts_dir, &lua, &err) != 0) {
+  int status = 0;
+  if (hk_lua_new(cfg.scripts_dir, registry, 0, &lua, &err) != 0) {
     print_first_line("", err);
     free(err);
-    return 1;
+    status = 1;
+  } else {
+    printf("ok: %s loaded, %zu routes\n", cfg.scripts_dir, hk_lua_route_count(lua));
   }
-  printf("ok: %s loaded, %zu routes\n", cfg.scripts_dir, hk_lua_route_count(lua));
   hk_lua_free(lua);
-  return 0;
+  hk_metrics_free(registry);
+  return status;
 }
 
 static int command_serve(int argc, char **argv, int first) {
@@ -79,20 +103,25 @@ static int command_serve(int argc, char **argv, int first) {
   if (load_config(&cfg, argc, argv, first, HK_CONFIG_FOR_SERVE) != 0) return 1;
   if (check_scripts_dir(cfg.scripts_dir) != 0) return 1;
 
+  hk_metrics_t *registry = NULL;
+  hk_host_metrics_t host;
+  if (metrics_new((unsigned)cfg.workers, &registry, &host) != 0) return 1;
   hk_lua_t *lua = NULL;
   char *err = NULL;
-  if (hk_lua_new(cfg.scripts_dir, &lua, &err) != 0) {
+  if (hk_lua_new(cfg.scripts_dir, registry, 0, &lua, &err) != 0) {
     print_first_line("hancock: script error: ", err);
     hk_log_event(HK_LOG_ERROR, NULL, "script_error", "scripts failed to load",
                  (hk_log_field_t[]){HK_LOG_S("error", err)}, 1);
     free(err);
+    hk_metrics_free(registry);
     return 1;
   }
   hk_server_t *server = NULL;
   char msg[512];
-  if (hk_server_new(&cfg, lua, &server, msg, sizeof msg) != 0) {
+  if (hk_server_new(&cfg, lua, &host, &server, msg, sizeof msg) != 0) {
     fprintf(stderr, "hancock: %s\n", msg);
     hk_lua_free(lua);
+    hk_metrics_free(registry);
     return 1;
   }
   int status = 0;
@@ -106,6 +135,7 @@ static int command_serve(int argc, char **argv, int first) {
   }
   hk_server_free(server);
   hk_lua_free(lua);
+  hk_metrics_free(registry);
   hk_log_stop();
   return status;
 }

@@ -48,6 +48,45 @@ for _, level in ipairs { "debug", "info", "warn", "error" } do
   end
 end
 
+-- Metrics live in C and outlive script reloads: registering the same name, type and labels
+-- again returns the same metric with its values. Label values are given by label name
+-- ({mode = "soc"}) or by position ({"soc"}).
+local register = core.metrics.register
+
+hk.metrics = {}
+
+--- A counter: m:inc(labels, n). `opts.max_series` caps the label combinations kept (1000).
+function hk.metrics.counter(name, help, labels, opts)
+  return register("counter", name, help, labels, opts)
+end
+
+--- A gauge: m:set(labels, v), m:inc(labels, n), m:dec(labels, n).
+function hk.metrics.gauge(name, help, labels, opts)
+  return register("gauge", name, help, labels, opts)
+end
+
+--- A histogram: m:observe(labels, v). `buckets` defaults to Prometheus's
+--- {.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}.
+function hk.metrics.histogram(name, help, labels, buckets, opts)
+  local options = { buckets = buckets }
+  for key, value in pairs(opts or {}) do
+    options[key] = value
+  end
+  return register("histogram", name, help, labels, options)
+end
+
+--- Runs fn(...) and observes how long it took in `histogram` (also when fn raises, which
+--- then propagates). Returns fn's results.
+function hk.metrics.time(histogram, labels, fn, ...)
+  local started = core.monotonic()
+  local results = table.pack(pcall(fn, ...))
+  histogram:observe(labels, core.monotonic() - started)
+  if not results[1] then
+    error(results[2], 0)
+  end
+  return table.unpack(results, 2, results.n)
+end
+
 --- Registers fn(event) to run on every log event: it may add, change or remove fields, and
 --- returning false drops the event.
 function hk.on_log(fn)

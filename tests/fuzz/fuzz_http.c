@@ -5,8 +5,10 @@
  * Input: byte 0 seeds how the rest is cut into feeds; the rest is what a client sends. Each
  * input is parsed twice, once in a single feed and once in the feeds byte 0 chooses, and both
  * runs must report the same events (request lines, bodies, keep-alive, the error status), since
- * TCP segmentation must not change what the server does. Unconsumed bytes past the end of the
- * input buffer are poisoned under ASan, so reading beyond what was offered is caught. */
+ * TCP segmentation must not change what the server does. Each accepted request is also checked
+ * against the bytes it consumed: the head as copied, then exactly the announced body, a chunked
+ * body being held to RFC 9112 by an oracle written here (llhttp 8 is lenient in places). The
+ * spare room past the unconsumed input is poisoned under ASan, so over-reads are caught. */
 #include "hk_http.h"
 
 #include <stdarg.h>
@@ -71,7 +73,8 @@ static size_t feeder_next(feeder_t *f, size_t remaining) {
 
 /* ---- the transcript both runs must agree on ----------------------------------------------- */
 
-static void record(hk_buf_t *transcript, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void record(hk_buf_t *transcript, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void record(hk_buf_t *transcript, const char *fmt, ...) {
   va_list ap;
@@ -87,6 +90,105 @@ static void record_bytes(hk_buf_t *transcript, const char *bytes, size_t len) {
   CHECK(hk_buf_append_char(transcript, '\n') == 0);
 }
 
+/* ---- an independent framing oracle (RFC 9112) ----------------------------------------------- */
+
+static bool is_token_char(unsigned char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int hex_value(unsigned char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') return (c | 0x20) - 'a' + 10;
+  return -1;
+}
+
+static bool is_crlf(const char *p, size_t len, size_t i) {
+  return len - i >= 2 && p[i] == '\r' && p[i + 1] == '\n';
+}
+
+static size_t skip_bws(const char *p, size_t len, size_t i) {
+  while (i < len && (p[i] == ' ' || p[i] == '\t')) i++;
+  return i;
+}
+
+static size_t skip_token(const char *p, size_t len, size_t i) {
+  while (i < len && is_token_char((unsigned char)p[i])) i++;
+  return i;
+}
+
+/* quoted-string (RFC 9110 §5.6.4) starting at p[i]; returns the index after it, or 0. */
+static size_t skip_quoted(const char *p, size_t len, size_t i) {
+  if (i >= len || p[i] != '"') return 0;
+  for (i++; i < len; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c == '"') return i + 1;
+    if (c == '\\') {
+      if (++i >= len) return 0;
+      c = (unsigned char)p[i];
+      if (!(c == '\t' || c >= 0x20) || c == 0x7f) return 0;
+    } else if (!(c == '\t' || c >= 0x20) || c == 0x7f) {
+      return 0;
+    }
+  }
+  return 0;
+}
+
+/* True when `raw` is exactly one well-formed chunked body (RFC 9112 §7.1: chunk-size, chunk-ext,
+ * CRLF after the size line and after the data, a trailer section of field lines, the final CRLF)
+ * whose data is `body`. Written independently of llhttp, which is lenient in places. */
+static bool chunked_is_strict(const char *p, size_t len, const hk_buf_t *body) {
+  size_t i = 0, out = 0;
+  for (;;) {
+    uint64_t size = 0;
+    size_t start = i;
+    for (int digit; i < len && (digit = hex_value((unsigned char)p[i])) >= 0; i++) {
+      if (size >> 59) return false;
+      size = size * 16 + (uint64_t)digit;
+    }
+    if (i == start) return false;
+    for (;;) { /* chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ) */
+      size_t j = skip_bws(p, len, i);
+      if (j >= len || p[j] != ';') break;
+      j = skip_bws(p, len, j + 1);
+      size_t name_end = skip_token(p, len, j);
+      if (name_end == j) return false;
+      i = name_end;
+      j = skip_bws(p, len, name_end);
+      if (j < len && p[j] == '=') {
+        j = skip_bws(p, len, j + 1);
+        size_t value_end = j < len && p[j] == '"' ? skip_quoted(p, len, j) : skip_token(p, len, j);
+        if (value_end == 0 || value_end == j) return false;
+        i = value_end;
+      }
+    }
+    if (!is_crlf(p, len, i)) return false;
+    i += 2;
+    if (size == 0) break;
+    if (len - i < size || body->len - out < size) return false;
+    if (memcmp(body->data + out, p + i, size) != 0) return false;
+    out += size;
+    i += size;
+    if (!is_crlf(p, len, i)) return false;
+    i += 2;
+  }
+  for (;;) { /* trailer-section = *( field-line CRLF ), then CRLF */
+    if (is_crlf(p, len, i)) {
+      i += 2;
+      break;
+    }
+    size_t name_end = skip_token(p, len, i);
+    if (name_end == i || name_end >= len || p[name_end] != ':') return false;
+    for (i = name_end + 1; i < len && p[i] != '\r' && p[i] != '\n'; i++) {
+      unsigned char c = (unsigned char)p[i];
+      if (!(c == '\t' || c >= 0x20) || c == 0x7f) return false;
+    }
+    if (!is_crlf(p, len, i)) return false;
+    i += 2;
+  }
+  return i == len && out == body->len;
+}
+
 /* ---- contract checks ---------------------------------------------------------------------- */
 
 static bool inside(const hk_buf_t *head, const char *p, size_t len) {
@@ -94,7 +196,8 @@ static bool inside(const hk_buf_t *head, const char *p, size_t len) {
   return p != NULL && p >= lo && p <= hi && len <= (size_t)(hi - p);
 }
 
-static void check_request(const hk_http_parser_t *parser) {
+/* `raw` is every byte the parser consumed for this request, head and body. */
+static void check_request(const hk_http_parser_t *parser, const hk_buf_t *raw) {
   const hk_http_request_t *r = &parser->request;
   const hk_buf_t *head = &r->head;
   CHECK(parser->state == HK_HTTP_STATE_DONE);
@@ -119,12 +222,25 @@ static void check_request(const hk_http_parser_t *parser) {
     CHECK(h->name_len > 0 && inside(head, h->name, h->name_len));
     CHECK(inside(head, h->value, h->value_len));
     CHECK(memchr(h->name, ':', h->name_len) == NULL);
-    CHECK(memchr(h->value, '\r', h->value_len) == NULL && memchr(h->value, '\n', h->value_len) == NULL);
+    CHECK(memchr(h->value, '\r', h->value_len) == NULL);
+    CHECK(memchr(h->value, '\n', h->value_len) == NULL);
   }
   CHECK(r->body.len <= MAX_BODY);
   CHECK(!(r->chunked && r->content_length >= 0));
-  /* The body is framed as the headers say: Content-Length bytes, or none without framing. */
-  if (!r->chunked) CHECK(r->body.len == (size_t)(r->content_length < 0 ? 0 : r->content_length));
+
+  /* Framing, against the bytes actually consumed: the head as copied, then exactly the body
+   * the headers announce (Content-Length bytes, a well-formed chunked body, or nothing). */
+  CHECK(raw->len >= head->len && memcmp(raw->data, head->data, head->len) == 0);
+  const char *body = raw->data + head->len;
+  size_t body_len = raw->len - head->len;
+  if (r->chunked) {
+    CHECK(chunked_is_strict(body, body_len, &r->body));
+  } else {
+    size_t expected = r->content_length < 0 ? 0 : (size_t)r->content_length;
+    CHECK(r->body.len == expected);
+    CHECK(body_len == expected);
+    if (expected > 0) CHECK(memcmp(r->body.data, body, expected) == 0);
+  }
   /* hk_http decides keep-alive, llhttp frames what follows: a connection hk_http keeps open
    * must not be one llhttp considers closed (it then swallows every later byte). */
   if (r->keep_alive && !parser->llhttp.upgrade) CHECK(llhttp_should_keep_alive(&parser->llhttp));
@@ -139,9 +255,18 @@ static void check_error(const hk_http_parser_t *parser) {
 
 /* ---- one connection ----------------------------------------------------------------------- */
 
-/* Parses what `in` holds until the parser needs more input. Returns true when the connection
- * ends (an error, or a request without keep-alive: hk_server closes after answering it). */
-static bool drain(hk_http_parser_t *parser, hk_buf_t *in, hk_buf_t *transcript) {
+typedef struct connection_s {
+  hk_http_parser_t parser;
+  hk_buf_t in;         /* received, not yet consumed: hk_server's conn->in */
+  hk_buf_t raw;        /* consumed for the current request */
+  hk_buf_t transcript; /* what both runs must agree on */
+} connection_t;
+
+/* Parses what the connection holds until the parser needs more input. Returns true when the
+ * connection ends (an error, or a request without keep-alive: hk_server closes after it). */
+static bool drain(connection_t *conn) {
+  hk_http_parser_t *parser = &conn->parser;
+  hk_buf_t *in = &conn->in;
   for (;;) {
     size_t consumed = SIZE_MAX, offered = in->len;
     /* The parser may read exactly the unconsumed bytes, not the buffer's spare room. */
@@ -149,39 +274,44 @@ static bool drain(hk_http_parser_t *parser, hk_buf_t *in, hk_buf_t *transcript) 
     hk_http_event_t ev = hk_http_parse(parser, in->data, in->len, &consumed);
     UNPOISON(in->data, in->cap);
     CHECK(consumed <= offered);
+    CHECK(hk_buf_append(&conn->raw, in->data, consumed) == 0);
     hk_buf_consume(in, consumed);
     switch (ev) {
       case HK_HTTP_NEED_MORE:
         CHECK(parser->state != HK_HTTP_STATE_DONE && parser->state != HK_HTTP_STATE_FAILED);
         /* A partial head stays in the caller's buffer, bounded by the head limit. */
-        if (parser->state == HK_HTTP_STATE_HEAD) CHECK(consumed == 0 && in->len <= HK_HTTP_MAX_HEAD);
+        if (parser->state == HK_HTTP_STATE_HEAD)
+          CHECK(consumed == 0 && in->len <= HK_HTTP_MAX_HEAD);
         /* Body bytes and an idle connection's bytes are always taken. */
         if (parser->state != HK_HTTP_STATE_HEAD) CHECK(in->len == 0);
         return false;
       case HK_HTTP_CONTINUE:
         CHECK(consumed > 0 && parser->state == HK_HTTP_STATE_BODY);
         CHECK(parser->request.expect_continue);
-        record(transcript, "continue\n");
+        CHECK(consumed == parser->request.head.len);
+        record(&conn->transcript, "continue\n");
         break;
       case HK_HTTP_REQUEST: {
         CHECK(consumed > 0);
-        check_request(parser);
+        check_request(parser, &conn->raw);
         const hk_http_request_t *r = &parser->request;
-        record(transcript, "request minor=%d keep_alive=%d ", r->version_minor, (int)r->keep_alive);
-        record_bytes(transcript, r->method, r->method_len);
-        record_bytes(transcript, r->target, r->target_len);
-        record_bytes(transcript, r->body.data, r->body.len);
+        record(&conn->transcript, "request minor=%d keep_alive=%d ", r->version_minor,
+               (int)r->keep_alive);
+        record_bytes(&conn->transcript, r->method, r->method_len);
+        record_bytes(&conn->transcript, r->target, r->target_len);
+        record_bytes(&conn->transcript, r->body.data, r->body.len);
         /* Until hk_http_parser_next the parser holds this request and consumes nothing. */
         size_t again = SIZE_MAX;
         CHECK(hk_http_parse(parser, in->data, in->len, &again) == HK_HTTP_REQUEST && again == 0);
         if (!r->keep_alive) return true;
         hk_http_parser_next(parser);
         CHECK(parser->state == HK_HTTP_STATE_IDLE);
+        hk_buf_reset(&conn->raw);
         break;
       }
       case HK_HTTP_ERROR: {
         check_error(parser);
-        record(transcript, "error %d\n", parser->error_status);
+        record(&conn->transcript, "error %d\n", parser->error_status);
         /* An error is final. */
         size_t again = SIZE_MAX;
         CHECK(hk_http_parse(parser, in->data, in->len, &again) == HK_HTTP_ERROR && again == 0);
@@ -193,26 +323,31 @@ static bool drain(hk_http_parser_t *parser, hk_buf_t *in, hk_buf_t *transcript) 
   }
 }
 
-/* Sends `data` to a fresh parser in the feeds `feeder` picks and records what happens. */
+/* Sends `data` to a fresh parser in the feeds `feeder` picks and records what happens in
+ * `transcript`. */
 static void run(const uint8_t *data, size_t size, feeder_t *feeder, hk_buf_t *transcript) {
-  static hk_http_parser_t parser; /* large (the header array): not on the stack */
-  hk_http_parser_init(&parser, MAX_BODY);
-  hk_buf_t in = HK_BUF_INIT;
-  CHECK(hk_buf_reserve(&in, 0) == 0); /* data is never NULL, as in hk_server */
+  static connection_t conn; /* large (the parser's header array): not on the stack */
+  hk_http_parser_init(&conn.parser, MAX_BODY);
+  hk_buf_init(&conn.in);
+  hk_buf_init(&conn.raw);
+  hk_buf_init(&conn.transcript);
+  CHECK(hk_buf_reserve(&conn.in, 0) == 0); /* data is never NULL, as in hk_server */
   size_t offered = 0;
   bool closed = false;
   while (!closed && offered < size) {
     size_t n = feeder_next(feeder, size - offered);
-    CHECK(hk_buf_append(&in, data + offered, n) == 0);
+    CHECK(hk_buf_append(&conn.in, data + offered, n) == 0);
     offered += n;
-    closed = drain(&parser, &in, transcript);
+    closed = drain(&conn);
   }
   if (!closed) {
     /* Out of input: where the parser stopped is part of the outcome too. */
-    record(transcript, "end state=%d buffered=%zu\n", (int)parser.state, in.len);
+    record(&conn.transcript, "end state=%d buffered=%zu\n", (int)conn.parser.state, conn.in.len);
   }
-  hk_http_parser_free(&parser);
-  hk_buf_free(&in);
+  *transcript = conn.transcript;
+  hk_http_parser_free(&conn.parser);
+  hk_buf_free(&conn.in);
+  hk_buf_free(&conn.raw);
 }
 
 static void print_transcript(const char *label, const hk_buf_t *t) {

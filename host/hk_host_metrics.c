@@ -1,0 +1,234 @@
+/* hk_host_metrics: registration of the host's own metrics, the per-request recording, and the
+ * process collector (reads /proc/self once per scrape, never on the request path). */
+#include "hk_host_metrics.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hk_log.h"
+
+/* LLM calls are slow and vary widely (a cold model load takes tens of seconds). */
+static const double model_buckets[] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120};
+
+static const char *const endpoint_label[] = {"endpoint"};
+static const char *const mode_label[] = {"mode"};
+static const char *const duration_labels[] = {"method", "endpoint", "status_code"};
+static const char *const model_labels[] = {"model", "operation"};
+static const char *const rate_limit_labels[] = {"endpoint", "client_id"};
+static const char *const version_label[] = {"version"};
+
+typedef struct family_s {
+  hk_metric_t **slot;
+  hk_metric_opts_t opts;
+} family_t;
+
+#define LABELS(array) (array), (sizeof(array) / sizeof((array)[0]))
+
+/* ---- process collector -------------------------------------------------------------------- */
+
+static double clock_ticks(void) {
+  long ticks = sysconf(_SC_CLK_TCK);
+  return ticks > 0 ? (double)ticks : 100.0;
+}
+
+/* Fields 14, 15 (utime, stime) and 22 (starttime) of /proc/self/stat, after the comm field
+ * (which may contain spaces and parentheses, so parsing starts after its last ')'). */
+static int read_proc_stat(double *cpu_seconds, double *start_ticks) {
+  char buf[1024];
+  FILE *f = fopen("/proc/self/stat", "r");
+  if (f == NULL) return -errno;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')');
+  if (p == NULL) return -EINVAL;
+  unsigned long long utime = 0, stime = 0, start = 0;
+  /* After ')': state(3) ppid … utime(14) stime(15) … starttime(22). */
+  int field = 2;
+  for (const char *q = p + 1; *q; q++) {
+    if (*q != ' ') continue;
+    field++;
+    if (field == 14) utime = strtoull(q + 1, NULL, 10);
+    else if (field == 15) stime = strtoull(q + 1, NULL, 10);
+    else if (field == 22) {
+      start = strtoull(q + 1, NULL, 10);
+      break;
+    }
+  }
+  double hz = clock_ticks();
+  *cpu_seconds = (double)(utime + stime) / hz;
+  *start_ticks = (double)start;
+  return 0;
+}
+
+static double boot_time_seconds(void) {
+  FILE *f = fopen("/proc/stat", "r");
+  if (f == NULL) return 0;
+  char line[256];
+  double btime = 0;
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, "btime ", 6) == 0) {
+      btime = strtod(line + 6, NULL);
+      break;
+    }
+  }
+  fclose(f);
+  return btime;
+}
+
+static double resident_bytes(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL) return 0;
+  unsigned long long size = 0, resident = 0;
+  int got = fscanf(f, "%llu %llu", &size, &resident);
+  fclose(f);
+  return got == 2 ? (double)resident * (double)sysconf(_SC_PAGESIZE) : 0;
+}
+
+static double open_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  if (d == NULL) return 0;
+  double count = 0;
+  struct dirent *entry;
+  while ((entry = readdir(d)) != NULL) {
+    if (entry->d_name[0] != '.') count++;
+  }
+  closedir(d);
+  return count - 1; /* the descriptor opendir itself holds */
+}
+
+static void set_gauge(hk_metric_t *metric, double value) {
+  hk_series_gauge_set(hk_metric_series(metric, NULL, 0), value);
+}
+
+/* Counters whose running total is read from elsewhere (the kernel, hk_log) move forward by the
+ * difference, written to the collector's own cell so no worker's cell has a second writer. */
+static void advance_counter(hk_host_metrics_t *host, hk_metric_t *metric, double total) {
+  hk_series_t *series = hk_metric_series(metric, NULL, 0);
+  double delta = total - hk_series_value(series);
+  if (delta > 0) hk_series_add(series, host->collector_cell, delta);
+}
+
+static void collect_process(hk_metrics_t *registry, void *data) {
+  (void)registry;
+  hk_host_metrics_t *host = data;
+  double rss = resident_bytes();
+  set_gauge(host->process_resident_memory, rss);
+  set_gauge(host->memory_usage, rss);
+  double cpu = 0, start_ticks = 0;
+  if (read_proc_stat(&cpu, &start_ticks) == 0) advance_counter(host, host->process_cpu_seconds, cpu);
+  advance_counter(host, host->log_lines_dropped, (double)hk_log_dropped());
+  set_gauge(host->process_open_fds, open_fds());
+}
+
+/* ---- registration ------------------------------------------------------------------------- */
+
+int hk_host_metrics_init(hk_host_metrics_t *host, hk_metrics_t *registry, unsigned collector_cell,
+                         char *err, size_t errsize) {
+  memset(host, 0, sizeof *host);
+  host->registry = registry;
+  host->collector_cell = collector_cell;
+  const family_t families[] = {
+      {&host->requests_total, {HK_METRIC_COUNTER, "hancock_requests_total",
+                               "Requests answered, all endpoints and statuses.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->errors_total, {HK_METRIC_COUNTER, "hancock_errors_total",
+                             "Requests answered with a status of 400 or more.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->requests_by_endpoint,
+       {HK_METRIC_COUNTER, "hancock_requests_by_endpoint",
+        "Requests by route pattern (unmatched for paths no route matches).", LABELS(endpoint_label),
+        NULL, 0, 0, HK_METRIC_LEGACY_COUNTER_NAME}},
+      {&host->requests_by_mode,
+       {HK_METRIC_COUNTER, "hancock_requests_by_mode", "Requests by specialist mode (req.mode).",
+        LABELS(mode_label), NULL, 0, 0, HK_METRIC_LEGACY_COUNTER_NAME}},
+      {&host->request_duration,
+       {HK_METRIC_HISTOGRAM, "hancock_request_duration_seconds",
+        "Time from a complete request to its response, by method, route pattern and status.",
+        LABELS(duration_labels), NULL, 0, 0, 0}},
+      {&host->model_response_time,
+       {HK_METRIC_HISTOGRAM, "hancock_model_response_time_seconds",
+        "LLM backend response time by model and operation (mode).", LABELS(model_labels),
+        model_buckets, sizeof model_buckets / sizeof model_buckets[0], 0, 0}},
+      {&host->rate_limit_exceeded,
+       {HK_METRIC_COUNTER, "hancock_rate_limit_exceeded_total",
+        "Requests refused by the rate limiter, by route pattern and client.",
+        LABELS(rate_limit_labels), NULL, 0, 0, 0}},
+      {&host->memory_usage, {HK_METRIC_GAUGE, "hancock_memory_usage_bytes",
+                             "Resident set size of the Hancock process.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->active_connections, {HK_METRIC_GAUGE, "hancock_active_connections",
+                                   "Open client connections.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->connections_rejected,
+       {HK_METRIC_COUNTER, "hancock_connections_rejected_total",
+        "Connections closed at once because --max-connections were open.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->log_lines_dropped,
+       {HK_METRIC_COUNTER, "hancock_log_lines_dropped_total",
+        "Log lines dropped because stdout could not keep up.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->process_resident_memory,
+       {HK_METRIC_GAUGE, "process_resident_memory_bytes", "Resident memory size in bytes.", NULL, 0,
+        NULL, 0, 0, 0}},
+      {&host->process_cpu_seconds,
+       {HK_METRIC_COUNTER, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
+        NULL, 0, NULL, 0, 0, 0}},
+      {&host->process_open_fds, {HK_METRIC_GAUGE, "process_open_fds", "Number of open file descriptors.",
+                                 NULL, 0, NULL, 0, 0, 0}},
+      {&host->process_max_fds, {HK_METRIC_GAUGE, "process_max_fds",
+                                "Maximum number of open file descriptors.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->process_start_time,
+       {HK_METRIC_GAUGE, "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->build_info, {HK_METRIC_GAUGE, "hancock_build_info",
+                           "Always 1; the version label says which build is running.",
+                           LABELS(version_label), NULL, 0, 0, 0}},
+  };
+  for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
+    int rc = hk_metrics_register(registry, &families[i].opts, families[i].slot, err, errsize);
+    if (rc != 0) return rc;
+  }
+  host->requests_total_series = hk_metric_series(host->requests_total, NULL, 0);
+  host->errors_total_series = hk_metric_series(host->errors_total, NULL, 0);
+  /* Present from the first scrape, so rate() and absent() behave before any traffic. */
+  hk_metric_series(host->connections_rejected, NULL, 0);
+  hk_metric_series(host->active_connections, NULL, 0);
+  hk_metric_series(host->log_lines_dropped, NULL, 0);
+
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0)
+    set_gauge(host->process_max_fds, limit.rlim_cur == RLIM_INFINITY ? -1 : (double)limit.rlim_cur);
+  double cpu = 0, start_ticks = 0;
+  double start = (double)time(NULL);
+  if (read_proc_stat(&cpu, &start_ticks) == 0 && boot_time_seconds() > 0)
+    start = boot_time_seconds() + start_ticks / clock_ticks();
+  set_gauge(host->process_start_time, start);
+  const char *version = HK_VERSION;
+  hk_series_gauge_set(hk_metric_series_str(host->build_info, &version, 1), 1);
+  return hk_metrics_add_collector(registry, collect_process, host);
+}
+
+/* ---- the request path --------------------------------------------------------------------- */
+
+const char *hk_host_metrics_method_label(const char *method, size_t len) {
+  static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+    if (strlen(known[i]) == len && memcmp(known[i], method, len) == 0) return known[i];
+  }
+  return "other";
+}
+
+void hk_host_metrics_request(hk_host_metrics_t *host, unsigned worker, const char *method,
+                             size_t method_len, const char *endpoint, int status,
+                             const char *mode, double seconds) {
+  hk_series_add(host->requests_total_series, worker, 1);
+  if (status >= 400) hk_series_add(host->errors_total_series, worker, 1);
+  hk_series_add(hk_metric_series_str(host->requests_by_endpoint, &endpoint, 1), worker, 1);
+  if (mode != NULL && mode[0] != '\0')
+    hk_series_add(hk_metric_series_str(host->requests_by_mode, &mode, 1), worker, 1);
+  char code[8];
+  snprintf(code, sizeof code, "%d", status);
+  const char *labels[] = {hk_host_metrics_method_label(method, method_len), endpoint, code};
+  hk_series_observe(hk_metric_series_str(host->request_duration, labels, 3), worker, seconds);
+}

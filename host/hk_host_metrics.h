@@ -1,0 +1,51 @@
+/* hk_host_metrics: the metrics every Hancock exposes without a script — the original service's
+ * names, exactly — plus the conventional process and build metrics. Registers them in an
+ * hk_metrics registry, records each request's outcome, and refreshes process gauges before
+ * each scrape. The server calls it; scripts see the same families through hk.metrics. */
+#ifndef HK_HOST_METRICS_H
+#define HK_HOST_METRICS_H
+
+#include <stddef.h>
+
+#include "hk_metrics.h"
+
+typedef struct hk_host_metrics_s {
+  hk_metrics_t *registry;
+  hk_metric_t *requests_total;
+  hk_metric_t *errors_total;
+  hk_metric_t *requests_by_endpoint;
+  hk_metric_t *requests_by_mode;
+  hk_metric_t *request_duration;
+  hk_metric_t *model_response_time;
+  hk_metric_t *rate_limit_exceeded;
+  hk_metric_t *memory_usage;
+  hk_metric_t *active_connections;
+  hk_metric_t *connections_rejected;
+  hk_metric_t *log_lines_dropped;
+  hk_metric_t *process_resident_memory;
+  hk_metric_t *process_cpu_seconds;
+  hk_metric_t *process_open_fds;
+  hk_metric_t *process_max_fds;
+  hk_metric_t *process_start_time;
+  hk_metric_t *build_info;
+  hk_series_t *requests_total_series; /* label-less families: looked up once */
+  hk_series_t *errors_total_series;
+  unsigned collector_cell; /* the cell index the collector writes (one past the workers') */
+} hk_host_metrics_t;
+
+/* Registers every family and the process collector. The registry must have a cell for the
+ * collector at index `collector_cell` (create it with workers + 1 cells). Returns 0, or a
+ * negative code with the registry's message in err. */
+int hk_host_metrics_init(hk_host_metrics_t *host, hk_metrics_t *registry, unsigned collector_cell,
+                         char *err, size_t errsize);
+
+/* Records one answered request. `endpoint` is the route pattern (or "unmatched"), `mode` may be
+ * NULL or empty (then requests_by_mode is not touched). */
+void hk_host_metrics_request(hk_host_metrics_t *host, unsigned worker, const char *method,
+                             size_t method_len, const char *endpoint, int status,
+                             const char *mode, double seconds);
+
+/* The method label: one of a fixed set, else "other", so clients cannot mint label values. */
+const char *hk_host_metrics_method_label(const char *method, size_t len);
+
+#endif

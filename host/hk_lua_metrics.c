@@ -1,0 +1,238 @@
+/* hk_lua_metrics: hancock.Metric userdata and its methods (inc, dec, set, observe), label
+ * tables checked against the family's label names, and registration from Lua. Misuse raises a
+ * Lua error naming the metric; a series past its cap is dropped (and counted) silently. */
+#include "hk_lua_metrics.h"
+
+#include <math.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#define METRIC_MT "hancock.Metric"
+
+typedef struct metric_box_s {
+  hk_metric_t *metric;
+  unsigned worker;
+} metric_box_t;
+
+static const char *type_name(hk_metric_type_t type) {
+  switch (type) {
+    case HK_METRIC_COUNTER: return "counter";
+    case HK_METRIC_GAUGE: return "gauge";
+    case HK_METRIC_HISTOGRAM: return "histogram";
+  }
+  return "metric";
+}
+
+static metric_box_t *check_metric(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, METRIC_MT);
+}
+
+/* Reads the label table at idx into values (strings stay anchored on the stack until the caller
+ * pops to `base`). Accepts {mode = "soc"} and positional {"soc"}; nil when the family has no
+ * labels. */
+static void read_labels(lua_State *L, int idx, const hk_metric_t *metric, hk_label_value_t *values) {
+  size_t count = hk_metric_label_count(metric);
+  const char *name = hk_metric_name(metric);
+  if (count == 0) {
+    /* idx 0: the caller passed the amount first (m:inc(2)), there is no label argument. */
+    if (idx != 0 && !lua_isnoneornil(L, idx)) {
+      if (!lua_istable(L, idx)) luaL_error(L, "metric %s has no labels; pass nil", name);
+      lua_pushnil(L);
+      if (lua_next(L, idx) != 0) luaL_error(L, "metric %s has no labels; pass nil", name);
+    }
+    return;
+  }
+  if (!lua_istable(L, idx)) luaL_error(L, "metric %s: labels must be a table, got %s", name, luaL_typename(L, idx));
+  for (size_t i = 0; i < count; i++) {
+    const char *label = hk_metric_label_name(metric, i);
+    if (lua_getfield(L, idx, label) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_rawgeti(L, idx, (lua_Integer)i + 1);
+    }
+    int type = lua_type(L, -1);
+    if (type != LUA_TSTRING && type != LUA_TNUMBER)
+      luaL_error(L, "metric %s: label '%s' must be a string, got %s", name, label, luaL_typename(L, -1));
+    values[i].str = lua_tolstring(L, -1, &values[i].len);
+  }
+  /* No key outside the label names or positions 1..count. */
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      const char *key = lua_tostring(L, -1);
+      bool known = false;
+      for (size_t i = 0; i < count && !known; i++) known = strcmp(key, hk_metric_label_name(metric, i)) == 0;
+      if (!known) luaL_error(L, "metric %s has no label '%s'", name, key);
+    } else if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > (lua_Integer)count) {
+      luaL_error(L, "metric %s: unexpected label key of type %s", name, luaL_typename(L, -1));
+    }
+  }
+}
+
+/* The series for the label table at idx, or NULL past the cap. */
+static hk_series_t *series_for(lua_State *L, metric_box_t *box, int idx) {
+  hk_label_value_t values[HK_METRICS_MAX_LABELS];
+  int base = lua_gettop(L);
+  read_labels(L, idx, box->metric, values);
+  hk_series_t *series = hk_metric_series(box->metric, values, hk_metric_label_count(box->metric));
+  lua_settop(L, base);
+  return series;
+}
+
+static double check_amount(lua_State *L, int idx, double fallback, const metric_box_t *box) {
+  if (lua_isnoneornil(L, idx)) return fallback;
+  double v = luaL_checknumber(L, idx);
+  if (!isfinite(v)) luaL_error(L, "metric %s: value must be finite", hk_metric_name(box->metric));
+  return v;
+}
+
+static void require_type(lua_State *L, const metric_box_t *box, hk_metric_type_t type, const char *method) {
+  if (hk_metric_type(box->metric) != type)
+    luaL_error(L, "metric %s is a %s; :%s() is for a %s", hk_metric_name(box->metric),
+               type_name(hk_metric_type(box->metric)), method, type_name(type));
+}
+
+/* Label-less families also take m:inc(n): the amount may come first. */
+static int amount_index(lua_State *L, const metric_box_t *box) {
+  return hk_metric_label_count(box->metric) == 0 && lua_type(L, 2) == LUA_TNUMBER ? 2 : 3;
+}
+
+/* metric:inc([labels], [n])  [-(1|2|3), +0, e] */
+static int metric_inc(lua_State *L) {
+  metric_box_t *box = check_metric(L, 1);
+  int at = amount_index(L, box);
+  double n = check_amount(L, at, 1, box);
+  hk_metric_type_t type = hk_metric_type(box->metric);
+  if (type == HK_METRIC_HISTOGRAM) require_type(L, box, HK_METRIC_COUNTER, "inc");
+  if (type == HK_METRIC_COUNTER && n < 0)
+    return luaL_error(L, "metric %s: a counter cannot decrease (inc by %f)", hk_metric_name(box->metric), n);
+  hk_series_t *series = series_for(L, box, at == 2 ? 0 : 2);
+  if (type == HK_METRIC_COUNTER) hk_series_add(series, box->worker, n);
+  else hk_series_gauge_add(series, n);
+  return 0;
+}
+
+/* gauge:dec([labels], [n])  [-(1|2|3), +0, e] */
+static int metric_dec(lua_State *L) {
+  metric_box_t *box = check_metric(L, 1);
+  require_type(L, box, HK_METRIC_GAUGE, "dec");
+  int at = amount_index(L, box);
+  double n = check_amount(L, at, 1, box);
+  hk_series_gauge_add(series_for(L, box, at == 2 ? 0 : 2), -n);
+  return 0;
+}
+
+/* gauge:set([labels], v)  [-(2|3), +0, e] */
+static int metric_set(lua_State *L) {
+  metric_box_t *box = check_metric(L, 1);
+  require_type(L, box, HK_METRIC_GAUGE, "set");
+  int at = amount_index(L, box);
+  if (lua_isnoneornil(L, at)) return luaL_error(L, "metric %s: set needs a value", hk_metric_name(box->metric));
+  double v = check_amount(L, at, 0, box);
+  hk_series_gauge_set(series_for(L, box, at == 2 ? 0 : 2), v);
+  return 0;
+}
+
+/* histogram:observe([labels], v)  [-(2|3), +0, e] */
+static int metric_observe(lua_State *L) {
+  metric_box_t *box = check_metric(L, 1);
+  require_type(L, box, HK_METRIC_HISTOGRAM, "observe");
+  int at = amount_index(L, box);
+  if (lua_isnoneornil(L, at)) return luaL_error(L, "metric %s: observe needs a value", hk_metric_name(box->metric));
+  double v = check_amount(L, at, 0, box);
+  hk_series_observe(series_for(L, box, at == 2 ? 0 : 2), box->worker, v);
+  return 0;
+}
+
+static int metric_index(lua_State *L) {
+  metric_box_t *box = check_metric(L, 1);
+  const char *key = luaL_checkstring(L, 2);
+  if (strcmp(key, "name") == 0) lua_pushstring(L, hk_metric_name(box->metric));
+  else if (strcmp(key, "type") == 0) lua_pushstring(L, type_name(hk_metric_type(box->metric)));
+  else if (strcmp(key, "inc") == 0) lua_pushcfunction(L, metric_inc);
+  else if (strcmp(key, "dec") == 0) lua_pushcfunction(L, metric_dec);
+  else if (strcmp(key, "set") == 0) lua_pushcfunction(L, metric_set);
+  else if (strcmp(key, "observe") == 0) lua_pushcfunction(L, metric_observe);
+  else lua_pushnil(L);
+  return 1;
+}
+
+static int metric_tostring(lua_State *L) {
+  metric_box_t *box = check_metric(L, 1);
+  lua_pushfstring(L, "hancock.Metric (%s %s)", type_name(hk_metric_type(box->metric)), hk_metric_name(box->metric));
+  return 1;
+}
+
+/* register(type, name, help, labels, opts) -> metric  [-5, +1, e] */
+static int metrics_register(lua_State *L) {
+  hk_metrics_t *registry = lua_touserdata(L, lua_upvalueindex(1));
+  unsigned worker = (unsigned)lua_tointeger(L, lua_upvalueindex(2));
+  static const char *const types[] = {"counter", "gauge", "histogram", NULL};
+  hk_metric_opts_t opts = {0};
+  opts.type = (hk_metric_type_t)luaL_checkoption(L, 1, NULL, types);
+  opts.name = luaL_checkstring(L, 2);
+  opts.help = luaL_checkstring(L, 3);
+  const char *labels[HK_METRICS_MAX_LABELS];
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, 4);
+    if (n > HK_METRICS_MAX_LABELS)
+      return luaL_error(L, "metric %s: at most %d labels", opts.name, HK_METRICS_MAX_LABELS);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, 4, i);
+      if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "metric %s: label names must be strings", opts.name);
+      labels[i - 1] = lua_tostring(L, -1); /* anchored by the table */
+      lua_pop(L, 1);
+    }
+    opts.labels = labels;
+    opts.label_count = (size_t)n;
+  }
+  double buckets[HK_METRICS_MAX_BUCKETS];
+  if (!lua_isnoneornil(L, 5)) {
+    luaL_checktype(L, 5, LUA_TTABLE);
+    if (lua_getfield(L, 5, "buckets") == LUA_TTABLE) {
+      lua_Integer n = luaL_len(L, -1);
+      if (n > HK_METRICS_MAX_BUCKETS)
+        return luaL_error(L, "metric %s: at most %d buckets", opts.name, HK_METRICS_MAX_BUCKETS);
+      for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        if (!lua_isnumber(L, -1)) return luaL_error(L, "metric %s: buckets must be numbers", opts.name);
+        buckets[i - 1] = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+      }
+      opts.buckets = buckets;
+      opts.bucket_count = (size_t)n;
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 5, "max_series") != LUA_TNIL) {
+      lua_Integer cap = lua_tointeger(L, -1);
+      if (!lua_isinteger(L, -1) || cap < 1) return luaL_error(L, "metric %s: max_series must be a positive integer", opts.name);
+      opts.series_cap = (size_t)cap;
+    }
+    lua_pop(L, 1);
+  }
+  char err[256];
+  hk_metric_t *metric = NULL;
+  if (hk_metrics_register(registry, &opts, &metric, err, sizeof err) != 0) return luaL_error(L, "%s", err);
+  metric_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->metric = metric;
+  box->worker = worker;
+  luaL_setmetatable(L, METRIC_MT);
+  return 1;
+}
+
+int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, unsigned worker) {
+  if (luaL_newmetatable(L, METRIC_MT)) {
+    lua_pushcfunction(L, metric_index), lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, metric_tostring), lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "hancock.Metric"), lua_setfield(L, -2, "__name");
+  }
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushlightuserdata(L, registry);
+  lua_pushinteger(L, worker);
+  lua_pushcclosure(L, metrics_register, 2);
+  lua_setfield(L, -2, "register");
+  return 1;
+}

@@ -1,0 +1,15 @@
+/* hk_lua_metrics: the C side of hk.metrics — registering families from scripts and updating
+ * them — over the process-wide hk_metrics registry. Families outlive script generations, so a
+ * reload that registers the same metric gets the same family and keeps its values. */
+#ifndef HK_LUA_METRICS_H
+#define HK_LUA_METRICS_H
+
+#include <lua.h>
+
+#include "hk_metrics.h"
+
+/* Pushes the table {register = fn} bound to the registry and the worker cell that this state's
+ * updates write. Registers the hancock.Metric metatable. [-0, +1, m] */
+int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, unsigned worker);
+
+#endif
