@@ -56,6 +56,14 @@ static hk_lua_t *context_of(lua_State *L) {
 /* Prefixes msg with the innermost script location ("scripts/routes.lua:12: ") unless it already
  * has one, so errors raised inside C functions still point at the operator's line. */
 static void push_located_message(lua_State *L, lua_State *co, const char *msg) {
+  /* An error raised by a C function the runtime called carries the runtime's location
+   * ("lua/hancock.lua:83: "); the script's line is the one that helps. */
+  if (strncmp(msg, "lua/", 4) == 0) {
+    const char *colon = strstr(msg, ".lua:");
+    const char *p = colon ? colon + 5 : NULL;
+    while (p && *p >= '0' && *p <= '9') p++;
+    if (p && p > colon + 5 && p[0] == ':' && p[1] == ' ') msg = p + 2;
+  }
   lua_Debug ar;
   for (int level = 0; lua_getstack(co, level, &ar); level++) {
     if (!lua_getinfo(co, "Sl", &ar) || ar.currentline <= 0) continue;
@@ -800,7 +808,7 @@ int hk_lua_route(hk_lua_t *lua, hk_request_t *req, char *allow, size_t allow_siz
   memcpy(method, http->method, len);
   method[len] = '\0';
   int rc = hk_router_match(lua->router, method, http->path, http->path_len, &req->match, allow, allow_size);
-  req->endpoint = rc == 0 ? req->match.pattern : "unmatched";
+  req->endpoint = rc == 0 || rc == HK_ROUTER_METHOD_NOT_ALLOWED ? req->match.pattern : "unmatched";
   return rc;
 }
 

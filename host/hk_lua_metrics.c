@@ -82,7 +82,10 @@ static hk_series_t *series_for(lua_State *L, metric_box_t *box, int idx) {
 
 static double check_amount(lua_State *L, int idx, double fallback, const metric_box_t *box) {
   if (lua_isnoneornil(L, idx)) return fallback;
-  double v = luaL_checknumber(L, idx);
+  if (lua_type(L, idx) != LUA_TNUMBER)
+    luaL_error(L, "metric %s: value must be a number, got %s", hk_metric_name(box->metric),
+               luaL_typename(L, idx));
+  double v = lua_tonumber(L, idx);
   if (!isfinite(v)) luaL_error(L, "metric %s: value must be finite", hk_metric_name(box->metric));
   return v;
 }

@@ -1013,7 +1013,7 @@ int hk_metrics_new(unsigned workers, hk_metrics_t **out) {
     r->dropped_family->cells_per_series = workers + 1;
     rc = hk_metrics_register(r, &count, &r->count_family, NULL, 0);
   }
-  if (rc == 0) rc = hk_metrics_add_collector(r, collect_series_counts, NULL);
+
   if (rc != 0) {
     hk_metrics_free(r);
     return rc;
@@ -1064,6 +1064,8 @@ void hk_metrics_collect(hk_metrics_t *metrics) {
   size_t count = atomic_load_explicit(&metrics->collector_count, memory_order_acquire);
   for (size_t i = 0; i < count; i++)
     metrics->collectors[i].collect(metrics, metrics->collectors[i].data);
+  /* Last, so series that other collectors created on this run are counted. */
+  collect_series_counts(metrics, NULL);
   pthread_mutex_unlock(&metrics->collect_lock);
 }
 

@@ -538,6 +538,7 @@ int hk_router_match(const hk_router_t *router, const char *method, const char *p
   walk_t walk;
   walk_init(&walk, router, path, path_len);
   const node_t *candidate;
+  const char *first_pattern = NULL; /* of the highest-precedence pattern matching the path */
   while ((candidate = walk_next(&walk)) != NULL) {
     const route_t *route = node_route_for(candidate, slot, method);
     if (route != NULL) {
@@ -548,11 +549,20 @@ int hk_router_match(const hk_router_t *router, const char *method, const char *p
     }
     assert(candidate->slots[SLOT_ANY] == NULL); /* "*" would have served any method */
     for (int i = 0; i < KNOWN_METHOD_COUNT; i++) {
-      if (candidate->slots[i] != NULL) allowed |= 1u << i;
+      if (candidate->slots[i] != NULL) {
+        allowed |= 1u << i;
+        if (first_pattern == NULL) first_pattern = candidate->slots[i]->pattern;
+      }
     }
-    if (candidate->others != NULL) others = true;
+    if (candidate->others != NULL) {
+      others = true;
+      if (first_pattern == NULL) first_pattern = candidate->others->pattern;
+    }
   }
   if (allowed == 0 && !others) return HK_ROUTER_NOT_FOUND;
+  /* A 405 still has an endpoint: metrics and logs label it with the pattern, not the path. */
+  match->pattern = first_pattern;
+  match->param_count = 0;
 
   if (allowed & (1u << SLOT_GET)) allowed |= 1u << SLOT_HEAD;
   allow_t list = {allow, allow != NULL ? allow_size : 0, 0, false};

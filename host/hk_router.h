@@ -65,7 +65,8 @@ int hk_router_add(hk_router_t *router, const char *method, const char *pattern, 
                   const char **err);
 
 /* Matches a path (no query string; not NUL-terminated). Returns 0 and fills *match, or
- * HK_ROUTER_NOT_FOUND, or HK_ROUTER_METHOD_NOT_ALLOWED after writing the allowed methods,
+ * HK_ROUTER_NOT_FOUND, or HK_ROUTER_METHOD_NOT_ALLOWED after setting match->pattern to the
+ * highest-precedence pattern matching the path (no params) and writing the allowed methods,
  * comma-separated in a stable order ("GET, HEAD, POST"), into allow (always NUL-terminated,
  * truncated to allow_size). HEAD is listed whenever GET is.
  * The order is GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, then other methods (by pattern

@@ -570,6 +570,11 @@ class MetricsTest(unittest.TestCase):
         self.servers.append(server)
         return server
 
+    def empty_scripts(self):
+        d = write_scripts({})
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
     def scrape(self, server, headers=None, fmt="text"):
         with Conn(server) as conn:
             res = conn.request("GET", "/metrics", headers=headers)
@@ -590,8 +595,8 @@ class MetricsTest(unittest.TestCase):
 
     def test_core_metrics_exposed_without_script(self):
         launched = time.time()
-        server = self.serve(scripts=write_scripts({}))
-        res, exp = self.scrape(server)
+        server = self.serve(scripts=self.empty_scripts())
+        _, exp = self.scrape(server)
         pid = server.proc.pid
         self.assert_family(exp, "hancock_requests_total", "counter")
         self.assert_family(exp, "hancock_errors_total", "counter")
@@ -650,7 +655,7 @@ class MetricsTest(unittest.TestCase):
     def test_series_gauge_matches_the_exposition(self):
         # hancock_metric_series{metric} says how many series each family holds: in the scrape
         # that reports it, that is how many the family shows (its first scrape included).
-        server = self.serve(scripts=write_scripts({}))
+        server = self.serve(scripts=self.empty_scripts())
         for scrape_number in (1, 2):
             _, exp = self.scrape(server)
             shown = {}
@@ -759,6 +764,23 @@ class MetricsTest(unittest.TestCase):
             self.assertNotIn(path, exp.text, "a raw path reached a label")
         for method in ("PURGE", "MKCOL", "LOCK", "PROPFIND"):
             self.assertNotIn('"%s"' % method, exp.text)
+
+    def test_wrong_method_counts_under_the_route_pattern(self):
+        # A 405 is a path a route matches (hancock_requests_by_endpoint's HELP: "unmatched for
+        # paths no route matches"), so it counts under that route's pattern.
+        server = self.serve()
+        tally = Tally(self, server)
+        try:
+            res = tally.send("DELETE", "/v1/ping", "/v1/ping", 405)
+            self.assertEqual(res.headers.get("allow"), "GET, HEAD")
+            tally.send("POST", "/v1/items/7", "/v1/items/:id", 405)
+            exp = tally.scrape()
+        finally:
+            tally.close()
+        self.assertEqual(exp.labelled("hancock_requests_by_endpoint", "endpoint"),
+                         {"/v1/ping": 1, "/v1/items/:id": 1, "/metrics": 1})
+        self.assertEqual(exp.value("hancock_request_duration_seconds_count", method="DELETE", endpoint="/v1/ping",
+                                   status_code="405"), 1)
 
     def test_client_modes_stop_at_the_series_cap(self):
         # The mode comes from the client's JSON body: the default cap (1000 series) bounds it.

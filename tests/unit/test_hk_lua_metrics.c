@@ -24,11 +24,28 @@ typedef struct fixture_s {
   hk_host_metrics_t host;
 } fixture_t;
 
+/* The fixture whose directory a failed assert (which exits) leaves behind: removed at exit. */
+static fixture_t *live_fixture;
+
+static void remove_files(fixture_t *f) {
+  for (size_t i = 0; i < f->file_count; i++)
+    unlink(f->files[i]);
+  f->file_count = 0;
+}
+
+static void remove_live_fixture(void) {
+  if (live_fixture == NULL) return;
+  remove_files(live_fixture);
+  rmdir(live_fixture->dir);
+}
+
 /* A registry as `serve` makes it for one worker: cell 0 for the worker, cell 1 the collector's. */
 static void fixture_init(fixture_t *f) {
   memset(f, 0, sizeof *f);
   snprintf(f->dir, sizeof f->dir, "/tmp/hk-lua-metrics-XXXXXX");
   HK_ASSERT(mkdtemp(f->dir) != NULL);
+  live_fixture = f;
+  atexit(remove_live_fixture);
   HK_ASSERT_INT_EQ(hk_metrics_new(2, &f->registry), 0);
   char err[256];
   if (hk_host_metrics_init(&f->host, f->registry, 1, err, sizeof err) != 0)
@@ -36,8 +53,8 @@ static void fixture_init(fixture_t *f) {
 }
 
 static void fixture_free(fixture_t *f) {
-  for (size_t i = 0; i < f->file_count; i++)
-    unlink(f->files[i]);
+  remove_files(f);
+  live_fixture = NULL;
   HK_ASSERT_INT_EQ(rmdir(f->dir), 0);
   hk_metrics_free(f->registry);
 }

@@ -242,6 +242,23 @@ HK_TEST(not_found_vs_method_not_allowed) {
   hk_router_free(r);
 }
 
+/* A 405 names the pattern the path matched, for the endpoint label. */
+HK_TEST(method_not_allowed_names_the_pattern) {
+  hk_router_t *r = router_new();
+  add_ok(r, "DELETE", "/v1/items/:id", 3);
+  add_ok(r, "POST", "/v1/items/special", 4);
+  char allow[64];
+  hk_route_match_t m;
+  HK_ASSERT_INT_EQ(hk_router_match(r, "GET", "/v1/items/5", 11, &m, allow, sizeof allow),
+                   HK_ROUTER_METHOD_NOT_ALLOWED);
+  HK_ASSERT_STR_EQ(m.pattern, "/v1/items/:id");
+  HK_ASSERT_INT_EQ(m.param_count, 0);
+  HK_ASSERT_INT_EQ(hk_router_match(r, "GET", "/v1/items/special", 17, &m, allow, sizeof allow),
+                   HK_ROUTER_METHOD_NOT_ALLOWED);
+  HK_ASSERT_STR_EQ(m.pattern, "/v1/items/special"); /* the literal is the better match */
+  hk_router_free(r);
+}
+
 HK_TEST(allow_order_and_union) {
   hk_router_t *r = router_new();
   add_ok(r, "OPTIONS", "/a/b", 1);
@@ -868,7 +885,7 @@ HK_TEST(matches_reference_model) {
   }
 }
 
-HK_TEST_MAIN(HK_CASE(exact_match), HK_CASE(root_path), HK_CASE(params_values_and_names),
+HK_TEST_MAIN(HK_CASE(method_not_allowed_names_the_pattern), HK_CASE(exact_match), HK_CASE(root_path), HK_CASE(params_values_and_names),
              HK_CASE(multiple_params), HK_CASE(literal_beats_param_any_order),
              HK_CASE(param_beats_wildcard), HK_CASE(backtracking),
              HK_CASE(backtracking_deep_to_wildcard), HK_CASE(wildcard_rest),
