@@ -225,6 +225,22 @@ static int metrics_register(lua_State *L) {
   return 1;
 }
 
+/* find(name) -> metric | nil  [-1, +1, m] */
+static int metrics_find(lua_State *L) {
+  hk_metrics_t *registry = lua_touserdata(L, lua_upvalueindex(1));
+  unsigned worker = (unsigned)lua_tointeger(L, lua_upvalueindex(2));
+  hk_metric_t *metric = hk_metrics_find(registry, luaL_checkstring(L, 1));
+  if (metric == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  metric_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->metric = metric;
+  box->worker = worker;
+  luaL_setmetatable(L, METRIC_MT);
+  return 1;
+}
+
 int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, unsigned worker) {
   if (luaL_newmetatable(L, METRIC_MT)) {
     lua_pushcfunction(L, metric_index), lua_setfield(L, -2, "__index");
@@ -237,5 +253,9 @@ int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, unsigned worker) {
   lua_pushinteger(L, worker);
   lua_pushcclosure(L, metrics_register, 2);
   lua_setfield(L, -2, "register");
+  lua_pushlightuserdata(L, registry);
+  lua_pushinteger(L, worker);
+  lua_pushcclosure(L, metrics_find, 2);
+  lua_setfield(L, -2, "find");
   return 1;
 }

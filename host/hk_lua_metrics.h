@@ -8,7 +8,7 @@
 
 #include "hk_metrics.h"
 
-/* Pushes the table {register = fn} bound to the registry and the worker cell that this state's
+/* Pushes the table {register = fn, find = fn} bound to the registry and the worker cell that this state's
  * updates write. Registers the hancock.Metric metatable. [-0, +1, m] */
 int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, unsigned worker);
 

@@ -75,6 +75,12 @@ function hk.metrics.histogram(name, help, labels, buckets, opts)
   return register("histogram", name, help, labels, options)
 end
 
+--- The registered metric called `name` (the core's own included), or nil:
+--- hk.metrics.get("hancock_model_response_time_seconds"):observe({ model = m, operation = mode }, s)
+function hk.metrics.get(name)
+  return core.metrics.find(name)
+end
+
 --- Runs fn(...) and observes how long it took in `histogram` (also when fn raises, which
 --- then propagates). Returns fn's results.
 function hk.metrics.time(histogram, labels, fn, ...)

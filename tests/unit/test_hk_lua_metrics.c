@@ -311,6 +311,23 @@ HK_TEST(scripts_share_the_core_families) {
   assert_location(&f, msg, "a.lua", 3);
   ASSERT_CONTAINS(msg, "hancock_model_response_time_seconds");
   ASSERT_CONTAINS(msg, "already registered");
+
+  /* hk.metrics.get hands out the core's histogram with its own buckets; unknown names are nil. */
+  write_script(&f, "a.lua",
+               "local hk = require \"hancock\"\n"
+               "local model = hk.metrics.get(\"hancock_model_response_time_seconds\")\n"
+               "model:observe({ model = \"llama3.1:8b\", operation = \"soc\" }, 0.3)\n"
+               "assert(hk.metrics.get(\"no_such_metric\") == nil)\n");
+  lua = load_ok(&f);
+  series = find_series(f.host.model_response_time, (const char *const[]){"llama3.1:8b", "soc"}, 2);
+  HK_ASSERT(series != NULL);
+  uint64_t buckets[HK_METRICS_MAX_BUCKETS + 1];
+  double sum = 0;
+  uint64_t count = 0;
+  hk_series_histogram(series, buckets, &sum, &count);
+  HK_ASSERT_INT_EQ(count, 1);
+  HK_ASSERT(sum == 0.3);
+  hk_lua_free(lua);
   fixture_free(&f);
 }
 
