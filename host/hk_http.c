@@ -37,6 +37,13 @@ static bool list_has_token(const char *value, size_t len, const char *token) {
   return false;
 }
 
+/* States of the chunked-framing check (chunk_scan). */
+enum { CHUNK_SIZE, CHUNK_EXT_BWS, CHUNK_EXT_NAME0, CHUNK_EXT_NAME, CHUNK_EXT_AFTER_NAME,
+       CHUNK_EXT_VALUE0, CHUNK_EXT_TOKEN, CHUNK_EXT_QUOTED, CHUNK_EXT_QUOTED_PAIR,
+       CHUNK_EXT_AFTER_QUOTED, CHUNK_SIZE_LF, CHUNK_DATA, CHUNK_DATA_CR, CHUNK_DATA_LF,
+       CHUNK_TRAILER, CHUNK_FIELD_NAME, CHUNK_FIELD_VALUE, CHUNK_FIELD_LF, CHUNK_END_LF,
+       CHUNK_DONE };
+
 /* ---- llhttp callbacks (body framing only) ------------------------------------------------- */
 
 static int on_body(llhttp_t *ll, const char *at, size_t length) {
@@ -85,6 +92,9 @@ static int on_chunk_extension_value(llhttp_t *ll, const char *at, size_t length)
 static int on_message_complete(llhttp_t *ll) {
   hk_http_parser_t *parser = ll->data;
   parser->state = HK_HTTP_STATE_DONE;
+  /* We never switch protocols, and llhttp ignores every byte after a message it considers the
+   * last one: in both cases answer this request, then close. */
+  if (ll->upgrade || !llhttp_should_keep_alive(ll)) parser->request.keep_alive = false;
   return HPE_PAUSED; /* one request at a time: responses stay in order */
 }
 
@@ -134,6 +144,9 @@ void hk_http_parser_next(hk_http_parser_t *parser) {
   parser->scan_pos = 0;
   parser->line_start = 0;
   parser->have_request_line = false;
+  parser->chunk_state = CHUNK_SIZE;
+  parser->chunk_remaining = 0;
+  parser->chunk_digits = 0;
   if (llhttp_get_errno(&parser->llhttp) == HPE_PAUSED) llhttp_resume(&parser->llhttp);
 }
 
@@ -265,7 +278,13 @@ static hk_http_event_t scan_head(hk_http_parser_t *parser, const char *data, siz
   *head_len = 0;
   size_t i = parser->scan_pos;
   for (; i < len; i++) {
+    /* Limits are checked at the byte that exceeds them, so where the input was split into
+     * reads never changes the outcome. */
+    if (i >= HK_HTTP_MAX_HEAD) return fail(parser, 431, "request head too large");
     char c = data[i];
+    if (!parser->have_request_line && c != '\r' && c != '\n' &&
+        i - parser->line_start >= HK_HTTP_MAX_REQUEST_LINE)
+      return fail(parser, 414, "request line too long");
     if (c == '\r') {
       if (i + 1 < len && data[i + 1] != '\n') return fail(parser, 400, "bare CR in request head");
       continue;
@@ -296,9 +315,6 @@ static hk_http_event_t scan_head(hk_http_parser_t *parser, const char *data, siz
   }
   /* A CR as the last byte is checked again once the byte after it arrives. */
   parser->scan_pos = data[len - 1] == '\r' ? len - 1 : len;
-  if (!parser->have_request_line && len - parser->line_start > HK_HTTP_MAX_REQUEST_LINE)
-    return fail(parser, 414, "request line too long");
-  if (len > HK_HTTP_MAX_HEAD) return fail(parser, 431, "request head too large");
   return HK_HTTP_NEED_MORE;
 }
 
@@ -344,12 +360,160 @@ static hk_http_event_t feed_llhttp(hk_http_parser_t *parser, const char *data, s
   return fail(parser, 400, "malformed request");
 }
 
+/* ---- chunked framing ---------------------------------------------------------------------- */
+
+/* llhttp 8 skips the two bytes after chunk data unread and accepts bare LF, obs-fold and
+ * malformed field lines in the trailer section; this checks the chunked body's framing
+ * (RFC 9112 §7.1) byte by byte before llhttp sees it. */
+
+static int hex_digit(unsigned char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') return (c | 0x20) - 'a' + 10;
+  return -1;
+}
+
+/* Returns how many bytes of data are well-formed chunked framing; stops after the final CRLF
+ * (*ok true) or at the first malformed byte (*ok false). */
+static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len, bool *ok) {
+  *ok = true;
+  size_t i = 0;
+  for (; i < len; i++) {
+    unsigned char c = (unsigned char)data[i];
+    switch (parser->chunk_state) {
+      case CHUNK_SIZE: {
+        int d = hex_digit(c);
+        if (d >= 0) {
+          if (++parser->chunk_digits > 15) goto bad;
+          parser->chunk_remaining = parser->chunk_remaining * 16 + (uint64_t)d;
+        } else if (parser->chunk_digits == 0) {
+          goto bad;
+        } else if (c == '\r') {
+          parser->chunk_state = CHUNK_SIZE_LF;
+        } else if (c == ';') {
+          parser->chunk_state = CHUNK_EXT_NAME0;
+        } else if (c == ' ' || c == '\t') {
+          parser->chunk_state = CHUNK_EXT_BWS;
+        } else {
+          goto bad;
+        }
+        break;
+      }
+      /* chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ), RFC 9112 §7.1.1 */
+      case CHUNK_EXT_BWS:
+        if (c == ';') parser->chunk_state = CHUNK_EXT_NAME0;
+        else if (c != ' ' && c != '\t') goto bad;
+        break;
+      case CHUNK_EXT_NAME0:
+        if (is_tchar(c)) parser->chunk_state = CHUNK_EXT_NAME;
+        else if (c != ' ' && c != '\t') goto bad;
+        break;
+      case CHUNK_EXT_NAME:
+        if (c == '\r') parser->chunk_state = CHUNK_SIZE_LF;
+        else if (c == ';') parser->chunk_state = CHUNK_EXT_NAME0;
+        else if (c == '=') parser->chunk_state = CHUNK_EXT_VALUE0;
+        else if (c == ' ' || c == '\t') parser->chunk_state = CHUNK_EXT_AFTER_NAME;
+        else if (!is_tchar(c)) goto bad;
+        break;
+      case CHUNK_EXT_AFTER_NAME:
+        if (c == ';') parser->chunk_state = CHUNK_EXT_NAME0;
+        else if (c == '=') parser->chunk_state = CHUNK_EXT_VALUE0;
+        else if (c != ' ' && c != '\t') goto bad;
+        break;
+      case CHUNK_EXT_VALUE0:
+        if (c == '"') parser->chunk_state = CHUNK_EXT_QUOTED;
+        else if (is_tchar(c)) parser->chunk_state = CHUNK_EXT_TOKEN;
+        else if (c != ' ' && c != '\t') goto bad;
+        break;
+      case CHUNK_EXT_TOKEN:
+      case CHUNK_EXT_AFTER_QUOTED:
+        if (c == '\r') parser->chunk_state = CHUNK_SIZE_LF;
+        else if (c == ';') parser->chunk_state = CHUNK_EXT_NAME0;
+        else if (c == ' ' || c == '\t') parser->chunk_state = CHUNK_EXT_BWS;
+        else if (parser->chunk_state != CHUNK_EXT_TOKEN || !is_tchar(c)) goto bad;
+        break;
+      case CHUNK_EXT_QUOTED:
+        if (c == '"') parser->chunk_state = CHUNK_EXT_AFTER_QUOTED;
+        else if (c == '\\') parser->chunk_state = CHUNK_EXT_QUOTED_PAIR;
+        else if (!is_field_vchar(c)) goto bad;
+        break;
+      case CHUNK_EXT_QUOTED_PAIR:
+        if (!is_field_vchar(c)) goto bad;
+        parser->chunk_state = CHUNK_EXT_QUOTED;
+        break;
+      case CHUNK_SIZE_LF:
+        if (c != '\n') goto bad;
+        parser->chunk_digits = 0;
+        parser->chunk_state = parser->chunk_remaining > 0 ? CHUNK_DATA : CHUNK_TRAILER;
+        break;
+      case CHUNK_DATA: {
+        size_t n = len - i;
+        if (n > parser->chunk_remaining) n = (size_t)parser->chunk_remaining;
+        parser->chunk_remaining -= n;
+        i += n - 1;
+        if (parser->chunk_remaining == 0) parser->chunk_state = CHUNK_DATA_CR;
+        break;
+      }
+      case CHUNK_DATA_CR:
+        if (c != '\r') goto bad;
+        parser->chunk_state = CHUNK_DATA_LF;
+        break;
+      case CHUNK_DATA_LF:
+        if (c != '\n') goto bad;
+        parser->chunk_state = CHUNK_SIZE;
+        break;
+      case CHUNK_TRAILER:
+        if (c == '\r') parser->chunk_state = CHUNK_END_LF;
+        else if (is_tchar(c)) parser->chunk_state = CHUNK_FIELD_NAME;
+        else goto bad;
+        break;
+      case CHUNK_FIELD_NAME:
+        if (c == ':') parser->chunk_state = CHUNK_FIELD_VALUE;
+        else if (!is_tchar(c)) goto bad;
+        break;
+      case CHUNK_FIELD_VALUE:
+        if (c == '\r') parser->chunk_state = CHUNK_FIELD_LF;
+        else if (!is_field_vchar(c)) goto bad;
+        break;
+      case CHUNK_FIELD_LF:
+        if (c != '\n') goto bad;
+        parser->chunk_state = CHUNK_TRAILER;
+        break;
+      case CHUNK_END_LF:
+        if (c != '\n') goto bad;
+        parser->chunk_state = CHUNK_DONE;
+        return i + 1;
+      default:
+        goto bad;
+    }
+  }
+  return i;
+bad:
+  *ok = false;
+  return i;
+}
+
+/* Feeds body bytes to llhttp; chunked bodies only as far as their framing is well-formed, so
+ * errors come in byte order whatever the reads were. */
+static hk_http_event_t feed_body(hk_http_parser_t *parser, const char *data, size_t len,
+                                 size_t *consumed) {
+  if (!parser->request.chunked) return feed_llhttp(parser, data, len, consumed);
+  bool ok;
+  size_t valid = chunk_scan(parser, data, len, &ok);
+  hk_http_event_t ev = feed_llhttp(parser, data, valid, consumed);
+  if (ev == HK_HTTP_ERROR) return ev;
+  bool done = parser->chunk_state == CHUNK_DONE;
+  if (ev == HK_HTTP_REQUEST && done && *consumed == valid) return ev;
+  if (ev == HK_HTTP_NEED_MORE && ok && !done) return ev;
+  *consumed = len;
+  return fail(parser, 400, "malformed chunked body");
+}
+
 hk_http_event_t hk_http_parse(hk_http_parser_t *parser, const char *data, size_t len,
                               size_t *consumed) {
   *consumed = 0;
   if (parser->state == HK_HTTP_STATE_FAILED) return HK_HTTP_ERROR;
   if (parser->state == HK_HTTP_STATE_DONE) return HK_HTTP_REQUEST;
-  if (parser->state == HK_HTTP_STATE_BODY) return feed_llhttp(parser, data, len, consumed);
+  if (parser->state == HK_HTTP_STATE_BODY) return feed_body(parser, data, len, consumed);
   if (len == 0) return HK_HTTP_NEED_MORE;
 
   parser->state = HK_HTTP_STATE_HEAD;
@@ -371,7 +535,7 @@ hk_http_event_t hk_http_parse(hk_http_parser_t *parser, const char *data, size_t
   if (ev == HK_HTTP_REQUEST) return ev;
   if (req->expect_continue) return HK_HTTP_CONTINUE;
   size_t more = 0;
-  ev = feed_llhttp(parser, data + head_len, len - head_len, &more);
+  ev = feed_body(parser, data + head_len, len - head_len, &more);
   *consumed += more;
   return ev;
 }

@@ -73,6 +73,9 @@ typedef struct hk_http_parser_s {
   size_t scan_pos;   /* head bytes already checked, from the start of the input */
   size_t line_start; /* start of the head line being scanned */
   bool have_request_line;
+  int chunk_state;          /* where the chunked-body check is (hk_http.c) */
+  uint64_t chunk_remaining; /* data bytes left in the current chunk */
+  unsigned chunk_digits;
   uint64_t max_body;
   int error_status;
   const char *error_message; /* static string, safe to send to the client */
