@@ -15,15 +15,6 @@ typedef struct metric_box_s {
   unsigned worker;
 } metric_box_t;
 
-static const char *type_name(hk_metric_type_t type) {
-  switch (type) {
-    case HK_METRIC_COUNTER: return "counter";
-    case HK_METRIC_GAUGE: return "gauge";
-    case HK_METRIC_HISTOGRAM: return "histogram";
-  }
-  return "metric";
-}
-
 static metric_box_t *check_metric(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, METRIC_MT);
 }
@@ -93,7 +84,7 @@ static double check_amount(lua_State *L, int idx, double fallback, const metric_
 static void require_type(lua_State *L, const metric_box_t *box, hk_metric_type_t type, const char *method) {
   if (hk_metric_type(box->metric) != type)
     luaL_error(L, "metric %s is a %s; :%s() is for a %s", hk_metric_name(box->metric),
-               type_name(hk_metric_type(box->metric)), method, type_name(type));
+               hk_metric_type_name(hk_metric_type(box->metric)), method, hk_metric_type_name(type));
 }
 
 /* Label-less families also take m:inc(n): the amount may come first. */
@@ -152,7 +143,7 @@ static int metric_index(lua_State *L) {
   metric_box_t *box = check_metric(L, 1);
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "name") == 0) lua_pushstring(L, hk_metric_name(box->metric));
-  else if (strcmp(key, "type") == 0) lua_pushstring(L, type_name(hk_metric_type(box->metric)));
+  else if (strcmp(key, "type") == 0) lua_pushstring(L, hk_metric_type_name(hk_metric_type(box->metric)));
   else if (strcmp(key, "inc") == 0) lua_pushcfunction(L, metric_inc);
   else if (strcmp(key, "dec") == 0) lua_pushcfunction(L, metric_dec);
   else if (strcmp(key, "set") == 0) lua_pushcfunction(L, metric_set);
@@ -163,7 +154,7 @@ static int metric_index(lua_State *L) {
 
 static int metric_tostring(lua_State *L) {
   metric_box_t *box = check_metric(L, 1);
-  lua_pushfstring(L, "hancock.Metric (%s %s)", type_name(hk_metric_type(box->metric)), hk_metric_name(box->metric));
+  lua_pushfstring(L, "hancock.Metric (%s %s)", hk_metric_type_name(hk_metric_type(box->metric)), hk_metric_name(box->metric));
   return 1;
 }
 

@@ -152,7 +152,7 @@ static bool ends_with(const char *s, const char *suffix) {
   return n >= m && memcmp(s + n - m, suffix, m) == 0;
 }
 
-static const char *type_name(hk_metric_type_t type) {
+const char *hk_metric_type_name(hk_metric_type_t type) {
   switch (type) {
   case HK_METRIC_COUNTER: return "counter";
   case HK_METRIC_GAUGE: return "gauge";
@@ -698,7 +698,7 @@ static void describe(char *buf, size_t size, hk_metric_type_t type, unsigned fla
   } while (0)
   buf[0] = '\0';
   PUT("a %s%s with ", (flags & HK_METRIC_LEGACY_COUNTER_NAME) ? "legacy-named " : "",
-      type_name(type));
+      hk_metric_type_name(type));
   if (label_count == 0)
     PUT("no labels");
   else {
@@ -899,7 +899,7 @@ int hk_metrics_register(hk_metrics_t *metrics, const hk_metric_opts_t *opts, hk_
       if (other == NULL) continue;
       set_err(err, errsize,
               "metric %s would collide with %s %s, whose exposition also uses the name %s", name,
-              type_name(other->type), other->name, mine[i]);
+              hk_metric_type_name(other->type), other->name, mine[i]);
       rc = -EEXIST;
       goto done;
     }

@@ -123,6 +123,7 @@ hk_metric_t *hk_metrics_family_after(hk_metrics_t *metrics, const char *name);
 const char *hk_metric_name(const hk_metric_t *metric);
 const char *hk_metric_help(const hk_metric_t *metric);
 hk_metric_type_t hk_metric_type(const hk_metric_t *metric);
+const char *hk_metric_type_name(hk_metric_type_t type); /* "counter", "gauge", "histogram" */
 unsigned hk_metric_flags(const hk_metric_t *metric);
 size_t hk_metric_label_count(const hk_metric_t *metric);
 const char *hk_metric_label_name(const hk_metric_t *metric, size_t index);

@@ -163,6 +163,22 @@ def read_until_closed(sock, timeout=10):
     return data
 
 
+def free_port():
+    """A loopback port nobody listens on right now (for tests that start processes themselves)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def line_of(path, needle):
+    """1-based number of the first line of `path` containing `needle`."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if needle in line:
+                return number
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
 def write_scripts(files):
     """A temporary scripts directory with {name: source}. Returns its path (kept for the test)."""
     d = tempfile.mkdtemp(prefix="hancock-scripts-")

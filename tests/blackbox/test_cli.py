@@ -13,6 +13,7 @@ import threading
 import unittest
 
 import harness
+from harness import free_port
 from harness import Server, request, write_scripts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,12 +33,6 @@ def clean_env(**extra):
 def run(*args, env=None, timeout=10):
     return subprocess.run([harness.BIN, *args], env=env if env is not None else clean_env(),
                           capture_output=True, timeout=timeout)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CliTest(unittest.TestCase):

@@ -13,6 +13,7 @@ import time
 import unittest
 
 import harness
+from harness import free_port, line_of
 from harness import Server, read_until_closed, recv_response, request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,20 +26,6 @@ UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 LATENCY = re.compile(r'"latency_ms":\d+\.\d{2}[,}]')
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def line_of(path, needle):
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if needle in line:
-                return number
-    raise AssertionError(f"{needle!r} not in {path}")
 
 
 def wait_any(server, predicate, timeout=10, what="matching event"):

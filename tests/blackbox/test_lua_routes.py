@@ -10,20 +10,12 @@ import re
 import unittest
 
 from harness import Server, read_until_closed, recv_response, request, write_scripts
+from harness import line_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROUTES_DIR = os.path.join(HERE, "scripts_routes")
 ROUTES_LUA = os.path.join(ROUTES_DIR, "routes.lua")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-
-
-def line_of(path, needle):
-    """1-based number of the first line of `path` containing `needle`."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if needle in line:
-                return number
-    raise AssertionError(f"{needle!r} not in {path}")
 
 
 def raw_exchange(server, raw):

@@ -26,6 +26,7 @@ import time
 import unittest
 
 import harness
+from harness import line_of
 from harness import Server, write_scripts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,15 +53,6 @@ def le(fmt, bound):
     if fmt == "openmetrics" and not re.search(r"[.eI]", bound):
         return bound + ".0"
     return bound
-
-
-def line_of(path, needle):
-    """1-based number of the first line of `path` containing `needle`."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if needle in line:
-                return number
-    raise AssertionError(f"{needle!r} not in {path}")
 
 
 def vm_rss_bytes(pid):

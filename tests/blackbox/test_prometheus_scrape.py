@@ -14,14 +14,9 @@ import urllib.parse
 import urllib.request
 
 import harness
+from harness import free_port
 
 PROMETHEUS = shutil.which("prometheus")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrometheusScrapeTest(unittest.TestCase):
