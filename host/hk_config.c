@@ -50,6 +50,9 @@ static const option_t options[] = {
      3600000, SERVE, "Time a client has to take a response before the connection is dropped."},
     {"drain-timeout", "HANCOCK_DRAIN_TIMEOUT", "10s", KIND_DURATION, OFF(drain_timeout_ms), 0,
      3600000, SERVE, "On SIGTERM/SIGINT, time in-flight requests get to finish before exit."},
+    {"rate-limit-clients", "HANCOCK_RATE_LIMIT_CLIENTS", "100000", KIND_INT, OFF(rate_limit_clients),
+     1, 10000000, SERVE,
+     "Clients whose rate-limit buckets are kept; the least recently seen is forgotten first."},
     {"log-level", "LOG_LEVEL", "INFO", KIND_LEVEL, OFF(log_level), 0, 0, SERVE | SCRIPTS,
      "DEBUG, INFO, WARNING or ERROR."},
 };

@@ -23,6 +23,7 @@ typedef struct hk_config_s {
   uint64_t keepalive_timeout_ms;
   uint64_t send_timeout_ms;
   uint64_t drain_timeout_ms;
+  uint64_t rate_limit_clients;
   hk_log_level_t log_level;
 } hk_config_t;
 

@@ -17,9 +17,12 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "hk_client.h"
+#include "hk_crypto.h"
 #include "hk_embedded.h"
 #include "hk_json.h"
 #include "hk_lua_metrics.h"
+#include "hk_ratelimit.h"
 #include "hk_router.h"
 
 #define REQUEST_MT "hancock.Request"
@@ -39,6 +42,11 @@ struct hk_lua_s {
   uint64_t last_hook_error_ns;
   hk_request_t *current;  /* the request whose coroutine is running */
   lua_State *running;     /* that coroutine */
+  hk_lua_task_t *task;    /* and its task */
+  hk_lua_task_t *tasks;   /* every handler in flight */
+  uv_loop_t *loop;        /* for asynchronous calls; NULL in `hancock check` */
+  hk_client_t *client;
+  hk_ratelimit_t *ratelimit; /* the worker's buckets: they outlive script generations */
 };
 
 /* The one registry key under which a state finds its hk_lua_t. */
@@ -651,6 +659,52 @@ static void create_metatables(lua_State *L) {
 
 /* ---- hancock.core ------------------------------------------------------------------------- */
 
+static int core_sleep(lua_State *L);
+static int core_http_request(lua_State *L);
+
+/* core.secure_equal(a, b) -> boolean, in constant time  [-2, +1, e] */
+static int core_secure_equal(lua_State *L) {
+  size_t alen, blen;
+  const char *a = luaL_checklstring(L, 1, &alen);
+  const char *b = luaL_checklstring(L, 2, &blen);
+  lua_pushboolean(L, hk_crypto_equal(a, alen, b, blen));
+  return 1;
+}
+
+/* core.verify_signature(secret, body, header) -> boolean  [-3, +1, e] */
+static int core_verify_signature(lua_State *L) {
+  size_t secret_len, body_len, header_len = 0;
+  const char *secret = luaL_checklstring(L, 1, &secret_len);
+  const char *body = luaL_checklstring(L, 2, &body_len);
+  const char *header = luaL_optlstring(L, 3, "", &header_len);
+  lua_pushboolean(L, hk_crypto_verify_signature(secret, secret_len, body, body_len, header, header_len));
+  return 1;
+}
+
+/* core.ratelimit_take(key, limit, window_ms) -> allowed, remaining, reset_ms, retry_after_ms
+ * [-3, +4, e] */
+static int core_ratelimit_take(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  size_t key_len;
+  const char *key = luaL_checklstring(L, 1, &key_len);
+  lua_Integer limit = luaL_checkinteger(L, 2);
+  lua_Integer window = luaL_checkinteger(L, 3);
+  if (limit < 1 || limit > UINT32_MAX) return luaL_error(L, "hk.ratelimit.take: limit must be a positive integer");
+  if (window < 1 || (uint64_t)window > HK_RATELIMIT_WINDOW_MAX_MS)
+    return luaL_error(L, "hk.ratelimit.take: window_ms must be a positive integer");
+  if (lua->ratelimit == NULL) return luaL_error(L, "hk.ratelimit.take can only be called while serving");
+  hk_ratelimit_result_t result;
+  uint64_t now_ms = hk_now_ns() / 1000000u;
+  if (hk_ratelimit_take(lua->ratelimit, key, key_len, (uint32_t)limit, (uint64_t)window, now_ms, &result) != 0)
+    return luaL_error(L, "hk.ratelimit.take: out of memory");
+  lua_pushboolean(L, result.allowed);
+  lua_pushinteger(L, result.remaining);
+  lua_pushinteger(L, (lua_Integer)result.reset_ms);
+  lua_pushinteger(L, (lua_Integer)result.retry_after_ms);
+  return 4;
+}
+static void task_free(hk_lua_task_t *task);
+
 /* core.monotonic() -> seconds on a monotonic clock  [-0, +1, -] */
 static int core_monotonic(lua_State *L) {
   lua_pushnumber(L, (double)hk_now_ns() / 1e9);
@@ -663,6 +717,11 @@ static int open_core(lua_State *L) {
       {"on_log", core_on_log},
       {"log", core_log},
       {"monotonic", core_monotonic},
+      {"sleep", core_sleep},
+      {"http_request", core_http_request},
+      {"secure_equal", core_secure_equal},
+      {"verify_signature", core_verify_signature},
+      {"ratelimit_take", core_ratelimit_take},
       {NULL, NULL},
   };
   hk_lua_t *lua = context_of(L);
@@ -793,6 +852,7 @@ fail:
 
 void hk_lua_free(hk_lua_t *lua) {
   if (lua == NULL) return;
+  while (lua->tasks != NULL) task_free(lua->tasks);
   if (lua->L) lua_close(lua->L);
   hk_router_free(lua->router);
   free(lua->scripts_dir);
@@ -858,30 +918,77 @@ static void collect_response(lua_State *co, int nres, hk_request_t *req) {
   }
 }
 
-void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
-  lua_State *L = lua->L;
-  lua_State *co = lua_newthread(L);
-  int co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, lua->respond_ref);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, req->match.handler);
-  request_box_t *box = lua_newuserdatauv(co, sizeof *box, 1);
-  box->req = req;
-  luaL_setmetatable(co, REQUEST_MT);
-  lua_newtable(co);
-  lua_setiuservalue(co, -2, 1);
-  /* Anchored on the main stack so the box outlives the handler's last reference to it. */
-  lua_pushvalue(co, -1);
-  lua_xmove(co, L, 1);
+/* ---- tasks: a handler's coroutine and the one asynchronous operation it waits on ----------- */
 
+typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP } task_op_t;
+
+struct hk_lua_task_s {
+  hk_lua_t *lua;
+  lua_State *co;
+  int co_ref;
+  request_box_t *box; /* anchored by box_ref until the task ends */
+  int box_ref;
+  hk_request_t *req;
+  hk_lua_done_cb done;
+  task_op_t op;
+  uv_timer_t *timer;      /* OP_SLEEP; freed in its close callback */
+  hk_client_call_t *call; /* OP_HTTP */
+  int on_chunk_ref;       /* OP_HTTP with on_chunk */
+  hk_lua_task_t *prev, *next;
+};
+
+static void on_timer_closed(uv_handle_t *handle) { free(handle); }
+
+/* Stops the pending operation without resuming the coroutine. */
+static void task_stop_op(hk_lua_task_t *task) {
+  if (task->op == OP_SLEEP && task->timer != NULL) {
+    uv_timer_stop(task->timer);
+    uv_close((uv_handle_t *)task->timer, on_timer_closed);
+  } else if (task->op == OP_HTTP && task->call != NULL) {
+    hk_client_cancel(task->call);
+  }
+  if (task->on_chunk_ref != LUA_NOREF) luaL_unref(task->lua->L, LUA_REGISTRYINDEX, task->on_chunk_ref);
+  task->on_chunk_ref = LUA_NOREF;
+  task->timer = NULL;
+  task->call = NULL;
+  task->op = OP_NONE;
+}
+
+/* Releases the coroutine and the task; does not call done. */
+static void task_free(hk_lua_task_t *task) {
+  hk_lua_t *lua = task->lua;
+  lua_State *L = lua->L;
+  task_stop_op(task);
+  task->box->req = NULL; /* a request object kept by the script must not outlive the request */
+  if (task->req) task->req->task = NULL;
+  lua_resetthread(task->co);
+  luaL_unref(L, LUA_REGISTRYINDEX, task->co_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, task->box_ref);
+  if (task->prev) task->prev->next = task->next;
+  else lua->tasks = task->next;
+  if (task->next) task->next->prev = task->prev;
+  free(task);
+}
+
+/* Resumes the task's coroutine with nargs values already pushed on it, and finishes the
+ * request when the handler returns or fails. */
+static void task_resume(hk_lua_task_t *task, int nargs) {
+  hk_lua_t *lua = task->lua;
+  lua_State *L = lua->L, *co = task->co;
+  hk_request_t *req = task->req;
   hk_request_t *outer = lua->current;
   lua_State *outer_co = lua->running;
+  hk_lua_task_t *outer_task = lua->task;
   lua->current = req;
   lua->running = co;
+  lua->task = task;
   int nres = 0;
-  int status = lua_resume(co, L, 2, &nres);
+  int status = lua_resume(co, L, nargs, &nres);
   lua->current = outer;
   lua->running = outer_co;
+  lua->task = outer_task;
 
+  if (status == LUA_YIELD && task->op != OP_NONE) return; /* waiting on I/O; resumed later */
   if (status == LUA_OK) {
     collect_response(co, nres, req);
   } else if (status == LUA_YIELD) {
@@ -895,10 +1002,254 @@ void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
     fail_request(req, "handler_error", lua_tostring(L, -1));
     lua_settop(L, base - 1);
   }
-  box->req = NULL; /* a request object kept by the script must not outlive the request */
-  lua_pop(L, 1);   /* the box anchor */
-  lua_resetthread(co);
-  luaL_unref(L, LUA_REGISTRYINDEX, co_ref);
+  hk_lua_done_cb done = task->done;
+  task_free(task);
   update_memory_gauge(lua);
   done(req);
+}
+
+void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
+  lua_State *L = lua->L;
+  hk_lua_task_t *task = calloc(1, sizeof *task);
+  if (task == NULL || !lua_checkstack(L, 4)) {
+    free(task);
+    fail_request(req, "handler_error", "out of memory");
+    done(req);
+    return;
+  }
+  task->lua = lua;
+  task->req = req;
+  task->done = done;
+  task->on_chunk_ref = LUA_NOREF;
+  task->co = lua_newthread(L);
+  task->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  req->task = task;
+  task->next = lua->tasks;
+  if (lua->tasks) lua->tasks->prev = task;
+  lua->tasks = task;
+
+  lua_State *co = task->co;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, lua->respond_ref);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, req->match.handler);
+  task->box = lua_newuserdatauv(co, sizeof *task->box, 1);
+  task->box->req = req;
+  luaL_setmetatable(co, REQUEST_MT);
+  lua_newtable(co);
+  lua_setiuservalue(co, -2, 1);
+  /* Anchored so the box outlives the handler's last reference to it. */
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1);
+  task->box_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  task_resume(task, 2);
+}
+
+void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req) {
+  (void)lua;
+  if (req->task != NULL) task_free(req->task);
+}
+
+void hk_lua_bind_loop(hk_lua_t *lua, uv_loop_t *loop, hk_client_t *client,
+                      hk_ratelimit_t *ratelimit) {
+  lua->loop = loop;
+  lua->client = client;
+  lua->ratelimit = ratelimit;
+}
+
+/* ---- asynchronous calls from handlers ------------------------------------------------------ */
+
+/* The task whose main coroutine is L, or a Lua error: asynchronous calls yield that coroutine,
+ * so they work in a handler (not at load time, not inside a script's own coroutines). */
+static hk_lua_task_t *running_task(lua_State *L, const char *what) {
+  hk_lua_t *lua = context_of(L);
+  if (lua->task == NULL || lua->task->co != L || lua->loop == NULL)
+    luaL_error(L, "%s can only be called from a request handler (not at load time or inside a "
+                  "coroutine of the script's own)", what);
+  if (!lua_isyieldable(L)) luaL_error(L, "%s cannot yield here (inside a metamethod or C call)", what);
+  return lua->task;
+}
+
+static void on_sleep_done(uv_timer_t *timer) {
+  hk_lua_task_t *task = timer->data;
+  uv_close((uv_handle_t *)timer, on_timer_closed);
+  task->timer = NULL;
+  task->op = OP_NONE;
+  task_resume(task, 0);
+}
+
+/* core.sleep(ms)  [-1, +0, e] — yields */
+static int core_sleep(lua_State *L) {
+  lua_Number ms = luaL_checknumber(L, 1);
+  if (!(ms >= 0 && ms <= 86400000)) return luaL_error(L, "hk.sleep: milliseconds must be from 0 to 86400000");
+  hk_lua_task_t *task = running_task(L, "hk.sleep");
+  uv_timer_t *timer = malloc(sizeof *timer);
+  if (timer == NULL) return luaL_error(L, "hk.sleep: out of memory");
+  uv_timer_init(task->lua->loop, timer);
+  timer->data = task;
+  uv_timer_start(timer, on_sleep_done, (uint64_t)ms, 0);
+  task->op = OP_SLEEP;
+  task->timer = timer;
+  return lua_yield(L, 0);
+}
+
+static const char *client_error_kind(hk_client_error_t error) {
+  switch (error) {
+    case HK_CLIENT_OK: return "ok";
+    case HK_CLIENT_ERR_CONNECT: return "connect";
+    case HK_CLIENT_ERR_TIMEOUT: return "timeout";
+    case HK_CLIENT_ERR_TOO_LARGE: return "too_large";
+    case HK_CLIENT_ERR_ABORTED: return "aborted";
+    case HK_CLIENT_ERR_PROTOCOL: return "protocol";
+  }
+  return "error";
+}
+
+static void on_http_done(void *data, const hk_client_result_t *result) {
+  hk_lua_task_t *task = data;
+  lua_State *co = task->co;
+  task->call = NULL;
+  task->op = OP_NONE;
+  if (task->on_chunk_ref != LUA_NOREF) luaL_unref(task->lua->L, LUA_REGISTRYINDEX, task->on_chunk_ref);
+  task->on_chunk_ref = LUA_NOREF;
+  int nres;
+  if (!lua_checkstack(co, 6)) {
+    fail_request(task->req, "handler_error", "out of Lua stack");
+    hk_lua_done_cb done = task->done;
+    hk_request_t *req = task->req;
+    task_free(task);
+    done(req);
+    return;
+  }
+  if (result->error == HK_CLIENT_OK) {
+    lua_createtable(co, 0, 4);
+    lua_pushinteger(co, result->status);
+    lua_setfield(co, -2, "status");
+    lua_pushlstring(co, result->body ? result->body : "", result->body_len);
+    lua_setfield(co, -2, "body");
+    lua_pushnumber(co, result->seconds);
+    lua_setfield(co, -2, "seconds");
+    lua_createtable(co, 0, (int)result->header_count);
+    for (size_t i = 0; i < result->header_count; i++) {
+      const char *name = result->headers[i].name;
+      luaL_Buffer b;
+      luaL_buffinit(co, &b);
+      for (const char *p = name; *p; p++) luaL_addchar(&b, (char)((*p >= 'A' && *p <= 'Z') ? *p + 32 : *p));
+      luaL_pushresult(&b);
+      lua_pushvalue(co, -1);
+      if (lua_rawget(co, -3) == LUA_TSTRING) {
+        lua_pushliteral(co, ", ");
+        lua_pushstring(co, result->headers[i].value);
+        lua_concat(co, 3);
+      } else {
+        lua_pop(co, 1);
+        lua_pushstring(co, result->headers[i].value);
+      }
+      lua_rawset(co, -3);
+    }
+    luaL_setmetatable(co, HEADERS_MT);
+    lua_setfield(co, -2, "headers");
+    nres = 1;
+  } else {
+    lua_pushnil(co);
+    lua_pushstring(co, result->message && result->message[0] ? result->message : client_error_kind(result->error));
+    lua_pushstring(co, client_error_kind(result->error));
+    nres = 3;
+  }
+  task_resume(task, nres);
+}
+
+/* Streams a response body into the script's on_chunk(bytes); returning false stops the call. */
+static int on_http_chunk(void *data, const char *bytes, size_t len) {
+  hk_lua_task_t *task = data;
+  lua_State *L = task->lua->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, task->on_chunk_ref);
+  lua_pushlstring(L, bytes, len);
+  int rc = 0;
+  if (protected_call(L, 1, 1) != LUA_OK) {
+    hk_log_event(HK_LOG_ERROR, task->req->id, "handler_error", "on_chunk failed",
+                 (hk_log_field_t[]){HK_LOG_S("error", lua_tostring(L, -1))}, 1);
+    rc = 1;
+  } else if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+    rc = 1;
+  }
+  lua_settop(L, top);
+  return rc;
+}
+
+/* core.http_request{method, url, headers, body, timeout_ms, connect_timeout_ms, max_bytes,
+ * on_chunk} -> response | nil, message, kind  [-1, +(1|3), e] — yields */
+static int core_http_request(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  hk_lua_task_t *task = running_task(L, "hk.http.request");
+  hk_client_opts_t opts = {0};
+  lua_getfield(L, 1, "url");
+  opts.url = lua_tostring(L, -1);
+  if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "hk.http.request: url must be a string");
+  lua_getfield(L, 1, "method");
+  opts.method = lua_isnil(L, -1) ? "GET" : lua_tostring(L, -1);
+  if (opts.method == NULL) return luaL_error(L, "hk.http.request: method must be a string");
+  lua_getfield(L, 1, "body");
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "hk.http.request: body must be a string");
+    opts.body = lua_tolstring(L, -1, &opts.body_len);
+  }
+  static const char *const limits[] = {"timeout_ms", "connect_timeout_ms", "max_bytes"};
+  uint64_t values[3] = {0, 0, 0};
+  for (int i = 0; i < 3; i++) {
+    lua_getfield(L, 1, limits[i]);
+    if (!lua_isnil(L, -1)) {
+      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) <= 0)
+        return luaL_error(L, "hk.http.request: %s must be a positive integer", limits[i]);
+      values[i] = (uint64_t)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+  }
+  opts.timeout_ms = values[0];
+  opts.connect_timeout_ms = values[1];
+  opts.max_response_bytes = (size_t)values[2];
+  /* Header lines live in one Lua buffer string until hk_client_start has copied them. */
+  const char *lines[64];
+  size_t count = 0;
+  lua_getfield(L, 1, "headers");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_istable(L, -1)) return luaL_error(L, "hk.http.request: headers must be a table");
+    int headers = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, headers) != 0) {
+      if (lua_type(L, -2) != LUA_TSTRING || (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+        return luaL_error(L, "hk.http.request: headers must map names to strings");
+      if (count == sizeof lines / sizeof lines[0]) return luaL_error(L, "hk.http.request: too many headers");
+      size_t name_len, value_len;
+      const char *name = lua_tolstring(L, -2, &name_len);
+      const char *value = lua_tolstring(L, -1, &value_len);
+      if (strpbrk(name, "\r\n:") != NULL || memchr(value, '\r', value_len) || memchr(value, '\n', value_len))
+        return luaL_error(L, "hk.http.request: invalid header '%s'", name);
+      lua_pushfstring(L, "%s: %s", name, value);
+      lua_insert(L, headers); /* keep the line anchored below the iteration */
+      headers++;
+      lines[count++] = lua_tostring(L, headers - 1);
+      lua_pop(L, 1);
+    }
+  }
+  opts.headers = lines;
+  opts.header_count = count;
+  lua_getfield(L, 1, "on_chunk");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_isfunction(L, -1)) return luaL_error(L, "hk.http.request: on_chunk must be a function");
+    task->on_chunk_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    opts.on_chunk = on_http_chunk;
+  } else {
+    lua_pop(L, 1);
+  }
+  int rc = hk_client_start(task->lua->client, &opts, on_http_done, task, &task->call);
+  if (rc != 0) {
+    if (task->on_chunk_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, task->on_chunk_ref);
+    task->on_chunk_ref = LUA_NOREF;
+    lua_pushnil(L);
+    lua_pushstring(L, rc == -EINVAL ? "invalid request (only http:// and https:// URLs)" : "out of memory");
+    lua_pushstring(L, "protocol");
+    return 3;
+  }
+  task->op = OP_HTTP;
+  return lua_yield(L, 0);
 }

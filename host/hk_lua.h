@@ -11,7 +11,13 @@
 #include "hk_metrics.h"
 #include "hk_request.h"
 
+#include <uv.h>
+
+#include "hk_client.h"
+#include "hk_ratelimit.h"
+
 typedef struct hk_lua_s hk_lua_t;
+typedef struct hk_lua_task_s hk_lua_task_t;
 
 /* Creates a state and runs every *.lua in scripts_dir in name order. Scripts' metrics live in
  * `metrics` (borrowed; it outlives the state) and their updates write cell `worker`. On failure
@@ -28,10 +34,20 @@ size_t hk_lua_route_count(const hk_lua_t *lua);
 int hk_lua_route(hk_lua_t *lua, hk_request_t *req, char *allow, size_t allow_size);
 
 /* Runs the matched handler in a new coroutine and fills req->response. A Lua error becomes a
- * 500 with the traceback logged, never sent. `done` is called exactly once, when the response
- * is ready (today always before hk_lua_run returns; with outbound I/O, later). */
+ * 500 with the traceback logged, never sent. `done` is called exactly once when the response is
+ * ready: before hk_lua_run returns, or later from the loop when the handler waited on I/O
+ * (hk.sleep, hk.http.request) — unless hk_lua_cancel comes first. */
 typedef void (*hk_lua_done_cb)(hk_request_t *req);
 void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done);
+
+/* The client went away: stops the request's handler and whatever it waits on (timers, outbound
+ * calls). `done` is not called. No-op when the request has no handler running. */
+void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req);
+
+/* Lets handlers wait on `loop` (timers for hk.sleep, `client` for hk.http.request) and use the
+ * worker's rate-limit buckets. All borrowed; NULLs unbind. */
+void hk_lua_bind_loop(hk_lua_t *lua, uv_loop_t *loop, hk_client_t *client,
+                      hk_ratelimit_t *ratelimit);
 
 /* Sends the calling thread's log events (hk_log_event) through this generation's hk.on_log
  * hooks; NULL detaches. */

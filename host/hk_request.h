@@ -47,6 +47,7 @@ typedef struct hk_request_s {
   hk_response_t response;
   bool finished;
   void *owner; /* the connection; NULL once the client has gone */
+  struct hk_lua_task_s *task; /* the handler running for this request, if any */
 } hk_request_t;
 
 /* Replaces the response with the JSON error body {"error": message, "request_id": id}. */

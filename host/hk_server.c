@@ -79,6 +79,8 @@ struct hk_worker_s {
   hk_lua_t *lua;
   hk_host_metrics_t *metrics;
   unsigned index; /* this worker's metric cell */
+  hk_client_t *client; /* outbound HTTP for this worker's handlers */
+  hk_ratelimit_t *ratelimit; /* rate-limit buckets, kept across script reloads */
   hk_conn_t *conns; /* doubly-linked list of open connections */
   size_t conn_count;
   uint64_t conns_rejected;
@@ -101,6 +103,8 @@ static void conn_resume_reading(hk_conn_t *conn);
 static void conn_finish_request(hk_request_t *req);
 static void worker_maybe_stop(hk_worker_t *worker);
 static void conn_stream_end(hk_conn_t *conn);
+static void log_request_completed(const hk_request_t *req);
+static void record_request(hk_worker_t *worker, const hk_request_t *req);
 static void conn_stream_pump(hk_conn_t *conn);
 
 /* ---- connection lifetime ------------------------------------------------------------------ */
@@ -132,6 +136,15 @@ static void conn_close(hk_conn_t *conn) {
   if (conn->closing) return;
   conn->closing = true;
   conn->request.owner = NULL;
+  if (conn->in_flight) {
+    /* Nobody will read the answer: stop the handler and its outbound calls now. Accounted as
+     * 499 (nginx's "client closed request"), so every request_started has its completion. */
+    hk_lua_cancel(conn->worker->lua, &conn->request);
+    conn->in_flight = false;
+    conn->request.response.status = 499;
+    log_request_completed(&conn->request);
+    record_request(conn->worker, &conn->request);
+  }
   uv_close((uv_handle_t *)&conn->tcp, on_conn_handle_closed);
   uv_close((uv_handle_t *)&conn->timer, on_conn_handle_closed);
 }
@@ -652,7 +665,15 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
       conn_close(conn);
       return;
     }
-    if (conn->in_flight || conn->write_active || conn->out.len > 0) {
+    if (conn->in_flight) {
+      /* The client gave up while its handler waits on I/O: stop the handler and its calls
+       * (as nginx does without proxy_ignore_client_abort). */
+      hk_log_event(HK_LOG_INFO, conn->request.id, "client_closed", "client closed the connection before the response",
+                   (hk_log_field_t[]){HK_LOG_S("endpoint", conn->request.endpoint)}, 1);
+      conn_close(conn);
+      return;
+    }
+    if (conn->write_active || conn->out.len > 0) {
       conn->close_after = true;
       return;
     }
@@ -870,6 +891,14 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *m
   uv_signal_init(&worker->loop, &worker->sigint);
   uv_timer_init(&worker->loop, &worker->drain_timer);
   worker->sigterm.data = worker->sigint.data = worker->drain_timer.data = worker;
+  rc = hk_client_new(&worker->loop, &worker->client);
+  if (rc == 0) rc = hk_ratelimit_new(config->rate_limit_clients, &worker->ratelimit);
+  if (rc != 0) {
+    snprintf(err, errsize, "cannot start the worker: %s", strerror(-rc));
+    hk_server_free(server);
+    return rc;
+  }
+  hk_lua_bind_loop(lua, &worker->loop, worker->client, worker->ratelimit);
   rc = bind_listener(worker, err, errsize);
   if (rc != 0) {
     hk_server_free(server);
@@ -904,6 +933,13 @@ void hk_server_free(hk_server_t *server) {
   if (server == NULL) return;
   hk_worker_t *worker = &server->worker;
   for (hk_conn_t *c = worker->conns; c != NULL; c = c->next) conn_close(c);
+  if (worker->client != NULL) {
+    hk_lua_bind_loop(worker->lua, NULL, NULL, NULL);
+    hk_client_close(worker->client);
+    worker->client = NULL;
+  }
+  hk_ratelimit_free(worker->ratelimit);
+  worker->ratelimit = NULL;
   uv_walk(&worker->loop, close_walk, NULL);
   while (uv_run(&worker->loop, UV_RUN_DEFAULT) != 0) {
   }

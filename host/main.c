@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
+
 #include "hk_config.h"
 #include "hk_host_metrics.h"
 #include "hk_log.h"
@@ -143,6 +145,12 @@ static int command_serve(int argc, char **argv, int first) {
 int main(int argc, char **argv) {
   /* Writes to a closed socket or stdout pipe report EPIPE instead of killing the process. */
   signal(SIGPIPE, SIG_IGN);
+  /* Once per process, before any thread or client exists (libcurl's rule). */
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    fprintf(stderr, "hancock: cannot initialise libcurl\n");
+    return 1;
+  }
+  atexit(curl_global_cleanup);
   const char *command = argc > 1 ? argv[1] : "serve";
   if (strcmp(command, "--help") == 0 || strcmp(command, "-h") == 0 || strcmp(command, "help") == 0) {
     print_usage(stdout);

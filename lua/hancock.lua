@@ -32,6 +32,43 @@ function hk.error(status, message)
   return setmetatable({ status = status, message = message }, ErrorResponse)
 end
 
+--- Waits `ms` milliseconds without blocking the server (in a handler only).
+function hk.sleep(ms)
+  core.sleep(ms)
+end
+
+hk.http = {}
+
+--- An outbound HTTP call from a handler; the handler waits, the server does not.
+--- opts: url, method ("GET"), headers (table), body (string), timeout_ms (60000),
+--- connect_timeout_ms (5000), max_bytes (16 MiB), on_chunk(bytes) (streamed bodies; return
+--- false to stop). Returns {status, headers, body, seconds}, or nil, message, kind where kind
+--- is "connect", "timeout", "too_large", "aborted" or "protocol".
+function hk.http.request(opts)
+  if type(opts) ~= "table" then
+    error("hk.http.request: expected a table of options", 2)
+  end
+  return core.http_request(opts)
+end
+
+--- Compares two secrets in constant time (SHA-256 digests), so neither content nor length leaks.
+function hk.secure_equal(a, b)
+  return core.secure_equal(a, b)
+end
+
+--- True when `header` is "sha256=<hex HMAC-SHA256 of raw_body under secret>".
+function hk.verify_signature(secret, raw_body, header)
+  return core.verify_signature(secret, raw_body, header)
+end
+
+hk.ratelimit = {}
+
+--- Takes one token from `key`'s bucket (capacity `limit`, refilled over `window_ms`).
+--- Returns allowed, remaining, reset_ms (until full), retry_after_ms (until a token).
+function hk.ratelimit.take(key, limit, window_ms)
+  return core.ratelimit_take(key, limit, window_ms)
+end
+
 --- The environment variable `name`, or `default` when it is unset or empty.
 function hk.env(name, default)
   local value = os.getenv(name)
