@@ -4,6 +4,7 @@
  * Entry points: hk_lua_new, hk_lua_route, hk_lua_run, hk_lua_attach_log. */
 #include "hk_lua.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -47,6 +48,25 @@ struct hk_lua_s {
   uv_loop_t *loop;        /* for asynchronous calls; NULL in `hancock check` */
   hk_client_t *client;
   hk_ratelimit_t *ratelimit; /* the worker's buckets: they outlive script generations */
+};
+
+typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP } task_op_t;
+
+struct hk_lua_task_s {
+  hk_lua_t *lua;
+  lua_State *co;
+  int co_ref;
+  struct request_box_s *box; /* anchored by box_ref until the task ends */
+  int box_ref;
+  hk_request_t *req;
+  hk_lua_done_cb done;
+  task_op_t op;
+  uv_timer_t *timer;      /* OP_SLEEP; freed in its close callback */
+  hk_client_call_t *call; /* OP_HTTP */
+  int on_chunk_ref;       /* OP_HTTP with on_chunk */
+  int timer_nargs;        /* values on the coroutine for the resume when the timer fires */
+  char parent_id[HK_REQID_SIZE]; /* background tasks: the request that spawned them, for logs */
+  hk_lua_task_t *prev, *next;
 };
 
 /* The one registry key under which a state finds its hk_lua_t. */
@@ -415,6 +435,8 @@ static int core_log(lua_State *L) {
   lua_pushstring(L, event), lua_setfield(L, ev, "event");
   lua_pushstring(L, hk_log_level_name(level)), lua_setfield(L, ev, "level");
   if (lua->current != NULL) lua_pushstring(L, lua->current->id), lua_setfield(L, ev, "request_id");
+  else if (lua->task != NULL && lua->task->parent_id[0] != '\0')
+    lua_pushstring(L, lua->task->parent_id), lua_setfield(L, ev, "request_id");
   if (lua->log_hook_count == 0 || lua->in_log_hook || run_log_hooks(lua, L)) write_event_table(L, ev, level, NULL, 0);
   return 0;
 }
@@ -661,6 +683,7 @@ static void create_metatables(lua_State *L) {
 
 static int core_sleep(lua_State *L);
 static int core_http_request(lua_State *L);
+static int core_spawn(lua_State *L);
 
 /* core.secure_equal(a, b) -> boolean, in constant time  [-2, +1, e] */
 static int core_secure_equal(lua_State *L) {
@@ -718,6 +741,7 @@ static int open_core(lua_State *L) {
       {"log", core_log},
       {"monotonic", core_monotonic},
       {"sleep", core_sleep},
+      {"spawn", core_spawn},
       {"http_request", core_http_request},
       {"secure_equal", core_secure_equal},
       {"verify_signature", core_verify_signature},
@@ -852,7 +876,8 @@ fail:
 
 void hk_lua_free(hk_lua_t *lua) {
   if (lua == NULL) return;
-  while (lua->tasks != NULL) task_free(lua->tasks);
+  /* The server cancels tasks while its loop still runs (hk_lua_cancel_all); none are left. */
+  assert(lua->tasks == NULL);
   if (lua->L) lua_close(lua->L);
   hk_router_free(lua->router);
   free(lua->scripts_dir);
@@ -920,22 +945,6 @@ static void collect_response(lua_State *co, int nres, hk_request_t *req) {
 
 /* ---- tasks: a handler's coroutine and the one asynchronous operation it waits on ----------- */
 
-typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP } task_op_t;
-
-struct hk_lua_task_s {
-  hk_lua_t *lua;
-  lua_State *co;
-  int co_ref;
-  request_box_t *box; /* anchored by box_ref until the task ends */
-  int box_ref;
-  hk_request_t *req;
-  hk_lua_done_cb done;
-  task_op_t op;
-  uv_timer_t *timer;      /* OP_SLEEP; freed in its close callback */
-  hk_client_call_t *call; /* OP_HTTP */
-  int on_chunk_ref;       /* OP_HTTP with on_chunk */
-  hk_lua_task_t *prev, *next;
-};
 
 static void on_timer_closed(uv_handle_t *handle) { free(handle); }
 
@@ -959,11 +968,11 @@ static void task_free(hk_lua_task_t *task) {
   hk_lua_t *lua = task->lua;
   lua_State *L = lua->L;
   task_stop_op(task);
-  task->box->req = NULL; /* a request object kept by the script must not outlive the request */
+  if (task->box) task->box->req = NULL; /* a kept request object must not outlive the request */
   if (task->req) task->req->task = NULL;
   lua_resetthread(task->co);
   luaL_unref(L, LUA_REGISTRYINDEX, task->co_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, task->box_ref);
+  if (task->box_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, task->box_ref);
   if (task->prev) task->prev->next = task->next;
   else lua->tasks = task->next;
   if (task->next) task->next->prev = task->prev;
@@ -989,6 +998,24 @@ static void task_resume(hk_lua_task_t *task, int nargs) {
   lua->task = outer_task;
 
   if (status == LUA_YIELD && task->op != OP_NONE) return; /* waiting on I/O; resumed later */
+  if (req == NULL) {
+    /* A background task (hk.spawn): nobody waits for a response; failures go to the log. */
+    int top = lua_gettop(L);
+    if (status != LUA_OK) {
+      const char *why = "task yielded outside an asynchronous hancock call";
+      if (status != LUA_YIELD) {
+        lua_xmove(co, L, 1);
+        push_located_message(L, co, error_text(L, lua_gettop(L)));
+        luaL_traceback(L, co, lua_tostring(L, -1), 0);
+        why = lua_tostring(L, -1);
+      }
+      hk_log_event(HK_LOG_ERROR, task->parent_id[0] ? task->parent_id : NULL, "task_error",
+                   "background task failed", (hk_log_field_t[]){HK_LOG_S("error", why)}, 1);
+    }
+    lua_settop(L, top);
+    task_free(task);
+    return;
+  }
   if (status == LUA_OK) {
     collect_response(co, nres, req);
   } else if (status == LUA_YIELD) {
@@ -1048,6 +1075,10 @@ void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req) {
   if (req->task != NULL) task_free(req->task);
 }
 
+void hk_lua_cancel_all(hk_lua_t *lua) {
+  while (lua->tasks != NULL) task_free(lua->tasks);
+}
+
 void hk_lua_bind_loop(hk_lua_t *lua, uv_loop_t *loop, hk_client_t *client,
                       hk_ratelimit_t *ratelimit) {
   lua->loop = loop;
@@ -1073,7 +1104,42 @@ static void on_sleep_done(uv_timer_t *timer) {
   uv_close((uv_handle_t *)timer, on_timer_closed);
   task->timer = NULL;
   task->op = OP_NONE;
-  task_resume(task, 0);
+  int nargs = task->timer_nargs;
+  task->timer_nargs = 0;
+  task_resume(task, nargs);
+}
+
+/* core.spawn(fn, ...) — runs fn(...) in a background task on the next loop turn, after the
+ * current handler has returned: for work that must not delay or fail the response
+ * (notifications). It may use hk.sleep and hk.http.request. [-(1+n), +0, e] */
+static int core_spawn(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (lua->loop == NULL) return luaL_error(L, "hk.spawn can only be called while serving (in a handler)");
+  int nargs = lua_gettop(L) - 1;
+  hk_lua_task_t *task = calloc(1, sizeof *task);
+  uv_timer_t *timer = malloc(sizeof *timer);
+  if (task == NULL || timer == NULL) {
+    free(task);
+    free(timer);
+    return luaL_error(L, "hk.spawn: out of memory");
+  }
+  task->lua = lua;
+  task->on_chunk_ref = task->box_ref = LUA_NOREF;
+  if (lua->current != NULL) snprintf(task->parent_id, sizeof task->parent_id, "%s", lua->current->id);
+  task->co = lua_newthread(L);
+  task->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_xmove(L, task->co, nargs + 1); /* the function and its arguments */
+  task->next = lua->tasks;
+  if (lua->tasks) lua->tasks->prev = task;
+  lua->tasks = task;
+  uv_timer_init(lua->loop, timer);
+  timer->data = task;
+  uv_timer_start(timer, on_sleep_done, 0, 0);
+  task->op = OP_SLEEP;
+  task->timer = timer;
+  task->timer_nargs = nargs;
+  return 0;
 }
 
 /* core.sleep(ms)  [-1, +0, e] — yields */

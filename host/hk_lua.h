@@ -44,6 +44,10 @@ void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done);
  * calls). `done` is not called. No-op when the request has no handler running. */
 void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req);
 
+/* Cancels every handler and background task (shutdown); their timers close on the loop, which
+ * must run once more. Requests' done callbacks are not called. */
+void hk_lua_cancel_all(hk_lua_t *lua);
+
 /* Lets handlers wait on `loop` (timers for hk.sleep, `client` for hk.http.request) and use the
  * worker's rate-limit buckets. All borrowed; NULLs unbind. */
 void hk_lua_bind_loop(hk_lua_t *lua, uv_loop_t *loop, hk_client_t *client,

@@ -933,6 +933,7 @@ void hk_server_free(hk_server_t *server) {
   if (server == NULL) return;
   hk_worker_t *worker = &server->worker;
   for (hk_conn_t *c = worker->conns; c != NULL; c = c->next) conn_close(c);
+  hk_lua_cancel_all(worker->lua);
   if (worker->client != NULL) {
     hk_lua_bind_loop(worker->lua, NULL, NULL, NULL);
     hk_client_close(worker->client);

@@ -37,6 +37,13 @@ function hk.sleep(ms)
   core.sleep(ms)
 end
 
+--- Runs fn(...) in a background task once the current handler has returned: for work that
+--- must neither delay nor fail the response (notifications). It may sleep and make HTTP calls;
+--- errors go to the log (task_error). Tasks still running at shutdown are cancelled.
+function hk.spawn(fn, ...)
+  core.spawn(fn, ...)
+end
+
 hk.http = {}
 
 --- An outbound HTTP call from a handler; the handler waits, the server does not.

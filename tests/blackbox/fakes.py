@@ -1,0 +1,167 @@
+"""Fake upstream servers for black-box tests, on 127.0.0.1 with an ephemeral port.
+
+FakeLLM answers POST /v1/chat/completions the way an OpenAI-compatible backend does (Ollama,
+NVIDIA NIM, OpenAI), with knobs for the failures Hancock must handle. FakeReceiver stands in for
+Slack and Teams incoming webhooks. Both record what they received. Use them as context managers.
+"""
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024  # 200 concurrent connects must not overflow the backlog
+
+
+class _FakeBase:
+    """A threaded HTTP server running `handler_class` with a reference back to this object."""
+
+    def __init__(self, handler_class):
+        owner = self
+
+        class Handler(handler_class):
+            fake = owner
+
+        self.requests = []
+        self.lock = threading.Lock()
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def record(self, entry):
+        with self.lock:
+            self.requests.append(entry)
+
+    def received(self):
+        with self.lock:
+            return list(self.requests)
+
+    def wait_for(self, count, timeout=5):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.received()) >= count:
+                return self.received()
+            time.sleep(0.01)
+        raise AssertionError(f"expected {count} requests, got {len(self.received())}")
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake = None  # set by _FakeBase
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def read_body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def send(self, status, body, content_type="application/json"):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        elif isinstance(body, str):
+            body = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _LLMHandler(_Handler):
+    def do_POST(self):
+        fake = self.fake
+        raw = self.read_body()
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = {}
+        fake.record({
+            "path": self.path,
+            "model": doc.get("model"),
+            "messages": doc.get("messages"),
+            "temperature": doc.get("temperature"),
+            "max_tokens": doc.get("max_tokens"),
+            "authorization": self.headers.get("Authorization"),
+            "body": doc,
+        })
+        if fake.delay_ms:
+            time.sleep(fake.delay_ms / 1000)
+        if self.path != "/v1/chat/completions":
+            return self.send(404, {"error": "not found"})
+        if fake.status != 200:
+            return self.send(fake.status, {"error": {"message": "fake backend failure"}})
+        if fake.malformed:
+            return self.send(200, "this is { not json", "application/json")
+        content = "" if fake.empty else fake.reply_for(doc)
+        self.send(200, {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": doc.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}],
+            "usage": dict(fake.usage),
+        })
+
+
+class FakeLLM(_FakeBase):
+    """An OpenAI-compatible chat-completions server.
+
+    Knobs (attributes, change them any time): reply (text, or a function of the request JSON),
+    delay_ms (before answering), status (non-200 answers with an error body), empty (content ""),
+    malformed (a body that is not JSON), usage (the usage object returned).
+    `requests` records model, messages, temperature, max_tokens, authorization and body.
+    """
+
+    def __init__(self, reply="fake answer", delay_ms=0, status=200, empty=False, malformed=False,
+                 usage=None):
+        self.reply = reply
+        self.delay_ms = delay_ms
+        self.status = status
+        self.empty = empty
+        self.malformed = malformed
+        self.usage = usage or {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        super().__init__(_LLMHandler)
+
+    def reply_for(self, doc):
+        return self.reply(doc) if callable(self.reply) else self.reply
+
+
+class _ReceiverHandler(_Handler):
+    def do_POST(self):
+        fake = self.fake
+        raw = self.read_body()
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        fake.record({"path": self.path, "json": doc, "content_type": self.headers.get("Content-Type")})
+        if fake.delay_ms:
+            time.sleep(fake.delay_ms / 1000)
+        self.send(fake.status, "ok" if fake.status == 200 else "invalid_payload", "text/plain")
+
+
+class FakeReceiver(_FakeBase):
+    """An incoming-webhook receiver (Slack or Teams): records each POST's path and JSON body.
+    Knobs: status (200; anything else fails the delivery), delay_ms."""
+
+    def __init__(self, status=200, delay_ms=0):
+        self.status = status
+        self.delay_ms = delay_ms
+        super().__init__(_ReceiverHandler)
