@@ -83,21 +83,33 @@ static hk_lua_t *context_of(lua_State *L) {
 
 /* Prefixes msg with the innermost script location ("scripts/routes.lua:12: ") unless it already
  * has one, so errors raised inside C functions still point at the operator's line. */
+/* Length of a leading "file.lua:123: " location in msg, or 0. */
+static size_t location_prefix(const char *msg) {
+  const char *colon = strstr(msg, ".lua:");
+  if (colon == NULL || memchr(msg, ' ', (size_t)(colon - msg)) != NULL) return 0;
+  const char *p = colon + 5;
+  while (*p >= '0' && *p <= '9') p++;
+  if (p == colon + 5 || p[0] != ':' || p[1] != ' ') return 0;
+  return (size_t)(p + 2 - msg);
+}
+
 static void push_located_message(lua_State *L, lua_State *co, const char *msg) {
+  size_t located = location_prefix(msg);
   /* An error raised by a C function the runtime called carries the runtime's location
    * ("lua/hancock.lua:83: "); the script's line is the one that helps. */
-  if (strncmp(msg, "lua/", 4) == 0) {
-    const char *colon = strstr(msg, ".lua:");
-    const char *p = colon ? colon + 5 : NULL;
-    while (p && *p >= '0' && *p <= '9') p++;
-    if (p && p > colon + 5 && p[0] == ':' && p[1] == ' ') msg = p + 2;
+  if (located > 0 && strncmp(msg, "lua/", 4) == 0) {
+    msg += located;
+    located = location_prefix(msg);
+  }
+  if (located > 0) {
+    /* Already located in a script (error(msg, level) from a module, a syntax error). */
+    lua_pushstring(L, msg);
+    return;
   }
   lua_Debug ar;
   for (int level = 0; lua_getstack(co, level, &ar); level++) {
     if (!lua_getinfo(co, "Sl", &ar) || ar.currentline <= 0) continue;
     if (strncmp(ar.source, "=lua/", 5) == 0) continue; /* the runtime: point past it */
-    size_t src_len = strlen(ar.short_src);
-    if (strncmp(msg, ar.short_src, src_len) == 0 && msg[src_len] == ':') break;
     lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, msg);
     return;
   }

@@ -48,10 +48,13 @@ api.route("POST", "/v1/webhook", "soc", function(req)
   if answer == nil then
     return failure
   end
-  -- Sent before the response (short timeouts, failures only logged): the host has no
-  -- after-the-response task yet.
-  local notified = notify.send(targets, { source = f.source, severity = f.severity, alert = f.alert,
-                                          triage = answer.text, request_id = req.id })
+  -- Slack and Teams hear about it after the response, in a background task: a slow or failing
+  -- receiver neither delays nor fails the webhook (failures are logged as notify_failed).
+  local queued = notify.targets(targets)
+  if next(queued) then
+    hk.spawn(notify.send, targets, { source = f.source, severity = f.severity, alert = f.alert,
+                                     triage = answer.text, request_id = req.id })
+  end
   return { status = "triaged", source = f.source, severity = f.severity, triage = answer.text,
-           model = answer.model, notifications = notified }
+           model = answer.model, notifications = queued }
 end)

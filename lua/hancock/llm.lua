@@ -195,6 +195,14 @@ local function parse_completion(body)
   return { text = text, usage = type(doc.usage) == "table" and doc.usage or {} }
 end
 
+-- The chat-completions URL under a base URL given with or without a trailing "/v1" (the
+-- OpenAI SDKs' OPENAI_BASE_URL has it, Ollama's usual base URL does not).
+local function completions_url(base_url)
+  local base = base_url:gsub("/+$", "")
+  base = base:gsub("/v1$", "")
+  return base .. "/v1/chat/completions"
+end
+
 local function request_options(backend, payload, call_timeout_ms)
   local headers = { ["Content-Type"] = "application/json", Accept = "application/json" }
   if backend.api_key then
@@ -202,7 +210,7 @@ local function request_options(backend, payload, call_timeout_ms)
   end
   return {
     method = "POST",
-    url = backend.base_url:gsub("/+$", "") .. "/v1/chat/completions",
+    url = completions_url(backend.base_url),
     headers = headers,
     body = json.encode(payload),
     timeout_ms = call_timeout_ms,
@@ -255,10 +263,7 @@ end
 
 -- The mode's system prompt first, then the conversation (copied: the caller's list is kept).
 local function with_system_prompt(mode, messages)
-  local out = json.array()
-  if messages[1].role ~= "system" then
-    out[1] = { role = "system", content = mode.system }
-  end
+  local out = json.array { { role = "system", content = mode.system } }
   for _, m in ipairs(messages) do
     out[#out + 1] = { role = m.role, content = m.content }
   end
@@ -271,10 +276,10 @@ local function fallback_model(model)
 end
 
 --- One chat completion. args: mode ("auto" unless given; must be defined with llm.mode),
---- messages (a list of {role, content}; the mode's system prompt goes first unless the list
---- starts with a system message), and optional model, temperature, max_tokens, timeout_ms that
---- override the mode's. Returns {text, model, usage}, or nil, message, status — 502 when the
---- backend is unreachable, answers an error or something malformed or empty, 504 on timeout.
+--- messages (a list of {role, content}, sent after the mode's system prompt), and optional
+--- model, temperature, max_tokens, timeout_ms that override the mode's. Returns
+--- {text, model, usage}, or nil, message, status — 502 when the backend is unreachable,
+--- answers an error or something malformed or empty, 504 on timeout.
 --- Every attempt is timed in hancock_model_response_time_seconds{model, operation = mode}.
 function llm.chat(args)
   if type(args) ~= "table" then

@@ -18,6 +18,7 @@ local api = {}
 -- ---- access: API key and rate limit ---------------------------------------------------------
 
 local access = { api_key = nil, rate_limit = 60, rate_window_s = 60 }
+local refusals = hk.metrics.get("hancock_rate_limit_exceeded_total")
 
 local function positive_integer(value, what)
   local n = math.tointeger(tonumber(value))
@@ -77,7 +78,7 @@ local function admit(req)
     -- Until one token is back: the limiter's own figure, or one token's refill time.
     local wait_ms = retry_after_ms or window_ms // access.rate_limit
     headers["Retry-After"] = tostring(math.max(1, (wait_ms + 999) // 1000))
-    hk.metrics.get("hancock_rate_limit_exceeded_total"):inc({ endpoint = req.endpoint, client_id = client })
+    refusals:inc({ endpoint = req.endpoint, client_id = client })
     return headers, 429, error_body(req, "rate limit exceeded")
   elseif not authorized then
     return headers, 401, error_body(req, "unauthorized")

@@ -1,7 +1,7 @@
 -- api.notify: tells Slack and Microsoft Teams about a triaged webhook alert.
 --
--- A failed notification never fails the request: it is logged as notify_failed (without the
--- webhook URL, which is a secret) and reported as "failed" in the response.
+-- Sent from a background task (hk.spawn) after the webhook's response. A failed notification
+-- is logged as notify_failed (without the webhook URL, which is a secret) and not retried.
 
 local hk = require "hancock"
 
@@ -88,6 +88,7 @@ local function post(target, url, payload)
     max_bytes = 64 * 1024,
   }
   if response and response.status >= 200 and response.status < 300 then
+    hk.log.info("notify_sent", { target = target, status = response.status })
     return "sent"
   end
   hk.log.error("notify_failed", {
@@ -98,9 +99,20 @@ local function post(target, url, payload)
   return "failed"
 end
 
+--- {slack = "queued", teams = "queued"} for the targets configured in `urls`.
+function notify.targets(urls)
+  local queued = {}
+  for _, target in ipairs { "slack", "teams" } do
+    if urls[target] then
+      queued[target] = "queued"
+    end
+  end
+  return queued
+end
+
 --- Sends `alert` ({source, severity, alert, triage, request_id}) to every configured target in
---- `urls` ({slack = url, teams = url}; nil entries are skipped), Slack first. Returns
---- {slack = "sent"|"failed", teams = …} for the configured ones.
+--- `urls` ({slack = url, teams = url}; nil entries are skipped), Slack first; meant to run in
+--- hk.spawn. Returns {slack = "sent"|"failed", teams = …} for the configured ones.
 function notify.send(urls, alert)
   local results = {}
   for _, target in ipairs { "slack", "teams" } do

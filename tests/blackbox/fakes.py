@@ -5,6 +5,8 @@ NVIDIA NIM, OpenAI), with knobs for the failures Hancock must handle. FakeReceiv
 Slack and Teams incoming webhooks. Both record what they received. Use them as context managers.
 """
 import json
+import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +16,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024  # 200 concurrent connects must not overflow the backlog
+
+    def handle_error(self, request, client_address):
+        # Hancock hanging up on a call it cancelled (client gone, timeout) is expected.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _FakeBase:
@@ -26,6 +34,7 @@ class _FakeBase:
             fake = owner
 
         self.requests = []
+        self.connections = set()
         self.lock = threading.Lock()
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
@@ -51,8 +60,16 @@ class _FakeBase:
         raise AssertionError(f"expected {count} requests, got {len(self.received())}")
 
     def stop(self):
+        """Stops listening and drops open keep-alive connections, so the fake is really gone."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.lock:
+            connections = list(self.connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self):
         return self
@@ -67,6 +84,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):  # keep test output clean
         pass
+
+    def setup(self):
+        super().setup()
+        with self.fake.lock:
+            self.fake.connections.add(self.connection)
+
+    def finish(self):
+        with self.fake.lock:
+            self.fake.connections.discard(self.connection)
+        super().finish()
 
     def read_body(self):
         length = int(self.headers.get("Content-Length") or 0)

@@ -10,6 +10,7 @@ import re
 import threading
 import time
 import unittest
+import urllib.request
 
 from fakes import FakeLLM, FakeReceiver
 from harness import SOURCE_DIR, Server, free_port, request
@@ -109,9 +110,19 @@ class ApiTest(unittest.TestCase):
         return status, hdrs, doc
 
     def metrics(self, server):
-        status, _, body = request(server, "GET", "/metrics")
-        self.assertEqual(status, 200)
-        return body.decode()
+        # /metrics is chunked; urllib reads that framing (harness.request reads Content-Length).
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
+            self.assertEqual(resp.status, 200)
+            return resp.read().decode()
+
+    def wait_events(self, server, name, count, timeout=5):
+        """The first `count` log events called `name`, waiting for the log writer to catch up."""
+        deadline = time.monotonic() + timeout
+        while len(server.events(name)) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        events = server.events(name)
+        self.assertEqual(len(events), count, events)
+        return events
 
     def assert_error(self, status, headers, doc, expected_status, message=None):
         self.assertEqual(status, expected_status, doc)
@@ -175,6 +186,13 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(sent["messages"][-1]["content"], "and now?")
         self.assertEqual((sent["temperature"], sent["max_tokens"]), (0.7, 1536))
         self.assertIs(sent["body"]["stream"], False)
+        # A client's own system message follows the mode's prompt; it does not replace it.
+        self.post(server, "/v1/chat", {"message": "y", "mode": "ciso",
+                                       "history": [{"role": "system", "content": "be brief"}]})
+        sent = llm.received()[-1]
+        self.assertEqual([m["role"] for m in sent["messages"]], ["system", "system", "user"])
+        self.assertIn("CISO", sent["messages"][0]["content"])
+        self.assertEqual(sent["messages"][1]["content"], "be brief")
         # The mode is logged with the request.
         ev = server.wait_event("request_completed", predicate=lambda e: e.get("endpoint") == "/v1/chat")
         self.assertEqual((ev["mode"], ev["status"]), ("pentest", 200))
@@ -324,12 +342,13 @@ class ApiTest(unittest.TestCase):
         openai.status = 500
         status, headers, doc = self.post(server, "/v1/ask", {"question": "x"})
         self.assert_error(status, headers, doc, 502, "model backend error (HTTP 500)")
-        self.assertEqual(len(server.events("llm_fallback")), 3)
+        self.wait_events(server, "llm_fallback", 3)
         self.assertNotIn("sk-test-fallback-key", "\n".join(server.lines))
 
     def test_nvidia_and_openai_backends(self):
         nim = self.fake_llm(reply="nim says")
-        server = self.serve(HANCOCK_LLM_BACKEND="nvidia", NVIDIA_BASE_URL=nim.url, NVIDIA_API_KEY="nvapi-secret")
+        server = self.serve(HANCOCK_LLM_BACKEND="nvidia", NVIDIA_BASE_URL=nim.url + "/v1",
+                            NVIDIA_API_KEY="nvapi-secret")
         status, _, doc = self.post(server, "/v1/code", {"task": "x"})
         self.assertEqual((status, doc["code"]), (200, "nim says"))
         sent = nim.received()[-1]
@@ -337,6 +356,8 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(sent["model"], "qwen/qwen2.5-coder-32b-instruct")
         self.post(server, "/v1/ask", {"question": "x"})
         self.assertEqual(nim.received()[-1]["model"], "meta/llama-3.1-8b-instruct")
+        self.assertEqual(nim.received()[-1]["path"], "/v1/chat/completions")  # base URL's /v1 not doubled
+        self.assertNotIn("nvapi-secret", "\n".join(server.lines))
         server.stop()
         self.servers.remove(server)
         openai = self.fake_llm(reply="openai says")
@@ -347,7 +368,8 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(openai.received()[-1]["path"], "/v1/chat/completions")
         # An unknown backend stops start-up with a message naming the variable.
         bad = Server(scripts=SCRIPTS, env=dict(CLEAN_ENV, HANCOCK_LLM_BACKEND="bard"), wait=False)
-        self.assertEqual(bad.stop(timeout=10), 1)
+        bad.proc.wait(timeout=10)
+        self.assertEqual(bad.stop(), 1)
         self.assertIn("HANCOCK_LLM_BACKEND must be ollama, nvidia or openai", bad.stderr + "\n".join(bad.lines))
 
     # ---- auth and rate limits --------------------------------------------------------------
@@ -368,34 +390,34 @@ class ApiTest(unittest.TestCase):
             status, _, doc = self.post(server, "/v1/chat", {"message": "x"},
                                        headers={"Authorization": f"{scheme} hk-right-key"})
             self.assertEqual(status, 200, doc)
-        # /health and /metrics stay open; the key is never logged.
-        self.assertEqual(request(server, "GET", "/health")[0] in (200, 503), True)
-        self.assertEqual(request(server, "GET", "/metrics")[0], 200)
+        # /metrics stays open; the key is never logged.
+        self.assertIn("hancock_requests_total", self.metrics(server))
         self.assertNotIn("hk-right-key", "\n".join(server.lines))
 
     def test_rate_limit_refuses_then_refills(self):
         llm = self.fake_llm()
-        server = self.serve(llm, HANCOCK_RATE_LIMIT=3, HANCOCK_RATE_LIMIT_WINDOW=1)
+        server = self.serve(llm, HANCOCK_RATE_LIMIT=3, HANCOCK_RATE_LIMIT_WINDOW=2)
         remaining = []
         for _ in range(3):
             status, headers, doc = self.post(server, "/v1/ask", {"question": "x"})
             self.assertEqual(status, 200, doc)
-            self.assertEqual((headers["x-ratelimit-limit"], headers["x-ratelimit-window"]), ("3", "1"))
+            self.assertEqual((headers["x-ratelimit-limit"], headers["x-ratelimit-window"]), ("3", "2"))
             remaining.append(headers["x-ratelimit-remaining"])
+        emptied = time.monotonic()
         self.assertEqual(remaining, ["2", "1", "0"])
         status, headers, doc = self.post(server, "/v1/chat", {"message": "x"})
         self.assert_error(status, headers, doc, 429, "rate limit exceeded")
         self.assertEqual(headers["x-ratelimit-remaining"], "0")
-        self.assertEqual(headers["retry-after"], "1")
+        self.assertEqual(headers["retry-after"], "1")  # one token per 667 ms, rounded up
         self.assertEqual(len(llm.received()), 3)
         text = self.metrics(server)
         self.assertEqual(metric_value(text, "hancock_rate_limit_exceeded_total",
                                       endpoint="/v1/chat", client_id="127.0.0.1"), 1)
-        # One token comes back every window/limit = 333 ms.
-        time.sleep(0.45)
+        # The bucket refills continuously: one token is back 667 ms after it emptied.
+        time.sleep(max(0, emptied + 0.8 - time.monotonic()))
         status, headers, doc = self.post(server, "/v1/chat", {"message": "x"})
         self.assertEqual(status, 200, doc)
-        self.assertEqual(headers["x-ratelimit-remaining"], "0")
+        self.assertIn(headers["x-ratelimit-remaining"], ("0", "1"))
 
     def test_rate_limit_buckets_the_api_key_not_invented_keys(self):
         server = self.serve(self.fake_llm(), HANCOCK_API_KEY="k1", HANCOCK_RATE_LIMIT=2,
@@ -445,7 +467,7 @@ class ApiTest(unittest.TestCase):
                     extra["X-Hancock-Signature"] = signature
                 status, hdrs, raw = request(server, "POST", "/v1/webhook", body=body, headers=extra)
                 self.assert_error(status, hdrs, json.loads(raw), 401, "Invalid webhook signature")
-        events = server.events("webhook_invalid_signature")
+        events = self.wait_events(server, "webhook_invalid_signature", len(bad))
         self.assertEqual([e["reason"] for e in events], [r for r, _ in bad])
         self.assertEqual(len(llm.received()), 1, "unsigned alerts never reach the model")
         self.assertNotIn(secret, "\n".join(server.lines))
@@ -459,25 +481,31 @@ class ApiTest(unittest.TestCase):
         slack, teams = self.receiver(), self.receiver()
         server = self.serve(llm, HANCOCK_SLACK_WEBHOOK=slack.url + "/services/T0/B0/secretpath",
                             HANCOCK_TEAMS_WEBHOOK=teams.url + "/webhookb2/secretpath")
-        status, _, doc = self.post(server, "/v1/webhook",
-                                   {"alert": "LSASS dump on dc01", "source": "edr", "severity": "Critical"})
+        status, headers, doc = self.post(server, "/v1/webhook",
+                                         {"alert": "LSASS dump on dc01", "source": "edr", "severity": "Critical"})
         self.assertEqual(status, 200, doc)
-        self.assertEqual(doc["notifications"], {"slack": "sent", "teams": "sent"})
-        (posted,) = slack.received()
+        self.assertEqual(doc["notifications"], {"slack": "queued", "teams": "queued"})
+        (posted,) = slack.wait_for(1)
         self.assertEqual(posted["path"], "/services/T0/B0/secretpath")
+        self.assertEqual(posted["content_type"], "application/json")
         attachment = posted["json"]["attachments"][0]
         self.assertEqual(attachment["color"], "#D0021B")
         self.assertIn("EDR [CRITICAL]", attachment["title"].upper())
         self.assertIn("LSASS dump on dc01", attachment["text"])
         self.assertIn("Contain dc01 now.", attachment["text"])
-        (card,) = teams.received()
+        (card,) = teams.wait_for(1)
         self.assertEqual(card["json"]["@type"], "MessageCard")
+        self.assertEqual(card["json"]["@context"], "https://schema.org/extensions")
         self.assertEqual(card["json"]["themeColor"], "D0021B")
         self.assertIn("Contain dc01 now.", card["json"]["sections"][0]["text"])
+        sent = self.wait_events(server, "notify_sent", 2)
+        self.assertEqual([(e["target"], e["request_id"]) for e in sent],
+                         [("slack", headers["x-request-id"]), ("teams", headers["x-request-id"])])
         # Colours follow the reported severity.
-        for severity, colour in (("high", "#F5A623"), ("low", "#4A90E2"), ("whatever", "#9B9B9B")):
+        for n, (severity, colour) in enumerate((("high", "#F5A623"), ("low", "#4A90E2"),
+                                                ("whatever", "#9B9B9B")), start=2):
             self.post(server, "/v1/webhook", {"alert": "x", "severity": severity})
-            self.assertEqual(slack.received()[-1]["json"]["attachments"][0]["color"], colour)
+            self.assertEqual(slack.wait_for(n)[-1]["json"]["attachments"][0]["color"], colour)
 
     def test_webhook_notification_failures_are_logged_not_fatal(self):
         llm = self.fake_llm()
@@ -486,19 +514,24 @@ class ApiTest(unittest.TestCase):
                             HANCOCK_TEAMS_WEBHOOK=f"http://127.0.0.1:{free_port()}/secretpath")
         status, headers, doc = self.post(server, "/v1/webhook", {"alert": "x", "severity": "high"})
         self.assertEqual(status, 200, doc)
-        self.assertEqual(doc["notifications"], {"slack": "failed", "teams": "failed"})
-        events = server.events("notify_failed")
+        self.assertEqual(doc["notifications"], {"slack": "queued", "teams": "queued"})
+        events = self.wait_events(server, "notify_failed", 2)
         self.assertEqual([(e["target"], e["level"]) for e in events], [("slack", "ERROR"), ("teams", "ERROR")])
         self.assertEqual(events[0]["status"], 500)
+        self.assertIn("error", events[1])
         self.assertEqual({e["request_id"] for e in events}, {headers["x-request-id"]})
         self.assertNotIn("secretpath", "\n".join(server.lines), "webhook URLs are secrets")
-        # A receiver slower than the notification timeout does not hold the response for long.
-        slack.status, slack.delay_ms = 200, 3000
-        server2 = self.serve(llm, HANCOCK_SLACK_WEBHOOK=slack.url, HANCOCK_NOTIFY_TIMEOUT_MS=300)
+        # Notifications go out after the response: a slow receiver does not delay it, and its
+        # timeout is logged later.
+        slow = self.receiver(delay_ms=4000)
+        server2 = self.serve(llm, HANCOCK_SLACK_WEBHOOK=slow.url, HANCOCK_NOTIFY_TIMEOUT_MS=1500)
         started = time.monotonic()
         status, _, doc = self.post(server2, "/v1/webhook", {"alert": "x"})
-        self.assertEqual((status, doc["notifications"]), (200, {"slack": "failed"}))
-        self.assertLess(time.monotonic() - started, 2.5)
+        self.assertEqual((status, doc["notifications"]), (200, {"slack": "queued"}))
+        self.assertLess(time.monotonic() - started, 1.2, "the response did not wait for Slack")
+        (failed,) = self.wait_events(server2, "notify_failed", 1)
+        self.assertEqual(failed["target"], "slack")
+        self.assertGreaterEqual(time.monotonic() - started, 1.4)
 
     # ---- metrics ---------------------------------------------------------------------------
 

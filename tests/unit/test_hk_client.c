@@ -202,6 +202,7 @@ static void conn_process(conn_t *c) {
 
 static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
   conn_t *c = handle->data;
+  (void)suggested;
   if (c->in_cap - c->in_len < 65536) {
     c->in_cap = c->in_len + 65536;
     c->in = realloc(c->in, c->in_cap);
@@ -212,6 +213,8 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   conn_t *c = stream->data;
+  (void)buf;
+  uv_stop(&loop); /* let RUN_UNTIL look at the counters */
   if (nread < 0) {
     srv.peer_closed++;
     conn_close(c);
@@ -257,9 +260,14 @@ static void server_stop(void) {
 
 /* ---- harness ------------------------------------------------------------------------------ */
 
-static void on_watchdog(uv_timer_t *timer) { HK_FAIL_("timed out waiting on the loop"); }
+static void on_watchdog(uv_timer_t *timer) {
+  (void)timer;
+  HK_FAIL_("timed out waiting on the loop");
+}
 
-/* Turns the loop until `cond` holds; the watchdog fails the test after 20 s. */
+/* Turns the loop until `cond` holds; the watchdog fails the test after 20 s. The callbacks that
+ * change what conditions look at call uv_stop, so uv_run returns right after them instead of
+ * blocking in the poll phase. */
 #define RUN_UNTIL(cond)                                       \
   do {                                                        \
     uv_timer_start(&watchdog, on_watchdog, 20000, 0);         \
@@ -307,6 +315,7 @@ typedef enum chunk_action_e {
   CHUNK_ABORT,       /* return non-zero on the first piece */
   CHUNK_REENTER,     /* on the first piece: cancel `victim`, start /hello into `spawned` */
   CHUNK_CLOSE,       /* on the first piece: hk_client_close */
+  CHUNK_CANCEL_SELF, /* on the first piece: hk_client_cancel(self), return 0 */
 } chunk_action_t;
 
 typedef struct outcome_s {
@@ -328,10 +337,14 @@ typedef struct outcome_s {
   hk_client_call_t *victim;
   struct outcome_s *spawned;
   bool close_in_done;
+  hk_client_call_t *cancel_in_done; /* cancelled from done; then cleared in `peer` */
+  struct outcome_s *peer;
+  hk_client_call_t *self; /* cancelled from its own done: a no-op */
 } outcome_t;
 
 static void on_done(void *data, const hk_client_result_t *r) {
   outcome_t *o = data;
+  uv_stop(&loop); /* let RUN_UNTIL look; the poll phase would otherwise block */
   o->done++;
   o->done_ns = uv_hrtime();
   o->error = r->error;
@@ -350,6 +363,11 @@ static void on_done(void *data, const hk_client_result_t *r) {
     snprintf(o->values[i], sizeof o->values[i], "%s", r->headers[i].value);
   }
   o->seconds = r->seconds;
+  if (o->self) hk_client_cancel(o->self);
+  if (o->cancel_in_done) {
+    hk_client_cancel(o->cancel_in_done);
+    o->peer->cancel_in_done = NULL; /* that handle is gone */
+  }
   if (o->close_in_done) {
     hk_client_close(client);
     client = NULL;
@@ -374,6 +392,10 @@ static int on_chunk(void *data, const char *bytes, size_t len) {
     case CHUNK_CLOSE:
       hk_client_close(client);
       client = NULL;
+      return 0;
+    case CHUNK_CANCEL_SELF:
+      hk_client_cancel(o->self);
+      HK_ASSERT_INT_EQ(hk_client_active(client), 0);
       return 0;
   }
   return 0;
@@ -647,6 +669,33 @@ HK_TEST(cancel) {
   teardown();
 }
 
+HK_TEST(cancel_from_done) {
+  setup();
+  /* Both fail in curl's first step (a port out of range), in the same timer run, so both
+   * CURLMSG_DONE are queued when the first done cancels the other. */
+  outcome_t a = {0}, b = {0};
+  hk_client_opts_t opts = {.url = "http://127.0.0.1:99999/"};
+  hk_client_call_t *call_a = NULL, *call_b = NULL;
+  HK_ASSERT_INT_EQ(hk_client_start(client, &opts, on_done, &a, &call_a), 0);
+  HK_ASSERT_INT_EQ(hk_client_start(client, &opts, on_done, &b, &call_b), 0);
+  a.cancel_in_done = call_b, a.peer = &b;
+  b.cancel_in_done = call_a, b.peer = &a;
+  a.self = call_a, b.self = call_b;
+  RUN_UNTIL(a.done + b.done == 1 && hk_client_active(client) == 0);
+  HK_ASSERT_INT_EQ(a.done + b.done, 1);
+  HK_ASSERT_INT_EQ((a.done ? a : b).error, HK_CLIENT_ERR_PROTOCOL);
+  /* The client still works. */
+  outcome_t after = {0};
+  get("/hello", &after);
+  RUN_UNTIL(after.done == 1);
+  HK_ASSERT_INT_EQ(after.status, 200);
+  HK_ASSERT_INT_EQ(a.done + b.done, 1);
+  free(a.body);
+  free(b.body);
+  free(after.body);
+  teardown();
+}
+
 HK_TEST(close_with_calls_in_flight) {
   setup();
   outcome_t outs[5] = {{0}};
@@ -708,6 +757,18 @@ HK_TEST(on_chunk_reenters) {
   RUN_UNTIL(srv.peer_closed >= 1); /* the cancelled call's connection */
   free(o.body);
   free(spawned.body);
+  teardown();
+}
+
+HK_TEST(cancel_from_own_on_chunk) {
+  setup();
+  outcome_t o = {.chunk_action = CHUNK_CANCEL_SELF};
+  hk_client_opts_t opts = {.url = url_for("/chunks"), .on_chunk = on_chunk};
+  HK_ASSERT_INT_EQ(hk_client_start(client, &opts, on_done, &o, &o.self), 0);
+  RUN_UNTIL(srv.peer_closed == 1);
+  HK_ASSERT_INT_EQ(o.done, 0);
+  HK_ASSERT_INT_EQ(o.chunk_calls, 1);
+  HK_ASSERT_INT_EQ(hk_client_active(client), 0);
   teardown();
 }
 
@@ -773,20 +834,28 @@ HK_TEST(done_never_synchronous) {
   int port = refused_port(&fd);
   char refused[64];
   snprintf(refused, sizeof refused, "http://127.0.0.1:%d/", port);
-  outcome_t a = {0}, b = {0}, c = {0};
-  hk_client_opts_t opts[] = {{.url = url_for("/hello")}, {.url = refused},
-                             {.url = url_for("/hello"), .timeout_ms = 1}};
-  outcome_t *outs[] = {&a, &b, &c};
-  for (int i = 0; i < 3; i++) {
+  /* The last two fail in curl's very first step (URL parsing), which a synchronous
+   * socket_action inside hk_client_start would report at once. */
+  outcome_t a = {0}, b = {0}, c = {0}, d = {0}, e = {0};
+  hk_client_opts_t opts[] = {{.url = url_for("/hello")},
+                             {.url = refused},
+                             {.url = url_for("/hello"), .timeout_ms = 1},
+                             {.url = "http://127.0.0.1:99999/"},
+                             {.url = "http://"}};
+  outcome_t *outs[] = {&a, &b, &c, &d, &e};
+  for (int i = 0; i < 5; i++) {
     HK_ASSERT_INT_EQ(hk_client_start(client, &opts[i], on_done, outs[i], NULL), 0);
     HK_ASSERT_INT_EQ(outs[i]->done, 0);
   }
-  RUN_UNTIL(a.done && b.done && c.done);
-  HK_ASSERT_INT_EQ(a.done + b.done + c.done, 3);
+  RUN_UNTIL(a.done && b.done && c.done && d.done && e.done);
+  for (int i = 0; i < 5; i++) HK_ASSERT_INT_EQ(outs[i]->done, 1);
   HK_ASSERT_INT_EQ(a.error, HK_CLIENT_OK);
   HK_ASSERT_INT_EQ(b.error, HK_CLIENT_ERR_CONNECT);
+  HK_ASSERT_INT_EQ(d.error, HK_CLIENT_ERR_PROTOCOL);
+  HK_ASSERT_INT_EQ(e.error, HK_CLIENT_ERR_PROTOCOL);
+  printf("port 99999: %s\nno host: %s\n", d.message, e.message);
   close(fd);
-  for (int i = 0; i < 3; i++) free(outs[i]->body);
+  for (int i = 0; i < 5; i++) free(outs[i]->body);
   teardown();
 }
 
@@ -824,8 +893,9 @@ HK_TEST(protocol_errors) {
 HK_TEST_MAIN(HK_CASE(get_status_headers_body), HK_CASE(post_body_and_headers_arrive),
              HK_CASE(methods), HK_CASE(connection_reuse), HK_CASE(concurrent_200),
              HK_CASE(connect_refused), HK_CASE(total_timeout), HK_CASE(too_large),
-             HK_CASE(on_chunk_pieces), HK_CASE(on_chunk_aborts), HK_CASE(cancel),
+             HK_CASE(on_chunk_pieces), HK_CASE(on_chunk_aborts), HK_CASE(cancel), HK_CASE(cancel_from_done),
              HK_CASE(close_with_calls_in_flight), HK_CASE(close_before_loop_runs),
-             HK_CASE(close_from_done), HK_CASE(on_chunk_reenters), HK_CASE(close_from_on_chunk),
+             HK_CASE(close_from_done), HK_CASE(on_chunk_reenters), HK_CASE(cancel_from_own_on_chunk),
+             HK_CASE(close_from_on_chunk),
              HK_CASE(bad_requests_einval), HK_CASE(done_never_synchronous),
              HK_CASE(interim_response_headers_reset), HK_CASE(protocol_errors))
