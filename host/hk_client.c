@@ -19,7 +19,8 @@
  *
  * Memory: the client struct is freed from the close callback of its last uv handle (the timer
  * and every poll handle are counted in handles_open), so hk_client_close needs one more turn of
- * the loop. A call is freed when its done callback returns, or at once when cancelled. */
+ * the loop. A call is freed when its done callback returns, when cancelled (from on_chunk: as
+ * soon as curl returns), or by hk_client_close. */
 #include "hk_client.h"
 
 #include <assert.h>
