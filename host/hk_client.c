@@ -37,11 +37,13 @@
 
 /* Connections the multi keeps open for reuse, across all hosts. */
 #define MAX_CACHED_CONNECTIONS 64L
-/* A transfer that moves fewer than LOW_SPEED_BYTES per second for STALL_SECONDS fails with
- * HK_CLIENT_ERR_TIMEOUT. curl measures this over the whole transfer, so it also bounds the wait
- * for the first response byte, not only stalls in the middle of a body. */
+/* A streamed transfer (on_chunk) that moves fewer than LOW_SPEED_BYTES per second for
+ * STALL_SECONDS fails with HK_CLIENT_ERR_TIMEOUT. curl measures this from the start of the
+ * transfer, so it also bounds the wait for the first byte: generous enough for a cold model
+ * load. Buffered calls have no stall limit: a non-streaming completion legitimately sends
+ * nothing until it is done, and the total timeout bounds it. */
 #ifndef HK_CLIENT_STALL_SECONDS
-#define HK_CLIENT_STALL_SECONDS 30L
+#define HK_CLIENT_STALL_SECONDS 120L
 #endif
 #define LOW_SPEED_BYTES 1L
 /* Methods are HTTP tokens; anything longer than this is a mistake, not a method. */
@@ -609,8 +611,10 @@ static int setup_easy(hk_client_call_t *call, const hk_client_opts_t *opts, cons
   ok &= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                          clamp_ms(opts->timeout_ms ? opts->timeout_ms
                                                    : HK_CLIENT_DEFAULT_TIMEOUT_MS)) == CURLE_OK;
-  ok &= curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, LOW_SPEED_BYTES) == CURLE_OK;
-  ok &= curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)HK_CLIENT_STALL_SECONDS) == CURLE_OK;
+  if (opts->on_chunk != NULL) {
+    ok &= curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, LOW_SPEED_BYTES) == CURLE_OK;
+    ok &= curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)HK_CLIENT_STALL_SECONDS) == CURLE_OK;
+  }
   ok &= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->error) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK;
   ok &= curl_easy_setopt(e, CURLOPT_HEADERDATA, call) == CURLE_OK;

@@ -51,9 +51,9 @@ typedef struct hk_client_opts_s {
   size_t body_len;
   uint64_t timeout_ms;         /* total; 0 = HK_CLIENT_DEFAULT_TIMEOUT_MS */
   uint64_t connect_timeout_ms; /* 0 = HK_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS */
-  /* Besides these two, a transfer moving less than 1 byte/s for 30 s fails with
-   * HK_CLIENT_ERR_TIMEOUT (curl's LOW_SPEED). curl counts that from the start, so it also
-   * applies to a server that takes longer than 30 s to send its first response byte. */
+  /* Besides these two, a streamed call (on_chunk) moving less than 1 byte/s for 120 s fails
+   * with HK_CLIENT_ERR_TIMEOUT (curl's LOW_SPEED, counted from the start of the transfer).
+   * Buffered calls are bounded by the total timeout alone. */
   size_t max_response_bytes;   /* 0 = HK_CLIENT_DEFAULT_MAX_RESPONSE; a buffered body only
                                   (not applied with on_chunk) */
   /* When set, body bytes go here as they arrive instead of into result.body. Return 0 to go
