@@ -580,6 +580,54 @@ static int request_header(lua_State *L) {
   return 1;
 }
 
+/* req:stream(status, headers) — sends the status line and headers now; the body follows in
+ * req:write calls, and ends when the handler returns (whose return values are then ignored).
+ * [-3, +0, e] */
+static int request_stream(lua_State *L) {
+  hk_request_t *req = check_request(L, 1);
+  lua_Integer status = luaL_checkinteger(L, 2);
+  if (status < 200 || status > 599) return luaL_error(L, "req:stream: status must be from 200 to 599");
+  if (req->stream_started) return luaL_error(L, "req:stream: the response has already started");
+  if (req->stream_start == NULL) return luaL_error(L, "req:stream: not available for this request");
+  hk_response_t *res = &req->response;
+  res->status = (int)status;
+  hk_buf_reset(&res->headers);
+  snprintf(res->content_type, sizeof res->content_type, "text/event-stream");
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 3) != 0) {
+      size_t name_len, value_len;
+      const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &name_len) : NULL;
+      const char *value = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &value_len) : NULL;
+      if (name == NULL || value == NULL || hk_response_add_header(res, name, name_len, value, value_len) != 0)
+        return luaL_error(L, "req:stream: invalid header '%s'", name ? name : "?");
+      lua_pop(L, 1);
+    }
+  }
+  int rc = req->stream_start(req);
+  if (rc == -EPIPE) return luaL_error(L, "req:stream: the client has gone");
+  if (rc != 0) return luaL_error(L, "req:stream: out of memory");
+  return 0;
+}
+
+/* req:write(bytes) -> true | nil, message — one piece of a streamed body. Fails (expected)
+ * when the client has gone or stopped reading. [-2, +(1|2), e] */
+static int request_write(lua_State *L) {
+  hk_request_t *req = check_request(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  if (!req->stream_started) return luaL_error(L, "req:write: call req:stream(status, headers) first");
+  int rc = req->stream_write(req, data, len);
+  if (rc == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushnil(L);
+  lua_pushstring(L, rc == -EPIPE ? "client gone" : rc == -EAGAIN ? "client not reading" : "out of memory");
+  return 2;
+}
+
 /* Lazily built fields are cached in the userdata's user value table. */
 static bool push_cached(lua_State *L, const char *key) {
   lua_getiuservalue(L, 1, 1);
@@ -618,6 +666,8 @@ static int request_index(lua_State *L) {
     else lua_pushnil(L);
   } else if (strcmp(key, "json") == 0) lua_pushcfunction(L, request_json);
   else if (strcmp(key, "header") == 0) lua_pushcfunction(L, request_header);
+  else if (strcmp(key, "stream") == 0) lua_pushcfunction(L, request_stream);
+  else if (strcmp(key, "write") == 0) lua_pushcfunction(L, request_write);
   else if (strcmp(key, "query") == 0) {
     if (!push_cached(L, key)) push_query_table(L, http), cache_top(L, key);
   } else if (strcmp(key, "headers") == 0) {
@@ -642,7 +692,7 @@ static int request_index(lua_State *L) {
 static bool is_builtin_field(const char *key) {
   static const char *const names[] = {"method", "path", "id", "body", "endpoint", "remote_addr",
                                       "remote_port", "query_string", "json", "header", "query",
-                                      "headers", "params"};
+                                      "headers", "params", "stream", "write"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     if (strcmp(key, names[i]) == 0) return true;
   }
@@ -914,6 +964,7 @@ int hk_lua_route(hk_lua_t *lua, hk_request_t *req, char *allow, size_t allow_siz
 static void fail_request(hk_request_t *req, const char *event, const char *detail) {
   hk_log_event(HK_LOG_ERROR, req->id, event, "handler failed",
                (hk_log_field_t[]){HK_LOG_S("endpoint", req->endpoint), HK_LOG_S("error", detail)}, 2);
+  if (req->stream_started) return; /* too late for a 500: the streamed body just ends */
   hk_buf_reset(&req->response.headers);
   hk_response_set_error(&req->response, 500, "internal error", req->id);
 }
@@ -921,6 +972,7 @@ static void fail_request(hk_request_t *req, const char *event, const char *detai
 /* Reads _respond's results (status, body, content_type, headers) from the coroutine's stack. */
 static void collect_response(lua_State *co, int nres, hk_request_t *req) {
   hk_response_t *res = &req->response;
+  if (req->stream_started) return; /* the status and body went out already */
   lua_Integer status = nres >= 1 && lua_isinteger(co, 1) ? lua_tointeger(co, 1) : 0;
   if (status < 100 || status > 599) {
     fail_request(req, "handler_bad_response", "status must be an integer from 100 to 599");

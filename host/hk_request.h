@@ -14,6 +14,7 @@
 #include "hk_router.h"
 
 #define HK_MODE_MAX 64
+#define HK_STREAM_BACKLOG (1024 * 1024)
 
 /* A body produced in slices (large or unbounded responses such as /metrics): the server asks
  * for the next slice only when the previous one has been written, so memory stays bounded by
@@ -48,6 +49,13 @@ typedef struct hk_request_s {
   bool finished;
   void *owner; /* the connection; NULL once the client has gone */
   struct hk_lua_task_s *task; /* the handler running for this request, if any */
+  /* Streaming from a handler (server-sent events): stream_start sends the status line and
+   * headers from `response` with a chunked body; each stream_write sends one chunk. Both return
+   * 0, -EPIPE when the client has gone, or -EAGAIN when it is not reading fast enough (more
+   * than HK_STREAM_BACKLOG bytes waiting). Set by the server. */
+  int (*stream_start)(struct hk_request_s *req);
+  int (*stream_write)(struct hk_request_s *req, const char *data, size_t len);
+  bool stream_started;
 } hk_request_t;
 
 /* Replaces the response with the JSON error body {"error": message, "request_id": id}. */

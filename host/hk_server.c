@@ -418,6 +418,45 @@ static int conn_queue_response(hk_conn_t *conn, hk_request_t *req, bool keep_ali
   return 0;
 }
 
+/* ---- responses streamed by a handler ---------------------------------------------------- */
+
+static int handler_stream_start(hk_request_t *req) {
+  hk_conn_t *conn = req->owner;
+  if (conn == NULL || conn->closing) return -EPIPE;
+  hk_response_t *res = &req->response;
+  const hk_http_request_t *http = req->http;
+  bool chunked = http->version_minor == 1;
+  bool keep_alive = chunked && http->keep_alive && !conn->worker->draining;
+  int rc = hk_buf_appendf(&conn->out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n",
+                          res->status, hk_http_reason(res->status), worker_date(conn->worker), req->id);
+  if (rc == 0 && res->content_type[0] != '\0')
+    rc = hk_buf_appendf(&conn->out, "Content-Type: %s\r\n", res->content_type);
+  if (rc == 0 && chunked) rc = hk_buf_append_str(&conn->out, "Transfer-Encoding: chunked\r\n");
+  if (rc == 0 && !keep_alive) rc = hk_buf_append_str(&conn->out, "Connection: close\r\n");
+  if (rc == 0) rc = hk_buf_append(&conn->out, res->headers.data ? res->headers.data : "", res->headers.len);
+  if (rc == 0) rc = hk_buf_append(&conn->out, "\r\n", 2);
+  if (rc != 0) return rc;
+  if (!keep_alive) conn->close_after = true;
+  conn->stream_chunked = chunked;
+  req->stream_started = true;
+  conn_flush(conn);
+  return 0;
+}
+
+static int handler_stream_write(hk_request_t *req, const char *data, size_t len) {
+  hk_conn_t *conn = req->owner;
+  if (conn == NULL || conn->closing) return -EPIPE;
+  if (len == 0) return 0;
+  if (conn->out.len + conn->writing.len > HK_STREAM_BACKLOG) return -EAGAIN;
+  int rc = 0;
+  if (conn->stream_chunked) rc = hk_buf_appendf(&conn->out, "%zx\r\n", len);
+  if (rc == 0) rc = hk_buf_append(&conn->out, data, len);
+  if (rc == 0 && conn->stream_chunked) rc = hk_buf_append(&conn->out, "\r\n", 2);
+  if (rc != 0) return rc;
+  conn_flush(conn);
+  return 0;
+}
+
 /* ---- requests ----------------------------------------------------------------------------- */
 
 static void request_reset(hk_request_t *req) {
@@ -556,6 +595,8 @@ static void conn_dispatch(hk_conn_t *conn) {
   req->http = &conn->parser.request;
   req->start_ns = hk_now_ns();
   req->owner = conn;
+  req->stream_start = handler_stream_start;
+  req->stream_write = handler_stream_write;
   request_assign_id(req);
   request_default_mode(req);
   conn->in_flight = true;
@@ -595,7 +636,12 @@ static void conn_finish_request(hk_request_t *req) {
     return;
   }
   bool keep_alive = req->http->keep_alive && !worker->draining;
-  if (conn_queue_response(conn, req, keep_alive) != 0) {
+  if (req->stream_started) {
+    /* The handler streamed its body: end it (a failure midway has already been logged; the
+     * body just ends, as HTTP offers no way to take back a status that went out). */
+    if (conn->stream_chunked && hk_buf_append_str(&conn->out, "0\r\n\r\n") != 0) conn_close(conn);
+    if (conn->closing) return;
+  } else if (conn_queue_response(conn, req, keep_alive) != 0) {
     conn_close(conn);
     return;
   }

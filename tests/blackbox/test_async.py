@@ -160,6 +160,71 @@ class AsyncTest(unittest.TestCase):
         self.assertIn("async.lua", err["error"])
         self.assertIn("task failed on purpose", err["error"])
 
+    def read_chunked(self, sock):
+        """Reads a chunked response; returns (status, headers, [chunk payloads])."""
+        sock.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        chunks = []
+        while True:
+            while b"\r\n" not in rest:
+                rest += sock.recv(65536)
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line, 16)
+            while len(rest) < size + 2:
+                more = sock.recv(65536)
+                if not more:
+                    raise ConnectionError("closed inside a chunk")
+                rest += more
+            if size == 0:
+                return int(lines[0].split()[1]), headers, chunks
+            chunks.append(rest[:size])
+            rest = rest[size + 2:]
+
+    def test_handler_streams_events_as_they_happen(self):
+        with self.server.connect() as sock:
+            sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, chunks = self.read_chunked(sock)
+            self.assertEqual(status, 200)
+            self.assertEqual(headers["content-type"], "text/event-stream")
+            self.assertEqual(headers["transfer-encoding"], "chunked")
+            self.assertEqual(headers["cache-control"], "no-cache")
+            self.assertEqual(chunks, [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"])
+            # The connection stays usable after a streamed response.
+            sock.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = recv_response(sock)
+            self.assertEqual((status, json.loads(body)), (200, {"fast": True}))
+
+    def test_first_event_arrives_before_the_handler_finishes(self):
+        with self.server.connect() as sock:
+            sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.settimeout(10)
+            first = b""
+            while b"data: 1" not in first:
+                first += sock.recv(65536)
+            # The handler is still sleeping between events: it has not completed yet.
+            self.assertEqual([e for e in self.server.events("request_completed") if e["endpoint"] == "/events"], [])
+
+    def test_error_after_streaming_ends_the_body_and_is_logged(self):
+        with self.server.connect() as sock:
+            sock.sendall(b"GET /events?fail=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, chunks = self.read_chunked(sock)
+        self.assertEqual(status, 200)
+        self.assertEqual(len(chunks), 3)
+        err = self.server.wait_event("handler_error")
+        self.assertIn("failed after streaming", err["error"])
+
+    def test_upstream_stream_relayed(self):
+        with self.server.connect() as sock:
+            sock.sendall(b"GET /relay HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, chunks = self.read_chunked(sock)
+        self.assertEqual(status, 200)
+        self.assertEqual(b"".join(chunks).replace(b"data: ", b"").replace(b"\n\n", b""), b"alphabetagamma")
+
     def test_async_calls_at_load_time_are_script_errors(self):
         d = harness.write_scripts({"a.lua": 'local hk = require "hancock"\n\nhk.sleep(10)\n'})
         out = subprocess.run([harness.BIN, "check", "--scripts", d], capture_output=True, text=True)

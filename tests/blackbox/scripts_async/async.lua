@@ -48,3 +48,27 @@ hk.route("GET", "/spawn", function(req)
   end, req.id)
   return { spawned = true }
 end)
+
+hk.route("GET", "/events", function(req)
+  req:stream(200, { ["Cache-Control"] = "no-cache" })
+  for i = 1, 3 do
+    assert(req:write(("data: %d\n\n"):format(i)))
+    hk.sleep(30)
+  end
+  if req.query.fail then
+    error("failed after streaming")
+  end
+end)
+
+hk.route("GET", "/relay", function(req)
+  req:stream(200)
+  local res, err = hk.http.request {
+    url = upstream .. "/chunked",
+    on_chunk = function(bytes)
+      req:write("data: " .. bytes .. "\n\n")
+    end,
+  }
+  if not res then
+    req:write("event: error\ndata: " .. err .. "\n\n")
+  end
+end)
