@@ -233,6 +233,7 @@ static void on_write(uv_write_t *req, int status) {
     conn_stream_pump(conn);
     return;
   }
+  if (conn->in_flight) return; /* a streaming handler writes more; its finish flushes */
   if (conn->close_after) {
     conn_close_gracefully(conn);
     return;
@@ -254,7 +255,8 @@ static void conn_write_out(hk_conn_t *conn, bool try_first) {
     }
     if (n > 0) hk_buf_consume(&conn->out, (size_t)n);
     if (conn->out.len == 0) {
-      if (conn->close_after && !conn->streaming) conn_close_gracefully(conn);
+      /* Not while a handler still streams its body into this connection. */
+      if (conn->close_after && !conn->streaming && !conn->in_flight) conn_close_gracefully(conn);
       return;
     }
   }

@@ -33,18 +33,30 @@ local function history_of(value)
   return value
 end
 
--- The whole answer as server-sent events, in the original's stream format (one delta, then
--- done): the host sends a response in one piece, so "stream" changes the format, not timing.
-local function event_stream(answer, mode)
-  local events = {
-    { delta = answer.text },
-    { done = true, response = answer.text, model = answer.model, mode = mode },
-  }
-  local out = {}
-  for i, event in ipairs(events) do
-    out[i] = "data: " .. hk.json.encode(event) .. "\n\n"
+-- Server-sent events in the original's stream format: a "delta" event per piece of the answer
+-- as the model produces it, then "done" with the whole response (or "error").
+local function send_event(req, event)
+  return req:write("data: " .. hk.json.encode(event) .. "\n\n")
+end
+
+local function stream_chat(req, fields, messages, headers)
+  local stream_headers = { ["Cache-Control"] = "no-cache" }
+  for name, value in pairs(headers or {}) do
+    stream_headers[name] = value
   end
-  return table.concat(out)
+  req:stream(200, stream_headers)
+  local answer, err = llm.chat {
+    mode = fields.mode,
+    messages = messages,
+    on_delta = function(text)
+      send_event(req, { delta = text })
+    end,
+  }
+  if answer == nil then
+    send_event(req, { error = err, request_id = req.id })
+  else
+    send_event(req, { done = true, response = answer.text, model = answer.model, mode = fields.mode })
+  end
 end
 
 api.route("POST", "/v1/chat", nil, function(req)
@@ -67,12 +79,12 @@ api.route("POST", "/v1/chat", nil, function(req)
     messages[#messages + 1] = { role = m.role, content = m.content }
   end
   messages[#messages + 1] = { role = "user", content = fields.message }
+  if body.stream then
+    return stream_chat(req, fields, messages, req.rate_limit_headers)
+  end
   local answer, err, status = llm.chat { mode = fields.mode, messages = messages }
   if answer == nil then
     return hk.error(status, err)
-  elseif body.stream then
-    return 200, event_stream(answer, fields.mode), { ["Content-Type"] = "text/event-stream",
-                                                      ["Cache-Control"] = "no-cache" }
   end
   return { response = answer.text, model = answer.model, mode = fields.mode }
 end)

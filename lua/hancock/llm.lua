@@ -219,17 +219,76 @@ local function request_options(backend, payload, call_timeout_ms)
   }
 end
 
+-- A parser for a streamed completion (server-sent events, OpenAI's chat.completion.chunk
+-- objects): feed(bytes) takes body pieces as they arrive and calls on_delta(text) for each piece
+-- of the answer; finish() returns the whole result like parse_completion.
+local function stream_parser(on_delta)
+  local pending, parts, usage = "", {}, {}
+  local parser = {}
+  local function line(text)
+    local data = text:match("^data:%s?(.*)$")
+    if data == nil or data == "[DONE]" then
+      return
+    end
+    local doc = json.decode(data)
+    if type(doc) ~= "table" then
+      return
+    end
+    if type(doc.usage) == "table" then
+      usage = doc.usage
+    end
+    local choice = type(doc.choices) == "table" and doc.choices[1]
+    local delta = type(choice) == "table" and choice.delta
+    local text_part = type(delta) == "table" and delta.content
+    if type(text_part) == "string" and text_part ~= "" then
+      parts[#parts + 1] = text_part
+      on_delta(text_part)
+    end
+  end
+  function parser.feed(bytes)
+    pending = pending .. bytes
+    for text, rest in pending:gmatch("([^\n]*)\r?\n()") do
+      line(text:gsub("\r$", ""))
+      pending = pending:sub(rest)
+    end
+  end
+  function parser.delivered()
+    return #parts > 0
+  end
+  function parser.finish()
+    local text = table.concat(parts)
+    if not text:find("%S") then
+      return nil, failure("model returned empty response", 502, false)
+    end
+    return { text = text, usage = usage }
+  end
+  return parser
+end
+
 -- Sends `payload` (its model already set) to `backend`; returns a result or nil, failure.
-local function complete(backend, payload, operation, call_timeout_ms)
+-- With payload.stream, answer pieces go to on_delta as they arrive.
+local function complete(backend, payload, operation, call_timeout_ms, on_delta)
   local labels = { model = payload.model, operation = operation }
   local opts = request_options(backend, payload, call_timeout_ms)
+  local stream = on_delta and stream_parser(on_delta)
+  if stream then
+    opts.headers.Accept = "text/event-stream"
+    opts.on_chunk = stream.feed
+  end
   local response, message, kind = hk.metrics.time(response_time, labels, hk.http.request, opts)
   if response == nil then
-    return nil, transport_failure(message, kind)
+    local err = transport_failure(message, kind)
+    err.retryable = err.retryable and not (stream and stream.delivered())
+    return nil, err
   elseif response.status < 200 or response.status > 299 then
     return nil, http_failure(response.status)
   end
-  local result, err = parse_completion(response.body)
+  local result, err
+  if stream then
+    result, err = stream.finish()
+  else
+    result, err = parse_completion(response.body)
+  end
   if result == nil then
     return nil, err
   end
@@ -280,6 +339,9 @@ end
 --- model, temperature, max_tokens, timeout_ms that override the mode's. Returns
 --- {text, model, usage}, or nil, message, status — 502 when the backend is unreachable,
 --- answers an error or something malformed or empty, 504 on timeout.
+--- With on_delta = function(text) … end the completion is streamed: each piece of the answer
+--- goes to on_delta as the backend produces it (the result still carries the whole text). The
+--- fallback backend is tried only while nothing has been delivered.
 --- Every attempt is timed in hancock_model_response_time_seconds{model, operation = mode}.
 function llm.chat(args)
   if type(args) ~= "table" then
@@ -296,10 +358,11 @@ function llm.chat(args)
     messages = with_system_prompt(mode, args.messages),
     temperature = args.temperature or mode.temperature,
     max_tokens = args.max_tokens or mode.max_tokens,
-    stream = false,
+    stream = args.on_delta ~= nil,
+    stream_options = args.on_delta and { include_usage = true } or nil,
   }
   local call_timeout_ms = args.timeout_ms or timeout_ms
-  local result, err = complete(primary, payload, name, call_timeout_ms)
+  local result, err = complete(primary, payload, name, call_timeout_ms, args.on_delta)
   if result then
     return result
   end
@@ -311,7 +374,7 @@ function llm.chat(args)
   payload.model = fallback_model(from_model)
   hk.log.warn("llm_fallback", { from = primary.name, from_model = from_model, to = fallback.name,
                                 model = payload.model, operation = name, reason = err.message })
-  result, err = complete(fallback, payload, name, call_timeout_ms)
+  result, err = complete(fallback, payload, name, call_timeout_ms, args.on_delta)
   if result then
     return result
   end

@@ -117,6 +117,7 @@ function api.route(method, path, mode, handler)
     if status then
       return status, body, headers
     end
+    req.rate_limit_headers = headers -- for handlers that stream (req:stream)
     return respond(req, headers, handler(req))
   end)
 end

@@ -137,6 +137,8 @@ class _LLMHandler(_Handler):
         if fake.malformed:
             return self.send(200, "this is { not json", "application/json")
         content = "" if fake.empty else fake.reply_for(doc)
+        if doc.get("stream"):
+            return self.send_stream(doc, content)
         self.send(200, {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -145,6 +147,32 @@ class _LLMHandler(_Handler):
                          "finish_reason": "stop"}],
             "usage": dict(fake.usage),
         })
+
+
+    def send_stream(self, doc, content):
+        """OpenAI's streamed form: chat.completion.chunk events, one per word, then usage and
+        [DONE]; `stream_gap_ms` between events."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def event(obj):
+            data = b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+            if self.fake.stream_gap_ms:
+                time.sleep(self.fake.stream_gap_ms / 1000)
+
+        words = content.split(" ")
+        for i, word in enumerate(words):
+            piece = word if i == 0 else " " + word
+            event({"object": "chat.completion.chunk", "model": doc.get("model"),
+                   "choices": [{"index": 0, "delta": {"content": piece}}]})
+        event({"object": "chat.completion.chunk", "model": doc.get("model"), "choices": [],
+               "usage": dict(self.fake.usage)})
+        event(b"[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
 
 
 class FakeLLM(_FakeBase):
@@ -164,6 +192,7 @@ class FakeLLM(_FakeBase):
         self.empty = empty
         self.malformed = malformed
         self.usage = usage or {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        self.stream_gap_ms = 0
         super().__init__(_LLMHandler)
 
     def reply_for(self, doc):

@@ -122,6 +122,10 @@ def recv_response(sock, head_only=False):
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    if not head_only and status not in (100, 204, 304) and headers.get("transfer-encoding") == "chunked":
+        body, rest = _read_chunked(sock, rest)
+        _pending[sock] = rest
+        return status, headers, body
     length = 0 if head_only or status in (100, 204, 304) else int(headers.get("content-length", "0"))
     while len(rest) < length:
         chunk = sock.recv(65536)
@@ -131,6 +135,28 @@ def recv_response(sock, head_only=False):
     body = rest[:length]
     _pending[sock] = rest[length:]
     return status, headers, body
+
+
+def _read_chunked(sock, rest):
+    """De-chunks a body (no trailers expected); returns (body, bytes after it)."""
+    body = b""
+    while True:
+        while b"\r\n" not in rest:
+            more = sock.recv(65536)
+            if not more:
+                raise ConnectionError("connection closed inside a chunked body")
+            rest += more
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        while len(rest) < size + 2:
+            more = sock.recv(65536)
+            if not more:
+                raise ConnectionError("connection closed inside a chunk")
+            rest += more
+        if size == 0:
+            return body, rest[2:]
+        body += rest[:size]
+        rest = rest[size + 2:]
 
 
 def request(server, method, path, body=None, headers=None):

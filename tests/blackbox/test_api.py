@@ -196,14 +196,37 @@ class ApiTest(unittest.TestCase):
         # The mode is logged with the request.
         ev = server.wait_event("request_completed", predicate=lambda e: e.get("endpoint") == "/v1/chat")
         self.assertEqual((ev["mode"], ev["status"]), ("pentest", 200))
-        # stream=true: the original's server-sent events (delta, then done), in one piece.
+        # stream=true: the original's server-sent events, relayed as the model produces them
+        # (the fake streams one word per event): deltas, then done.
         status, headers, raw = request(server, "POST", "/v1/chat", body={"message": "x", "stream": True})
         self.assertEqual(status, 200)
         self.assertEqual(headers.get("content-type"), "text/event-stream")
+        self.assertEqual(headers.get("transfer-encoding"), "chunked")
+        self.assertIn("x-ratelimit-limit", headers)
+        self.assertIs(llm.received()[-1]["body"]["stream"], True)
         events = [json.loads(line[6:]) for line in raw.decode().split("\n\n") if line.startswith("data: ")]
-        self.assertEqual(events, [{"delta": "use a golden ticket detection"},
+        self.assertEqual(events, [{"delta": "use"}, {"delta": " a"}, {"delta": " golden"},
+                                  {"delta": " ticket"}, {"delta": " detection"},
                                   {"done": True, "response": "use a golden ticket detection",
                                    "model": "llama3.1:8b", "mode": "auto"}])
+
+    def test_streamed_chat_relays_deltas_as_they_arrive(self):
+        llm = self.fake_llm(reply="one two three")
+        llm.stream_gap_ms = 300
+        server = self.serve(llm)
+        body = json.dumps({"message": "x", "stream": True}).encode()
+        with server.connect() as sock:
+            sock.sendall(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            sock.settimeout(10)
+            seen = b""
+            while b'"delta"' not in seen:
+                seen += sock.recv(65536)
+            # The first piece is here while the model is still producing the rest.
+            self.assertEqual([e for e in server.events("request_completed") if e["endpoint"] == "/v1/chat"], [])
+            self.assertNotIn(b'"done"', seen)
+        # A client that leaves mid-stream cancels the backend call (logged as 499).
+        ev = server.wait_event("request_completed", predicate=lambda e: e.get("endpoint") == "/v1/chat")
+        self.assertEqual(ev["status"], 499)
 
     def test_modes_listing(self):
         server = self.serve(self.fake_llm(), OLLAMA_CODER_MODEL="coder:x")
