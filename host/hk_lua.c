@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/statvfs.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -66,6 +67,7 @@ struct hk_lua_task_s {
   int on_chunk_ref;       /* OP_HTTP with on_chunk */
   int timer_nargs;        /* values on the coroutine for the resume when the timer fires */
   char parent_id[HK_REQID_SIZE]; /* background tasks: the request that spawned them, for logs */
+  bool started;                  /* background tasks: resumed at least once */
   hk_lua_task_t *prev, *next;
 };
 
@@ -746,6 +748,53 @@ static void create_metatables(lua_State *L) {
 static int core_sleep(lua_State *L);
 static int core_http_request(lua_State *L);
 static int core_spawn(lua_State *L);
+static void task_start_timer(hk_lua_task_t *task);
+
+/* core.meminfo() -> {total = bytes, available = bytes} | nil, message, from /proc/meminfo
+ * [-0, +(1|2), m] */
+static int core_meminfo(lua_State *L) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (f == NULL) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot read /proc/meminfo: %s", strerror(errno));
+    return 2;
+  }
+  char line[256];
+  long long total = -1, available = -1;
+  while (fgets(line, sizeof line, f)) {
+    long long kib;
+    if (sscanf(line, "MemTotal: %lld kB", &kib) == 1) total = kib * 1024;
+    else if (sscanf(line, "MemAvailable: %lld kB", &kib) == 1) available = kib * 1024;
+  }
+  fclose(f);
+  if (total < 0 || available < 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "/proc/meminfo has no MemTotal or MemAvailable");
+    return 2;
+  }
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, total), lua_setfield(L, -2, "total");
+  lua_pushinteger(L, available), lua_setfield(L, -2, "available");
+  return 1;
+}
+
+/* core.disk(path) -> {total = bytes, free = bytes} | nil, message (statvfs; free is what an
+ * unprivileged user may use)  [-1, +(1|2), m] */
+static int core_disk(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct statvfs st;
+  if (statvfs(path, &st) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot stat %s: %s", path, strerror(errno));
+    return 2;
+  }
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)((unsigned long long)st.f_blocks * st.f_frsize));
+  lua_setfield(L, -2, "total");
+  lua_pushinteger(L, (lua_Integer)((unsigned long long)st.f_bavail * st.f_frsize));
+  lua_setfield(L, -2, "free");
+  return 1;
+}
 
 /* core.secure_equal(a, b) -> boolean, in constant time  [-2, +1, e] */
 static int core_secure_equal(lua_State *L) {
@@ -806,6 +855,8 @@ static int open_core(lua_State *L) {
       {"spawn", core_spawn},
       {"http_request", core_http_request},
       {"secure_equal", core_secure_equal},
+      {"meminfo", core_meminfo},
+      {"disk", core_disk},
       {"verify_signature", core_verify_signature},
       {"ratelimit_take", core_ratelimit_take},
       {NULL, NULL},
@@ -938,8 +989,12 @@ fail:
 
 void hk_lua_free(hk_lua_t *lua) {
   if (lua == NULL) return;
-  /* The server cancels tasks while its loop still runs (hk_lua_cancel_all); none are left. */
-  assert(lua->tasks == NULL);
+  /* The server cancels tasks while its loop still runs (hk_lua_cancel_all); what is left here
+   * never started (spawned at load time, e.g. under `hancock check`) and holds no handle. */
+  while (lua->tasks != NULL) {
+    assert(lua->tasks->timer == NULL && lua->tasks->call == NULL);
+    task_free(lua->tasks);
+  }
   if (lua->L) lua_close(lua->L);
   hk_router_free(lua->router);
   free(lua->scripts_dir);
@@ -1148,6 +1203,16 @@ void hk_lua_bind_loop(hk_lua_t *lua, uv_loop_t *loop, hk_client_t *client,
   lua->loop = loop;
   lua->client = client;
   lua->ratelimit = ratelimit;
+  if (loop == NULL) return;
+  /* Tasks spawned while the scripts loaded start now. */
+  hk_lua_task_t *next;
+  for (hk_lua_task_t *task = lua->tasks; task != NULL; task = next) {
+    next = task->next;
+    if (task->req == NULL && task->op == OP_NONE && task->timer_nargs >= 0 && !task->started) {
+      task->started = true;
+      task_start_timer(task);
+    }
+  }
 }
 
 /* ---- asynchronous calls from handlers ------------------------------------------------------ */
@@ -1165,6 +1230,7 @@ static hk_lua_task_t *running_task(lua_State *L, const char *what) {
 
 static void on_sleep_done(uv_timer_t *timer) {
   hk_lua_task_t *task = timer->data;
+  task->started = true;
   uv_close((uv_handle_t *)timer, on_timer_closed);
   task->timer = NULL;
   task->op = OP_NONE;
@@ -1176,33 +1242,38 @@ static void on_sleep_done(uv_timer_t *timer) {
 /* core.spawn(fn, ...) — runs fn(...) in a background task on the next loop turn, after the
  * current handler has returned: for work that must not delay or fail the response
  * (notifications). It may use hk.sleep and hk.http.request. [-(1+n), +0, e] */
+static void task_start_timer(hk_lua_task_t *task) {
+  uv_timer_t *timer = malloc(sizeof *timer);
+  if (timer == NULL) {
+    hk_log_event(HK_LOG_ERROR, NULL, "task_error", "background task not started: out of memory", NULL, 0);
+    task_free(task);
+    return;
+  }
+  uv_timer_init(task->lua->loop, timer);
+  timer->data = task;
+  uv_timer_start(timer, on_sleep_done, 0, 0);
+  task->op = OP_SLEEP;
+  task->timer = timer;
+}
+
 static int core_spawn(lua_State *L) {
   hk_lua_t *lua = context_of(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  if (lua->loop == NULL) return luaL_error(L, "hk.spawn can only be called while serving (in a handler)");
   int nargs = lua_gettop(L) - 1;
   hk_lua_task_t *task = calloc(1, sizeof *task);
-  uv_timer_t *timer = malloc(sizeof *timer);
-  if (task == NULL || timer == NULL) {
-    free(task);
-    free(timer);
-    return luaL_error(L, "hk.spawn: out of memory");
-  }
+  if (task == NULL) return luaL_error(L, "hk.spawn: out of memory");
   task->lua = lua;
   task->on_chunk_ref = task->box_ref = LUA_NOREF;
   if (lua->current != NULL) snprintf(task->parent_id, sizeof task->parent_id, "%s", lua->current->id);
   task->co = lua_newthread(L);
   task->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_xmove(L, task->co, nargs + 1); /* the function and its arguments */
+  task->timer_nargs = nargs;
   task->next = lua->tasks;
   if (lua->tasks) lua->tasks->prev = task;
   lua->tasks = task;
-  uv_timer_init(lua->loop, timer);
-  timer->data = task;
-  uv_timer_start(timer, on_sleep_done, 0, 0);
-  task->op = OP_SLEEP;
-  task->timer = timer;
-  task->timer_nargs = nargs;
+  /* At load time there is no loop yet: the task starts when the server binds one. */
+  if (lua->loop != NULL) task_start_timer(task);
   return 0;
 }
 

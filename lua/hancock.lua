@@ -37,9 +37,10 @@ function hk.sleep(ms)
   core.sleep(ms)
 end
 
---- Runs fn(...) in a background task once the current handler has returned: for work that
---- must neither delay nor fail the response (notifications). It may sleep and make HTTP calls;
---- errors go to the log (task_error). Tasks still running at shutdown are cancelled.
+--- Runs fn(...) in a background task once the current handler has returned (or, called while
+--- the scripts load, once the server is up): for work that must neither delay nor fail a
+--- response, and for periodic work. It may sleep and make HTTP calls; errors go to the log
+--- (task_error). Tasks still running at shutdown are cancelled.
 function hk.spawn(fn, ...)
   core.spawn(fn, ...)
 end
@@ -66,6 +67,18 @@ end
 --- True when `header` is "sha256=<hex HMAC-SHA256 of raw_body under secret>".
 function hk.verify_signature(secret, raw_body, header)
   return core.verify_signature(secret, raw_body, header)
+end
+
+hk.system = {}
+
+--- {total, available} bytes of system memory (/proc/meminfo), or nil, message.
+function hk.system.meminfo()
+  return core.meminfo()
+end
+
+--- {total, free} bytes of the filesystem holding `path`, or nil, message.
+function hk.system.disk(path)
+  return core.disk(path)
 end
 
 hk.ratelimit = {}
