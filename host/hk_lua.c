@@ -1195,6 +1195,11 @@ void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req) {
 }
 
 void hk_lua_cancel_all(hk_lua_t *lua) {
+  size_t background = 0;
+  for (hk_lua_task_t *t = lua->tasks; t != NULL; t = t->next) background += t->req == NULL;
+  if (background > 0)
+    hk_log_event(HK_LOG_WARNING, NULL, "tasks_cancelled", "background tasks cancelled at shutdown",
+                 (hk_log_field_t[]){HK_LOG_I("tasks", background)}, 1);
   while (lua->tasks != NULL) task_free(lua->tasks);
 }
 

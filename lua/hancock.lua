@@ -202,4 +202,8 @@ function hk._respond(handler, req)
   error(("handler returned %s; return a table, a string, or status, body, headers"):format(type(first)), 0)
 end
 
+-- Deep health checks and the /health, /health/live and /health/ready routes (lua/hancock/health.lua).
+-- The module receives hk rather than requiring "hancock", which is still loading here.
+hk.health = require("hancock.health")(hk)
+
 return hk

@@ -1,0 +1,653 @@
+-- hancock.health: deep health checks. It owns their definitions (hk.health.check and
+-- hk.health.threshold), the background tasks that probe them, the cached results that
+-- GET /health, /health/live and /health/ready answer from, their metrics and their change log.
+-- The core owns the timers, outbound calls and metric storage. Entry point: lua/hancock.lua
+-- attaches it with `hk.health = require("hancock.health")(hk)`.
+--
+-- Every piece of state lives in the closure one call of the returned function builds, so each
+-- Lua state (each script generation) has its own checks and nothing outlives a reload.
+
+local core = require "hancock.core"
+
+local monotonic = core.monotonic
+local json = core.json
+
+local MIB = 1024 * 1024
+local MAX_BODY_BYTES = 4 * MIB -- a health endpoint that answers more is broken anyway
+local MAX_DETAIL = 300         -- characters of detail kept per result
+local NAME_PATTERN = "^[%w_.%-]+$"
+
+-- 0 ok, 1 degraded, 2 error: hancock_health_check_status, and the order of badness.
+local LEVELS = { ok = 0, degraded = 1, error = 2 }
+
+local DEFAULTS = { interval_ms = 30000, timeout_ms = 5000, critical = false }
+
+-- Options every check takes, then each kind's own. `true` marks the kind's thresholds, which
+-- hk.health.threshold may tune.
+local COMMON_OPTIONS = { kind = false, interval_ms = false, ttl_ms = false, timeout_ms = false,
+                         critical = false }
+local KINDS = {
+  http = { url = false, headers = false, expect_status = false, expect_json = false,
+           validate = false, warn_above_ms = true },
+  memory = { warn_below_mb = true, error_below_mb = true },
+  disk = { path = false, warn_below_mb = true, error_below_mb = true },
+  lua = { run = false, warn_above_ms = true },
+}
+local KIND_DEFAULTS = {
+  memory = { warn_below_mb = 512 },
+  disk = { path = "/", warn_below_mb = 1024 },
+}
+local THRESHOLD_NAMES = { warn_below_mb = true, error_below_mb = true, warn_above_ms = true }
+
+local NO_STORE = { ["Cache-Control"] = "no-store" }
+
+-- ---- small helpers ------------------------------------------------------------------------
+
+local function clip(text)
+  text = tostring(text)
+  if #text > MAX_DETAIL then
+    return text:sub(1, MAX_DETAIL) .. "…"
+  end
+  return text
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for key in pairs(t) do
+    keys[#keys + 1] = key
+  end
+  table.sort(keys)
+  return keys
+end
+
+local function mib(bytes)
+  return ("%d MiB"):format(bytes // MIB)
+end
+
+-- A value as it reads in a detail: JSON, shortened.
+local function show(value)
+  local ok, text = pcall(json.encode, value)
+  text = ok and text or tostring(value)
+  return #text > 40 and text:sub(1, 40) .. "…" or text
+end
+
+-- ---- option checking (load time) ----------------------------------------------------------
+
+-- Raised without a location: the public functions re-raise it at their caller's line.
+local function invalid(fmt, ...)
+  error(fmt:format(...), 0)
+end
+
+local function check_positive_integer(what, value)
+  if math.type(value) ~= "integer" or value <= 0 then
+    invalid("%s must be a positive integer of milliseconds, not %s", what, show(value))
+  end
+end
+
+local function check_threshold(what, value)
+  if type(value) ~= "number" or value < 0 or value ~= value then
+    invalid("%s must be a non-negative number, not %s", what, show(value))
+  end
+end
+
+local function check_status_list(value)
+  local list = type(value) == "table" and value or { value }
+  if #list == 0 then
+    invalid("expect_status must be a status or a list of statuses")
+  end
+  local set = {}
+  for _, status in ipairs(list) do
+    if math.type(status) ~= "integer" or status < 100 or status > 599 then
+      invalid("expect_status must hold integers from 100 to 599, not %s", show(status))
+    end
+    set[status] = true
+  end
+  return set
+end
+
+local function split_path(path)
+  if type(path) ~= "string" or path == "" then
+    invalid("expect_json.path must be a non-empty string such as \"models.*.name\"")
+  end
+  local segments = {}
+  for segment in (path .. "."):gmatch("([^.]*)%.") do
+    if segment == "" then
+      invalid("expect_json.path '%s' has an empty segment", path)
+    end
+    segments[#segments + 1] = segment
+  end
+  return segments
+end
+
+local SCALARS = { string = true, number = true, boolean = true }
+
+-- expect_json: one {path, contains | equals} or a list of them.
+local function compile_expectations(value)
+  if type(value) ~= "table" then
+    invalid("expect_json must be a table: { path = \"models.*.name\", contains = \"llama3.1:8b\" }")
+  end
+  local list = type(value[1]) == "table" and value or { value }
+  local compiled = {}
+  for _, spec in ipairs(list) do
+    for key in pairs(spec) do
+      if key ~= "path" and key ~= "contains" and key ~= "equals" then
+        invalid("expect_json: unknown field '%s' (path, contains, equals)", tostring(key))
+      end
+    end
+    if spec.contains ~= nil and spec.equals ~= nil then
+      invalid("expect_json: give contains or equals, not both")
+    end
+    local wanted = spec.contains
+    if wanted == nil then
+      wanted = spec.equals
+    end
+    if wanted ~= nil and not SCALARS[type(wanted)] then
+      invalid("expect_json: contains/equals must be a string, number or boolean")
+    end
+    compiled[#compiled + 1] = {
+      path = spec.path,
+      segments = split_path(spec.path),
+      contains = spec.contains,
+      equals = spec.equals,
+    }
+  end
+  return compiled
+end
+
+local function check_url(url)
+  if type(url) ~= "string" or not (url:find("^http://") or url:find("^https://")) then
+    invalid("url must be an http:// or https:// URL, not %s", show(url))
+  end
+end
+
+local function check_headers(headers)
+  if type(headers) ~= "table" then
+    invalid("headers must be a table of name = value")
+  end
+  for name, value in pairs(headers) do
+    if type(name) ~= "string" or type(value) ~= "string" then
+      invalid("headers must map names to strings")
+    end
+  end
+end
+
+-- Checks `opts` against the kind's options and builds the check (without its probe).
+local function build_check(name, opts)
+  if type(name) ~= "string" or #name > 64 or not name:find(NAME_PATTERN) then
+    invalid("the name must be 1 to 64 letters, digits, '_', '-' or '.', not %s", show(name))
+  end
+  if type(opts) ~= "table" then
+    invalid("options must be a table")
+  end
+  local kind = opts.kind
+  local own = KINDS[kind]
+  if own == nil then
+    invalid("kind must be one of http, memory, disk, lua, not %s", show(kind))
+  end
+  for key in pairs(opts) do
+    if COMMON_OPTIONS[key] == nil and own[key] == nil then
+      local hint = (key == "interval" or key == "ttl" or key == "timeout") and (" (use %s_ms)"):format(key) or ""
+      invalid("unknown option '%s' for a %s check%s", tostring(key), kind, hint)
+    end
+  end
+  local check = {
+    name = name,
+    kind = kind,
+    interval_ms = opts.interval_ms or DEFAULTS.interval_ms,
+    timeout_ms = opts.timeout_ms or DEFAULTS.timeout_ms,
+    critical = opts.critical,
+  }
+  check_positive_integer("interval_ms", check.interval_ms)
+  check_positive_integer("timeout_ms", check.timeout_ms)
+  check.ttl_ms = opts.ttl_ms or check.interval_ms
+  check_positive_integer("ttl_ms", check.ttl_ms)
+  if check.critical == nil then
+    check.critical = DEFAULTS.critical
+  elseif type(check.critical) ~= "boolean" then
+    invalid("critical must be true or false")
+  end
+  for key, value in pairs(KIND_DEFAULTS[kind] or {}) do
+    check[key] = value
+  end
+  for key, is_threshold in pairs(own) do
+    if opts[key] ~= nil then
+      if is_threshold then
+        check_threshold(key, opts[key])
+      end
+      check[key] = opts[key]
+    end
+  end
+  if kind == "http" then
+    check_url(check.url)
+    if check.headers ~= nil then
+      check_headers(check.headers)
+    end
+    check.statuses = check.expect_status ~= nil and check_status_list(check.expect_status) or nil
+    check.expectations = check.expect_json ~= nil and compile_expectations(check.expect_json) or nil
+    if check.validate ~= nil and type(check.validate) ~= "function" then
+      invalid("validate must be a function(response, json) returning ok, detail")
+    end
+  elseif kind == "lua" and type(check.run) ~= "function" then
+    invalid("a lua check needs run = function() return status, detail end")
+  elseif kind == "disk" and (type(check.path) ~= "string" or check.path == "") then
+    invalid("path must be a non-empty string")
+  end
+  return check
+end
+
+-- ---- outcomes -----------------------------------------------------------------------------
+
+-- A script's verdict (true/false or a status name, and a detail) as status, detail.
+local function verdict(what, ok, detail)
+  if detail ~= nil then
+    detail = clip(detail)
+  end
+  if ok == true then
+    return "ok", detail
+  elseif ok == false or ok == nil then
+    return "error", detail or (what .. " returned " .. tostring(ok))
+  elseif LEVELS[ok] then
+    return ok, detail
+  end
+  return "error", ("%s returned %s; expected true, false, \"ok\", \"degraded\" or \"error\""):format(what, show(ok))
+end
+
+-- The values `segments` reach in a decoded JSON document: "*" steps into every element of an
+-- array (or value of an object); null and missing keys reach nothing.
+local function reach(doc, segments)
+  local values = { doc }
+  for _, segment in ipairs(segments) do
+    local found = {}
+    for _, value in ipairs(values) do
+      if type(value) == "table" then
+        if segment == "*" then
+          local iterate = json.is_array(value) and ipairs or pairs
+          for _, item in iterate(value) do
+            found[#found + 1] = item
+          end
+        elseif value[segment] ~= nil and value[segment] ~= json.null then
+          found[#found + 1] = value[segment]
+        end
+      end
+    end
+    values = found
+  end
+  return values
+end
+
+local function list_of(values)
+  local shown = {}
+  for i = 1, math.min(#values, 5) do
+    shown[i] = show(values[i])
+  end
+  return table.concat(shown, ", ") .. (#values > 5 and ", …" or "")
+end
+
+-- nil when the document meets `expectation`, else a detail.
+local function unmet(doc, expectation)
+  local values = reach(doc, expectation.segments)
+  if #values == 0 then
+    return ("no %s in the response"):format(expectation.path)
+  end
+  if expectation.contains ~= nil then
+    for _, value in ipairs(values) do
+      if value == expectation.contains then
+        return nil
+      end
+      if type(value) == "table" then
+        for _, item in ipairs(value) do
+          if item == expectation.contains then
+            return nil
+          end
+        end
+      end
+    end
+    return ("%s has no %s (found: %s)"):format(expectation.path, show(expectation.contains), list_of(values))
+  elseif expectation.equals ~= nil then
+    for _, value in ipairs(values) do
+      if value ~= expectation.equals then
+        return ("%s is %s, expected %s"):format(expectation.path, show(value), show(expectation.equals))
+      end
+    end
+  end
+  return nil
+end
+
+-- ---- the module ---------------------------------------------------------------------------
+
+return function(hk)
+  local health = {}
+
+  local checks = {}    -- by name
+  local order = {}     -- names, in definition order
+  local tuned = {}     -- hk.health.threshold overrides, by check name
+  local started = false -- the server is up and the scripts have loaded
+
+  local status_gauge = hk.metrics.gauge("hancock_health_check_status",
+    "Result of each health check: 0 ok, 1 degraded, 2 error.", { "check" })
+  local latency_gauge = hk.metrics.gauge("hancock_health_check_latency_seconds",
+    "How long the last probe of each health check took.", { "check" })
+  local runs = hk.metrics.counter("hancock_health_check_runs_total",
+    "Health check probes, by check and result (ok, degraded or error).", { "check", "result" })
+
+  -- A threshold: hk.health.threshold's value, else the check's own (or its kind's default).
+  local function setting(check, key)
+    local override = tuned[check.name]
+    if override and override[key] ~= nil then
+      return override[key]
+    end
+    return check[key]
+  end
+
+  -- ---- probes: each returns status, detail ---------------------------------------------
+
+  local function below(check, bytes, what)
+    local error_mb, warn_mb = setting(check, "error_below_mb"), setting(check, "warn_below_mb")
+    if error_mb and bytes < error_mb * MIB then
+      return "error", ("%s (error below %g MiB)"):format(what, error_mb)
+    elseif warn_mb and bytes < warn_mb * MIB then
+      return "degraded", ("%s (degraded below %g MiB)"):format(what, warn_mb)
+    end
+    return "ok", what
+  end
+
+  local function probe_memory(check)
+    local info, err = hk.system.meminfo()
+    if info == nil then
+      return "error", err
+    end
+    return below(check, info.available, ("%s available of %s"):format(mib(info.available), mib(info.total)))
+  end
+
+  local function probe_disk(check)
+    local info, err = hk.system.disk(check.path)
+    if info == nil then
+      return "error", err
+    end
+    return below(check, info.free, ("%s free of %s at %s"):format(mib(info.free), mib(info.total), check.path))
+  end
+
+  local function probe_http(check)
+    local response, message, kind = hk.http.request {
+      url = check.url,
+      headers = check.headers,
+      timeout_ms = check.timeout_ms,
+      connect_timeout_ms = check.timeout_ms,
+      max_bytes = MAX_BODY_BYTES,
+    }
+    if response == nil then
+      if kind == "timeout" then
+        return "error", ("timeout after %d ms"):format(check.timeout_ms)
+      end
+      return "error", clip(("%s: %s"):format(kind, message))
+    end
+    local status = response.status
+    if check.statuses and not check.statuses[status] then
+      return "error", ("HTTP %d"):format(status)
+    elseif not check.statuses and (status < 200 or status > 299) then
+      return "error", ("HTTP %d"):format(status)
+    end
+    local doc, decode_error = nil, nil
+    if check.expectations or check.validate then
+      doc, decode_error = json.decode(response.body)
+    end
+    if check.expectations then
+      if doc == nil then
+        return "error", clip("invalid JSON: " .. tostring(decode_error))
+      end
+      for _, expectation in ipairs(check.expectations) do
+        local problem = unmet(doc, expectation)
+        if problem then
+          return "error", clip(problem)
+        end
+      end
+    end
+    if check.validate then
+      return verdict("validate", check.validate(response, doc))
+    end
+    return "ok"
+  end
+
+  local function probe_lua(check)
+    return verdict("run", check.run())
+  end
+
+  local PROBES = { http = probe_http, memory = probe_memory, disk = probe_disk, lua = probe_lua }
+
+  -- ---- results ---------------------------------------------------------------------------
+
+  local function record(check, status, detail, seconds)
+    local from = check.result and check.result.status or "pending"
+    check.result = {
+      status = status,
+      detail = detail,
+      latency_ms = math.floor(seconds * 100000 + 0.5) / 100,
+      at = monotonic(),
+    }
+    local labels = { check = check.name }
+    status_gauge:set(labels, LEVELS[status])
+    latency_gauge:set(labels, seconds)
+    runs:inc({ check = check.name, result = status })
+    if from ~= status then
+      local log = status == "ok" and hk.log.info or status == "degraded" and hk.log.warn or hk.log.error
+      log("health_changed", {
+        message = ("health check %s: %s -> %s"):format(check.name, from, status),
+        check = check.name,
+        from = from,
+        to = status,
+        detail = detail,
+        critical = check.critical,
+      })
+    end
+  end
+
+  -- A lua check cannot be interrupted: when it runs past its timeout, the check is an error
+  -- until it returns (and no second probe starts meanwhile).
+  local function watch(check, probe_number)
+    hk.sleep(check.timeout_ms)
+    if check.in_flight and check.probes == probe_number then
+      record(check, "error", ("timeout after %d ms (still running)"):format(check.timeout_ms),
+             check.timeout_ms / 1000)
+    end
+  end
+
+  -- Runs one probe in the calling task. The caller has set check.in_flight.
+  local function probe(check)
+    check.probes = (check.probes or 0) + 1
+    if check.kind == "lua" then
+      hk.spawn(watch, check, check.probes)
+    end
+    local began = monotonic()
+    local ok, status, detail = pcall(PROBES[check.kind], check)
+    local seconds = monotonic() - began
+    check.in_flight = false
+    if not ok then
+      status, detail = "error", clip(status)
+    end
+    local slow = setting(check, "warn_above_ms")
+    if status == "ok" and slow and seconds * 1000 > slow then
+      status, detail = "degraded", ("slow: %d ms (degraded above %g ms)"):format(math.floor(seconds * 1000), slow)
+    end
+    record(check, status, detail, seconds)
+  end
+
+  -- The background task of one check: a probe every interval_ms, unless one is in flight.
+  local function keep_checking(check)
+    while true do
+      if not check.in_flight then
+        check.in_flight = true
+        probe(check)
+      end
+      hk.sleep(check.interval_ms)
+    end
+  end
+
+  -- Starts a background probe of every check whose result is missing or older than its TTL
+  -- and has none in flight: a read never waits, and never starts a second probe.
+  local function refresh_stale()
+    if not started then
+      return
+    end
+    local now = monotonic()
+    for _, name in ipairs(order) do
+      local check = checks[name]
+      local result = check.result
+      if not check.in_flight and (result == nil or (now - result.at) * 1000 > check.ttl_ms) then
+        check.in_flight = true
+        hk.spawn(probe, check)
+      end
+    end
+  end
+
+  -- ---- reports ---------------------------------------------------------------------------
+
+  local function entry(check)
+    local result = check.result
+    if result == nil then
+      return { status = "degraded", detail = "not checked yet" }
+    end
+    return {
+      status = result.status,
+      detail = result.detail,
+      latency_ms = (check.kind == "http" or check.kind == "lua") and result.latency_ms or nil,
+    }
+  end
+
+  --- The /health document: {status = "ok"|"degraded"|"error", checks = {name = {status,
+  --- latency_ms, detail}}}, from the cached results. Starts background refreshes of stale ones.
+  function health.report()
+    refresh_stale()
+    local report = { status = "ok", checks = {} }
+    for _, name in ipairs(order) do
+      local check = checks[name]
+      local item = entry(check)
+      report.checks[name] = item
+      if item.status == "error" and check.critical then
+        report.status = "error"
+      elseif item.status ~= "ok" and report.status == "ok" then
+        report.status = "degraded"
+      end
+    end
+    return report
+  end
+
+  local function readiness()
+    local report = health.report()
+    if not started then
+      return 503, { ready = false, status = report.status, detail = "scripts loading" }
+    end
+    local waiting = {}
+    for _, name in ipairs(order) do
+      if checks[name].critical and checks[name].result == nil then
+        waiting[#waiting + 1] = name
+      end
+    end
+    if report.status == "error" then
+      return 503, { ready = false, status = report.status, detail = "a critical check failed" }
+    elseif #waiting > 0 then
+      return 503, { ready = false, status = report.status,
+                    detail = "critical checks not run yet: " .. table.concat(waiting, ", ") }
+    end
+    return 200, { ready = true, status = report.status }
+  end
+
+  -- ---- the API ---------------------------------------------------------------------------
+
+  local function loading_only(what)
+    if started then
+      error(what .. ": define health checks when the scripts load, not while serving", 3)
+    end
+  end
+
+  -- Checks a threshold override against the kind of the check it tunes.
+  local function check_applies(name, kind, values)
+    for key in pairs(values) do
+      if not KINDS[kind][key] then
+        invalid("'%s' does not apply to %s, a %s check", key, name, kind)
+      end
+    end
+  end
+
+  --- Defines the health check `name`. opts.kind is "http", "memory", "disk" or "lua"; the
+  --- other options (interval_ms, ttl_ms, timeout_ms, critical, and the kind's own) are
+  --- described in docs/health.md. Its probes start once the server is up.
+  function health.check(name, opts)
+    loading_only("hk.health.check")
+    local ok, check = pcall(function()
+      local built = build_check(name, opts)
+      if checks[name] then
+        invalid("a check with this name is already defined")
+      end
+      if tuned[name] then
+        check_applies(name, built.kind, tuned[name])
+      end
+      return built
+    end)
+    if not ok then
+      error(("hk.health.check(%s): %s"):format(show(name), check), 2)
+    end
+    checks[name] = check
+    order[#order + 1] = name
+    hk.spawn(keep_checking, check)
+  end
+
+  --- Tunes the thresholds of the check `name` (defined before or after): warn_below_mb and
+  --- error_below_mb (memory, disk), warn_above_ms (http, lua).
+  function health.threshold(name, values)
+    loading_only("hk.health.threshold")
+    local ok, err = pcall(function()
+      if type(values) ~= "table" then
+        invalid("thresholds must be a table such as { warn_below_mb = 512 }")
+      end
+      for key, value in pairs(values) do
+        if not THRESHOLD_NAMES[key] then
+          invalid("unknown threshold '%s' (warn_below_mb, error_below_mb, warn_above_ms)", tostring(key))
+        end
+        check_threshold(key, value)
+      end
+      if checks[name] then
+        check_applies(name, checks[name].kind, values)
+      end
+    end)
+    if not ok then
+      error(("hk.health.threshold(%s): %s"):format(show(name), err), 2)
+    end
+    local override = tuned[name] or {}
+    for key, value in pairs(values) do
+      override[key] = value
+    end
+    tuned[name] = override
+  end
+
+  -- ---- routes, present in every Hancock --------------------------------------------------
+
+  hk.route("GET", "/health", function()
+    local report = health.report()
+    return report.status == "error" and 503 or 200, report, NO_STORE
+  end)
+
+  hk.route("GET", "/health/live", function()
+    return 200, { status = "ok" }, NO_STORE
+  end)
+
+  hk.route("GET", "/health/ready", function()
+    local status, body = readiness()
+    return status, body, NO_STORE
+  end)
+
+  -- Spawned while the runtime loads, so it runs once every script has loaded and the server
+  -- is up: from then on the definitions are fixed.
+  hk.spawn(function()
+    started = true
+    for _, name in ipairs(sorted_keys(tuned)) do
+      if checks[name] == nil then
+        hk.log.warn("health_threshold_unused", {
+          message = ("hk.health.threshold(%q): no check has that name"):format(name),
+          check = name,
+        })
+      end
+    end
+  end)
+
+  return health
+end

@@ -1,0 +1,545 @@
+"""Black-box tests of deep health checks: GET /health, /health/live and /health/ready, the probes
+(http, memory, disk, lua) against a fake upstream on 127.0.0.1, the cache that keeps reads from
+waiting on probes or stampeding them, the health_changed log and the hancock_health_* metrics.
+
+Fixtures: tests/blackbox/scripts_health/ (probes/: one HTTP check per outcome; rules/: a
+critical and a non-critical check; system/: memory and disk; lua/: checks written in Lua) and the
+repository's own scripts/health.lua. Intervals and timeouts come from the environment so the
+suite stays fast.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import unittest
+import urllib.request
+
+import harness
+from fakes import _FakeBase, _Handler
+from harness import SOURCE_DIR, Server, free_port, request, write_scripts
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "scripts_health")
+SCRIPTS = os.path.join(os.path.abspath(SOURCE_DIR), "scripts")
+
+# Every variable the repository's scripts read, cleared so the runner's environment cannot leak
+# in (hk.env treats an empty value as unset).
+CLEAN_ENV = {name: "" for name in (
+    "HANCOCK_API_KEY", "HANCOCK_WEBHOOK_SECRET", "HANCOCK_SLACK_WEBHOOK", "HANCOCK_TEAMS_WEBHOOK",
+    "HANCOCK_LLM_BACKEND", "HANCOCK_HEALTH_INTERVAL_MS", "HANCOCK_HEALTH_TIMEOUT_MS",
+    "OLLAMA_BASE_URL", "OLLAMA_MODEL", "OLLAMA_CODER_MODEL", "NVIDIA_BASE_URL", "NVIDIA_API_KEY",
+    "NVIDIA_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL", "PROMETHEUS_URL")}
+
+LEVELS = {"ok": 0, "degraded": 1, "error": 2}
+
+
+# ---- a fake upstream: GET endpoints with scripted answers ------------------------------------
+
+class _UpstreamHandler(_Handler):
+    def do_GET(self):
+        fake = self.fake
+        fake.record({"path": self.path, "authorization": self.headers.get("Authorization")})
+        answer = fake.answer(self.path)
+        if answer.get("hang"):
+            fake.release.wait(60)  # never answers within a test; released when the fake stops
+            return
+        if answer.get("delay_s"):
+            time.sleep(answer["delay_s"])
+        body = answer.get("body", {"status": "up"})
+        self.send(answer.get("status", 200), body)
+
+
+class FakeUpstream(_FakeBase):
+    """Answers GET on any path; `answers[path]` = {status, body (dict or raw str), delay_s, hang}
+    (default: 200 {"status": "up"}). Change answers any time; `count(path)` counts requests."""
+
+    def __init__(self, answers=None):
+        self.answers = dict(answers or {})
+        self.release = threading.Event()
+        super().__init__(_UpstreamHandler)
+
+    def answer(self, path):
+        with self.lock:
+            return dict(self.answers.get(path, {}))
+
+    def set(self, path, **answer):
+        with self.lock:
+            self.answers[path] = answer
+
+    def count(self, path):
+        return sum(1 for r in self.received() if r["path"] == path)
+
+    def stop(self):
+        self.release.set()
+        super().stop()
+
+
+def metric_value(text, name, **labels):
+    """The value of the series `name{labels}` in a Prometheus text exposition, or None."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$', line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if got == {k: str(v) for k, v in labels.items()}:
+            return float(m.group(3))
+    return None
+
+
+class HealthTest(unittest.TestCase):
+    def setUp(self):
+        self.servers = []
+        self.fakes = []
+
+    def tearDown(self):
+        for server in self.servers:
+            code = server.stop()
+            self.assertEqual(code, 0, "hancock exited with %s; stderr: %s" % (code, server.stderr))
+        for fake in self.fakes:
+            fake.stop()
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def upstream(self, answers=None):
+        fake = FakeUpstream(answers)
+        self.fakes.append(fake)
+        return fake
+
+    def serve(self, scripts, **env):
+        full = dict(CLEAN_ENV)
+        full.update({k: str(v) for k, v in env.items()})
+        server = Server(scripts=scripts, env=full)
+        self.servers.append(server)
+        return server
+
+    def get(self, server, path):
+        status, headers, body = request(server, "GET", path)
+        self.assertEqual(headers.get("content-type"), "application/json", body)
+        return status, json.loads(body)
+
+    def metrics(self, server):
+        # /metrics is chunked; urllib reads that framing.
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    def changes(self, server, check):
+        return [(e["from"], e["to"]) for e in server.events("health_changed") if e["check"] == check]
+
+    def wait_change(self, server, check, to, frm="pending", timeout=10):
+        """The health_changed event of `check` from `frm` to `to` (each change is logged once)."""
+        return server.wait_event("health_changed", timeout,
+                                 lambda e: e["check"] == check and e["from"] == frm and e["to"] == to)
+
+    def wait_all_checked(self, server, names, timeout=10):
+        for name in names:
+            server.wait_event("health_changed", timeout, lambda e, n=name: e["check"] == n)
+
+    def wait_metric(self, server, condition, what, timeout=10):
+        """Scrapes until condition(exposition text) holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.metrics(server)
+            if condition(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for %s; metrics:\n%s" % (what, text))
+            time.sleep(0.05)
+
+    # ---- no checks: the routes exist anyway ---------------------------------------------------
+
+    def test_routes_exist_without_checks(self):
+        d = write_scripts({})
+        self.addCleanup(shutil.rmtree, d, True)
+        server = self.serve(d)
+        status, headers, body = request(server, "GET", "/health")
+        self.assertEqual((status, json.loads(body)), (200, {"status": "ok", "checks": {}}))
+        self.assertEqual(headers.get("cache-control"), "no-store")
+        self.assertEqual(body, b'{"checks":{},"status":"ok"}')  # {} stays an object
+        self.assertEqual(self.get(server, "/health/live"), (200, {"status": "ok"}))
+        self.assertEqual(self.get(server, "/health/ready"), (200, {"ready": True, "status": "ok"}))
+        status, _, body = request(server, "HEAD", "/health")
+        self.assertEqual((status, body), (200, b""))
+        status, headers, _ = request(server, "POST", "/health", body=b"")
+        self.assertEqual(status, 405)
+        self.assertIn("GET", headers.get("allow", ""))
+        self.assertEqual(server.events("health_changed"), [])
+        self.assertEqual(server.events("task_error"), [])
+
+    # ---- what each probe outcome reports ------------------------------------------------------
+
+    def test_http_probe_outcomes(self):
+        fake = self.upstream({
+            "/slow": {"delay_s": 2},
+            "/fail": {"status": 500, "body": {"error": "boom"}},
+            "/malformed": {"body": "this is { not json"},
+            "/api/tags": {"body": {"models": [{"name": "present:1b"}, {"name": "other:7b"}]}},
+        })
+        server = self.serve(os.path.join(FIXTURES, "probes"), HK_TEST_UPSTREAM=fake.url,
+                            HK_TEST_REFUSED_URL="http://127.0.0.1:%d" % free_port(), HK_TEST_TIMEOUT_MS=300)
+        names = ["ok", "slow", "server_error", "refused", "malformed", "model_missing", "model_present",
+                 "wrong_status", "field_equals", "validated", "slow_warn"]
+        self.wait_all_checked(server, names)
+        started = time.monotonic()
+        status, doc = self.get(server, "/health")
+        self.assertLess(time.monotonic() - started, 0.5)
+        self.assertEqual(status, 200, doc)  # nothing critical: degraded, still 200
+        self.assertEqual(doc["status"], "degraded")
+        checks = doc["checks"]
+        self.assertEqual(sorted(checks), sorted(names))
+
+        self.assertEqual(checks["ok"]["status"], "ok")
+        self.assertNotIn("detail", checks["ok"])
+        self.assertIsInstance(checks["ok"]["latency_ms"], (int, float))
+        self.assertGreaterEqual(checks["ok"]["latency_ms"], 0)
+        self.assertLess(checks["ok"]["latency_ms"], 1000)
+
+        self.assertEqual(checks["slow"]["status"], "error")
+        self.assertEqual(checks["slow"]["detail"], "timeout after 300 ms")
+        self.assertGreaterEqual(checks["slow"]["latency_ms"], 250)
+        self.assertLess(checks["slow"]["latency_ms"], 1900)
+
+        self.assertEqual(checks["server_error"], {"status": "error", "detail": "HTTP 500",
+                                                  "latency_ms": checks["server_error"]["latency_ms"]})
+        self.assertEqual(checks["refused"]["status"], "error")
+        self.assertTrue(checks["refused"]["detail"].startswith("connect: "), checks["refused"])
+        self.assertEqual(checks["malformed"]["status"], "error")
+        self.assertTrue(checks["malformed"]["detail"].startswith("invalid JSON"), checks["malformed"])
+        self.assertEqual(checks["model_missing"]["status"], "error")
+        self.assertEqual(checks["model_missing"]["detail"],
+                         'models.*.name has no "llama3.1:8b" (found: "present:1b", "other:7b")')
+        self.assertEqual(checks["model_present"]["status"], "ok")
+        self.assertEqual(checks["wrong_status"]["detail"], "HTTP 200")
+        self.assertEqual(checks["field_equals"]["detail"], 'status is "up", expected "down"')
+        self.assertEqual(checks["validated"]["status"], "degraded")
+        self.assertEqual(checks["validated"]["detail"], "validate saw 200 and status=up")
+        self.assertEqual(checks["slow_warn"]["status"], "degraded")
+        self.assertRegex(checks["slow_warn"]["detail"], r"^slow: \d+ ms \(degraded above 0 ms\)$")
+
+        # The log says the same, once per check, at a level that matches.
+        for name in names:
+            events = [e for e in server.events("health_changed") if e["check"] == name]
+            self.assertEqual(len(events), 1, events)
+            event = events[0]
+            self.assertEqual((event["from"], event["to"]), ("pending", checks[name]["status"]))
+            self.assertEqual(event.get("detail"), checks[name].get("detail"))
+            self.assertEqual(event["level"], {"ok": "INFO", "degraded": "WARNING", "error": "ERROR"}[event["to"]])
+            self.assertIs(event["critical"], False)
+
+    # ---- overall status and HTTP codes --------------------------------------------------------
+
+    def test_critical_failure_is_error_non_critical_is_degraded(self):
+        fake = self.upstream()
+        server = self.serve(os.path.join(FIXTURES, "rules"), HK_TEST_UPSTREAM=fake.url,
+                            HK_TEST_INTERVAL_MS=100)
+        self.wait_change(server, "core", "ok")
+        self.wait_change(server, "extra", "ok")
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (200, "ok"), doc)
+        self.assertEqual(sorted(doc["checks"]), ["core", "extra"])
+        self.assertEqual(doc["checks"]["core"]["status"], "ok")
+        self.assertEqual(self.get(server, "/health/ready"), (200, {"ready": True, "status": "ok"}))
+
+        fake.set("/extra", status=500)
+        self.wait_change(server, "extra", "error", frm="ok")
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (200, "degraded"), doc)
+        self.assertEqual(doc["checks"]["extra"]["detail"], "HTTP 500")
+        self.assertEqual(self.get(server, "/health/ready"), (200, {"ready": True, "status": "degraded"}))
+
+        fake.set("/core", status=503)
+        self.wait_change(server, "core", "error", frm="ok")
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (503, "error"), doc)
+        self.assertEqual(doc["checks"]["core"], {"status": "error", "detail": "HTTP 503",
+                                                 "latency_ms": doc["checks"]["core"]["latency_ms"]})
+        status, ready = self.get(server, "/health/ready")
+        self.assertEqual((status, ready["ready"], ready["status"]), (503, False, "error"))
+        self.assertEqual(self.get(server, "/health/live"), (200, {"status": "ok"}))  # alive all along
+
+        fake.set("/extra")
+        self.wait_change(server, "extra", "ok", frm="error")
+        self.assertEqual(self.get(server, "/health")[0], 503)  # core still down
+        fake.set("/core")
+        self.wait_change(server, "core", "ok", frm="error")
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (200, "ok"), doc)
+        self.assertEqual(self.get(server, "/health/ready")[0], 200)
+
+    def test_critical_degraded_is_only_degraded_and_lua_checks(self):
+        fake = self.upstream()
+        server = self.serve(os.path.join(FIXTURES, "lua"), HK_TEST_UPSTREAM=fake.url)
+        names = ["fine", "queue", "stalled", "raises", "odd", "upstream"]
+        self.wait_all_checked(server, names)
+        self.wait_change(server, "hangs", "error")  # the watchdog: 300 ms
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (200, "degraded"), doc)
+        checks = doc["checks"]
+        self.assertEqual(checks["fine"]["status"], "ok")
+        self.assertIn("latency_ms", checks["fine"])
+        self.assertEqual((checks["queue"]["status"], checks["queue"]["detail"]), ("degraded", "queue is long"))
+        self.assertEqual((checks["stalled"]["status"], checks["stalled"]["detail"]), ("error", "queue stalled"))
+        self.assertEqual(checks["raises"]["status"], "error")
+        self.assertRegex(checks["raises"]["detail"], r"checks\.lua:\d+: kaboom-health-fixture$")
+        self.assertEqual(checks["odd"]["status"], "error")
+        self.assertIn("run returned 42", checks["odd"]["detail"])
+        self.assertEqual(checks["hangs"], {"status": "error", "detail": "timeout after 300 ms (still running)",
+                                           "latency_ms": 300.0})
+        # A lua check may make HTTP calls.
+        self.assertEqual((checks["upstream"]["status"], checks["upstream"]["detail"]), ("ok", "upstream says up"))
+        self.assertEqual(fake.count("/ok"), 1)
+        self.assertEqual(server.events("task_error"), [])
+
+        # The hung probe is never doubled, however often /health is read.
+        for _ in range(20):
+            self.get(server, "/health")
+        self.assertEqual(len([e for e in server.events("health_changed") if e["check"] == "hangs"]), 1)
+
+        text = self.metrics(server)
+        self.assertEqual(metric_value(text, "hancock_health_check_status", check="queue"), 1)
+        self.assertEqual(metric_value(text, "hancock_health_check_status", check="hangs"), 2)
+        self.assertEqual(metric_value(text, "hancock_health_check_runs_total", check="hangs", result="error"), 1)
+
+    def test_lua_check_failing_critical_makes_503(self):
+        fake = self.upstream({"/ok": {"body": {"status": "down"}}})
+        server = self.serve(os.path.join(FIXTURES, "lua"), HK_TEST_UPSTREAM=fake.url)
+        event = self.wait_change(server, "upstream", "error")
+        self.assertEqual(event["detail"], "upstream says down")
+        self.assertIs(event["critical"], True)
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (503, "error"))
+        self.assertEqual(self.get(server, "/health/ready")[0], 503)
+
+    # ---- the cache: reads never wait, probes never stampede -----------------------------------
+
+    def test_rapid_reads_cause_at_most_one_probe_per_ttl(self):
+        # Slow probes, so many reads land while a result is stale and its refresh in flight.
+        fake = self.upstream({"/core": {"delay_s": 0.3}, "/extra": {"delay_s": 0.3}})
+        server = self.serve(os.path.join(FIXTURES, "rules"), HK_TEST_UPSTREAM=fake.url,
+                            HK_TEST_INTERVAL_MS=1000)
+        self.wait_change(server, "core", "ok")
+        self.wait_change(server, "extra", "ok")
+        started = time.monotonic()
+        statuses = []
+
+        def reader():
+            for _ in range(20):
+                statuses.append(self.get(server, "/health")[0])
+                time.sleep(0.1)  # 200 reads spread over about two TTLs
+
+        threads = [threading.Thread(target=reader) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+        self.assertEqual(statuses, [200] * 200)
+        # One probe at start, then at most one per 1 s TTL (and one in flight at the end).
+        allowed = 1 + int(elapsed / 1.0) + 1
+        for path in ("/core", "/extra"):
+            self.assertLessEqual(fake.count(path), allowed, (path, fake.count(path), elapsed))
+
+    def test_stale_results_refresh_once_in_the_background(self):
+        # A long interval and a short TTL: reads past the TTL refresh in the background. Slow
+        # probes, so reads keep arriving while a refresh is in flight.
+        fake = self.upstream({"/core": {"delay_s": 0.1}, "/extra": {"delay_s": 0.1}})
+        server = self.serve(os.path.join(FIXTURES, "rules"), HK_TEST_UPSTREAM=fake.url,
+                            HK_TEST_INTERVAL_MS=60000, HK_TEST_TTL_MS=300)
+        self.wait_change(server, "core", "ok")
+        self.assertEqual(fake.count("/core"), 1)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:
+            self.assertEqual(self.get(server, "/health")[0], 200)
+        elapsed = time.monotonic() - started
+        refreshes = fake.count("/core") - 1
+        self.assertGreaterEqual(refreshes, 2)  # the reads did refresh it…
+        self.assertLessEqual(refreshes, int(elapsed / 0.3) + 1)  # …once per TTL at most
+
+    def test_health_answers_at_once_while_a_probe_hangs(self):
+        fake = self.upstream({"/core": {"hang": True}, "/extra": {"hang": True}})
+        server = self.serve(os.path.join(FIXTURES, "rules"), HK_TEST_UPSTREAM=fake.url,
+                            HK_TEST_INTERVAL_MS=200, HK_TEST_TTL_MS=100, HK_TEST_TIMEOUT_MS=20000)
+        fake.wait_for(2)  # both probes are in flight, and will not come back during the test
+        slowest = 0
+        for _ in range(50):
+            started = time.monotonic()
+            status, doc = self.get(server, "/health")
+            slowest = max(slowest, time.monotonic() - started)
+            # Not checked yet: degraded (a critical check is not an error before its first result).
+            self.assertEqual((status, doc["status"]), (200, "degraded"))
+            self.assertEqual(doc["checks"]["core"], {"status": "degraded", "detail": "not checked yet"})
+        self.assertLess(slowest, 0.25)
+        # Ready waits for the critical check's first result; live does not.
+        status, ready = self.get(server, "/health/ready")
+        self.assertEqual(status, 503)
+        self.assertEqual(ready, {"ready": False, "status": "degraded", "detail": "critical checks not run yet: core"})
+        self.assertEqual(self.get(server, "/health/live"), (200, {"status": "ok"}))
+        # However stale, at most one probe per check is in flight.
+        self.assertEqual((fake.count("/core"), fake.count("/extra")), (1, 1))
+
+    # ---- the log and the metrics ----------------------------------------------------------
+
+    def test_health_changed_logged_once_per_change(self):
+        fake = self.upstream()
+        server = self.serve(os.path.join(FIXTURES, "rules"), HK_TEST_UPSTREAM=fake.url,
+                            HK_TEST_INTERVAL_MS=50)
+
+        def runs(result):
+            return lambda text: (metric_value(text, "hancock_health_check_runs_total",
+                                              check="extra", result=result) or 0) >= 5
+
+        self.wait_change(server, "extra", "ok")
+        self.wait_metric(server, runs("ok"), "5 ok runs")
+        fake.set("/extra", status=500)
+        event = self.wait_change(server, "extra", "error", frm="ok")
+        self.assertEqual(event["detail"], "HTTP 500")
+        self.assertEqual(event["level"], "ERROR")
+        self.assertEqual(event["message"], "health check extra: ok -> error")
+        self.wait_metric(server, runs("error"), "5 error runs")
+        fake.set("/extra")
+        self.wait_change(server, "extra", "ok", frm="error")
+        before = len(fake.received())
+        fake.wait_for(before + 10)  # more runs, no more changes
+        self.assertEqual(self.changes(server, "extra"), [("pending", "ok"), ("ok", "error"), ("error", "ok")])
+        self.assertEqual(self.changes(server, "core"), [("pending", "ok")])
+
+    def test_metrics_match_the_results(self):
+        fake = self.upstream({"/extra": {"status": 500}, "/core": {"delay_s": 0.05}})
+        server = self.serve(os.path.join(FIXTURES, "rules"), HK_TEST_UPSTREAM=fake.url,
+                            HK_TEST_INTERVAL_MS=60000)
+        self.wait_change(server, "core", "ok")
+        self.wait_change(server, "extra", "error")
+        text = self.metrics(server)
+        self.assertIn("# TYPE hancock_health_check_status gauge", text)
+        self.assertIn("# TYPE hancock_health_check_latency_seconds gauge", text)
+        self.assertIn("# TYPE hancock_health_check_runs_total counter", text)
+        self.assertEqual(metric_value(text, "hancock_health_check_status", check="core"), 0)
+        self.assertEqual(metric_value(text, "hancock_health_check_status", check="extra"), 2)
+        latency = metric_value(text, "hancock_health_check_latency_seconds", check="core")
+        self.assertGreaterEqual(latency, 0.05)
+        self.assertLess(latency, 1)
+        doc = self.get(server, "/health")[1]
+        self.assertAlmostEqual(doc["checks"]["core"]["latency_ms"], latency * 1000, delta=0.01)
+        self.assertEqual(metric_value(text, "hancock_health_check_runs_total", check="core", result="ok"), 1)
+        self.assertEqual(metric_value(text, "hancock_health_check_runs_total", check="extra", result="error"), 1)
+        self.assertIsNone(metric_value(text, "hancock_health_check_runs_total", check="extra", result="ok"))
+
+    # ---- memory and disk ------------------------------------------------------------------
+
+    def test_memory_and_disk_thresholds(self):
+        fixture = os.path.join(FIXTURES, "system")
+        relaxed = self.serve(fixture, HK_TEST_MEMORY_WARN_MB=0, HK_TEST_DISK_WARN_MB=0)
+        tight = self.serve(fixture, HK_TEST_MEMORY_WARN_MB=1e9, HK_TEST_DISK_WARN_MB=1e9)
+        failing = self.serve(fixture, HK_TEST_MEMORY_ERROR_MB=1e9, HK_TEST_DISK_ERROR_MB=1e9)
+        for server in (relaxed, tight, failing):
+            self.wait_all_checked(server, ["memory", "disk", "missing_disk"])
+        checks = self.get(relaxed, "/health")[1]["checks"]
+        self.assertEqual(checks["memory"]["status"], "ok")
+        self.assertRegex(checks["memory"]["detail"], r"^\d+ MiB available of \d+ MiB$")
+        self.assertNotIn("latency_ms", checks["memory"])
+        self.assertEqual(checks["disk"]["status"], "ok")
+        self.assertRegex(checks["disk"]["detail"], r"^\d+ MiB free of \d+ MiB at /$")
+        self.assertEqual(checks["missing_disk"]["status"], "error")
+        self.assertIn("/nonexistent/hancock-test", checks["missing_disk"]["detail"])
+
+        checks = self.get(tight, "/health")[1]["checks"]
+        self.assertEqual(checks["memory"]["status"], "degraded")
+        self.assertRegex(checks["memory"]["detail"], r"MiB \(degraded below 1e\+09 MiB\)$")
+        self.assertEqual(checks["disk"]["status"], "degraded")
+        self.assertRegex(checks["disk"]["detail"], r"at / \(degraded below 1e\+09 MiB\)$")
+
+        status, doc = self.get(failing, "/health")
+        self.assertEqual((status, doc["status"]), (200, "degraded"))  # neither is critical
+        self.assertEqual(doc["checks"]["memory"]["status"], "error")
+        self.assertRegex(doc["checks"]["memory"]["detail"], r"\(error below 1e\+09 MiB\)$")
+        self.assertEqual(doc["checks"]["disk"]["status"], "error")
+        text = self.metrics(failing)
+        self.assertEqual(metric_value(text, "hancock_health_check_status", check="memory"), 2)
+        self.assertEqual(metric_value(self.metrics(tight), "hancock_health_check_status", check="disk"), 1)
+
+    # ---- the repository's scripts/health.lua ----------------------------------------------
+
+    def test_default_scripts_configure_the_service_checks(self):
+        llm = self.upstream({
+            "/api/tags": {"body": {"models": [{"name": "llama3.1:8b"}, {"name": "qwen2.5-coder:7b"}]}},
+            "/v1/models": {"body": {"object": "list", "data": [{"id": "meta/llama-3.1-8b-instruct"}]}},
+            "/-/healthy": {"body": "Prometheus Server is Healthy.\n"},
+        })
+        # NVIDIA as the backend: nim is critical, ollama is not.
+        server = self.serve(SCRIPTS, HANCOCK_LLM_BACKEND="nvidia", NVIDIA_BASE_URL=llm.url + "/v1",
+                            NVIDIA_API_KEY="nv-secret-key", OLLAMA_BASE_URL=llm.url + "/",
+                            PROMETHEUS_URL=llm.url)
+        self.wait_all_checked(server, ["ollama", "nim", "memory", "disk", "prometheus"])
+        status, doc = self.get(server, "/health")
+        self.assertEqual(sorted(doc["checks"]), ["disk", "memory", "nim", "ollama", "prometheus"])
+        for name in ("ollama", "nim", "prometheus"):
+            self.assertEqual(doc["checks"][name]["status"], "ok", doc)
+        for name in ("memory", "disk"):  # the machine's own: ok, or degraded below the defaults
+            self.assertIn(doc["checks"][name]["status"], ("ok", "degraded"), doc)
+        self.assertEqual(status, 200)
+        nim = [r for r in llm.received() if r["path"] == "/v1/models"]
+        self.assertEqual(nim[0]["authorization"], "Bearer nv-secret-key")
+        self.assertNotIn("nv-secret-key", "\n".join(server.lines))
+        critical = {e["check"]: e["critical"] for e in server.events("health_changed")}
+        self.assertEqual(critical, {"ollama": False, "nim": True, "memory": False, "disk": False,
+                                    "prometheus": False})
+
+        # Ollama as the backend (the default) without its model pulled: ollama is critical, so
+        # the service is in error; Prometheus down only degrades; no nim check.
+        llm.set("/api/tags", body={"models": [{"name": "qwen2.5-coder:7b"}]})
+        server = self.serve(SCRIPTS, OLLAMA_BASE_URL=llm.url, OLLAMA_MODEL="llama3.1",
+                            PROMETHEUS_URL="http://127.0.0.1:%d" % free_port())
+        self.wait_all_checked(server, ["ollama", "memory", "disk", "prometheus"])
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (503, "error"))
+        self.assertNotIn("nim", doc["checks"])
+        self.assertEqual(doc["checks"]["ollama"]["detail"],
+                         'models.*.name has no "llama3.1:latest" (found: "qwen2.5-coder:7b")')
+        self.assertEqual(doc["checks"]["prometheus"]["status"], "error")
+        self.assertEqual(self.get(server, "/health/ready")[0], 503)
+
+    # ---- misconfiguration fails at load, at the operator's line ----------------------------
+
+    def test_bad_definitions_fail_at_load_with_the_line(self):
+        cases = {
+            'hk.health.check("x", { kind = "ftp" })': "kind must be one of http, memory, disk, lua",
+            'hk.health.check("x", { kind = "memory", interval = 5 })': "unknown option 'interval' for a memory check (use interval_ms)",
+            'hk.health.check("x", { kind = "http", url = "ftp://a" })': "url must be an http:// or https:// URL",
+            'hk.health.check("x", { kind = "http", url = "http://a", timeout_ms = 1.5 })': "timeout_ms must be a positive integer",
+            'hk.health.check("x", { kind = "http", url = "http://a", expect_json = { path = "a..b" } })': "empty segment",
+            'hk.health.check("x", { kind = "lua" })': "a lua check needs run = function",
+            'hk.health.check("bad name", { kind = "memory" })': "the name must be",
+            'hk.health.check("m", { kind = "memory" })\nhk.health.check("m", { kind = "disk" })': "already defined",
+            'hk.health.threshold("m", { warn_below = 1 })': "unknown threshold 'warn_below'",
+            'hk.health.check("m", { kind = "memory" })\nhk.health.threshold("m", { warn_above_ms = 1 })':
+                "'warn_above_ms' does not apply to m, a memory check",
+            'hk.health.threshold("m", { warn_above_ms = 1 })\nhk.health.check("m", { kind = "memory" })':
+                "'warn_above_ms' does not apply to m, a memory check",
+        }
+        for source, needle in cases.items():
+            with self.subTest(source=source):
+                d = write_scripts({"health.lua": 'local hk = require "hancock"\n\n' + source + "\n"})
+                self.addCleanup(shutil.rmtree, d, True)
+                proc = subprocess.run([harness.BIN, "check", "--scripts", d], capture_output=True, timeout=10)
+                self.assertEqual(proc.returncode, 1, proc)
+                err = proc.stderr.decode()
+                line = source.count("\n") + 3
+                self.assertTrue(err.startswith(os.path.join(d, "health.lua") + ":%d: " % line), err)
+                self.assertIn(needle, err)
+
+    def test_threshold_for_an_unknown_check_is_logged(self):
+        d = write_scripts({"health.lua": 'local hk = require "hancock"\n'
+                                         'hk.health.threshold("nosuch", { warn_below_mb = 1 })\n'})
+        self.addCleanup(shutil.rmtree, d, True)
+        server = self.serve(d)
+        event = server.wait_event("health_threshold_unused")
+        self.assertEqual((event["check"], event["level"]), ("nosuch", "WARNING"))
+        self.assertEqual(self.get(server, "/health"), (200, {"status": "ok", "checks": {}}))
+
+
+if __name__ == "__main__":
+    unittest.main()
