@@ -233,7 +233,11 @@ static void on_write(uv_write_t *req, int status) {
     conn_stream_pump(conn);
     return;
   }
-  if (conn->in_flight) return; /* a streaming handler writes more; its finish flushes */
+  if (conn->in_flight) {
+    /* A streaming handler writes more when it has more; until then no send timer runs. */
+    conn_set_phase(conn, PHASE_NONE, false);
+    return;
+  }
   if (conn->close_after) {
     conn_close_gracefully(conn);
     return;

@@ -531,13 +531,22 @@ class HealthTest(unittest.TestCase):
                 self.assertTrue(err.startswith(os.path.join(d, "health.lua") + ":%d: " % line), err)
                 self.assertIn(needle, err)
 
-    def test_threshold_for_an_unknown_check_is_logged(self):
+    def test_definitions_are_fixed_once_serving(self):
         d = write_scripts({"health.lua": 'local hk = require "hancock"\n'
-                                         'hk.health.threshold("nosuch", { warn_below_mb = 1 })\n'})
+                                         'hk.health.threshold("nosuch", { warn_below_mb = 1 })\n'
+                                         'hk.route("POST", "/late", function()\n'
+                                         '  hk.health.check("late", { kind = "memory" })\n'
+                                         'end)\n'})
         self.addCleanup(shutil.rmtree, d, True)
         server = self.serve(d)
+        # A threshold for a check nobody defined is worth a warning once the scripts have loaded.
         event = server.wait_event("health_threshold_unused")
         self.assertEqual((event["check"], event["level"]), ("nosuch", "WARNING"))
+        # Checks are defined when the scripts load (a reload changes them), not by a handler.
+        status, _, _ = request(server, "POST", "/late", body=b"")
+        self.assertEqual(status, 500)
+        error = server.wait_event("handler_error")["error"]
+        self.assertRegex(error, r"health\.lua:4: hk\.health\.check: define health checks when the scripts load")
         self.assertEqual(self.get(server, "/health"), (200, {"status": "ok", "checks": {}}))
 
 
