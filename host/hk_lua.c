@@ -160,8 +160,8 @@ static int load_embedded(lua_State *L) {
     const char *path = lua_tostring(L, -1);
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
-      lua_pushfstring(L, "no file '%s' (HANCOCK_LUA_PATH)", path);
-      return 1;
+      lua_pop(L, 1);
+      goto embedded; /* not in the tree: the compiled-in copy, so a partial tree still works */
     }
     luaL_Buffer source;
     luaL_buffinit(L, &source);
@@ -178,6 +178,7 @@ static int load_embedded(lua_State *L) {
     lua_pushstring(L, path);
     return 2;
   }
+embedded:
   for (const hk_embedded_module_t *m = hk_embedded_lua; m->name != NULL; m++) {
     if (strcmp(m->name, name) != 0) continue;
     lua_pushfstring(L, "=%s", m->chunk);
@@ -1198,7 +1199,7 @@ void hk_lua_cancel_all(hk_lua_t *lua) {
   size_t background = 0;
   for (hk_lua_task_t *t = lua->tasks; t != NULL; t = t->next) background += t->req == NULL;
   if (background > 0)
-    hk_log_event(HK_LOG_WARNING, NULL, "tasks_cancelled", "background tasks cancelled at shutdown",
+    hk_log_event(HK_LOG_INFO, NULL, "tasks_cancelled", "background tasks cancelled at shutdown",
                  (hk_log_field_t[]){HK_LOG_I("tasks", background)}, 1);
   while (lua->tasks != NULL) task_free(lua->tasks);
 }

@@ -58,7 +58,7 @@ hk.health.threshold("disk", { warn_below_mb = 1024 })
 
 hk.health.check("prometheus", {
   kind = "http",
-  url = hk.env("PROMETHEUS_URL", "http://localhost:9090"):gsub("/+$", "") .. "/-/healthy",
+  url = (hk.env("PROMETHEUS_URL", "http://localhost:9090"):gsub("/+$", "")) .. "/-/healthy",
   expect_status = 200,
   critical = false,
   interval_ms = every.interval_ms,

@@ -190,12 +190,16 @@ local function build_check(name, opts)
       invalid("unknown option '%s' for a %s check%s", tostring(key), kind, hint)
     end
   end
+  -- The definition, and (filled in as it runs) the state: result = {status, detail,
+  -- latency_ms, at}, in_flight (a probe is running), probe_count.
   local check = {
     name = name,
     kind = kind,
     interval_ms = opts.interval_ms or DEFAULTS.interval_ms,
     timeout_ms = opts.timeout_ms or DEFAULTS.timeout_ms,
     critical = opts.critical,
+    in_flight = false,
+    probe_count = 0,
   }
   check_positive_integer("interval_ms", check.interval_ms)
   check_positive_integer("timeout_ms", check.timeout_ms)
@@ -323,12 +327,19 @@ return function(hk)
   local tuned = {}     -- hk.health.threshold overrides, by check name
   local started = false -- the server is up and the scripts have loaded
 
-  local status_gauge = hk.metrics.gauge("hancock_health_check_status",
-    "Result of each health check: 0 ok, 1 degraded, 2 error.", { "check" })
-  local latency_gauge = hk.metrics.gauge("hancock_health_check_latency_seconds",
-    "How long the last probe of each health check took.", { "check" })
-  local runs = hk.metrics.counter("hancock_health_check_runs_total",
-    "Health check probes, by check and result (ok, degraded or error).", { "check", "result" })
+  -- Registered with the first check, so a Hancock without checks exposes no health families
+  -- (and a load that fails before defining one leaves the registry as it was).
+  local metrics
+  local function register_metrics()
+    metrics = metrics or {
+      status = hk.metrics.gauge("hancock_health_check_status",
+        "Result of each health check: 0 ok, 1 degraded, 2 error.", { "check" }),
+      latency = hk.metrics.gauge("hancock_health_check_latency_seconds",
+        "How long the last probe of each health check took.", { "check" }),
+      runs = hk.metrics.counter("hancock_health_check_runs_total",
+        "Health check probes, by check and result (ok, degraded or error).", { "check", "result" }),
+    }
+  end
 
   -- A threshold: hk.health.threshold's value, else the check's own (or its kind's default).
   local function setting(check, key)
@@ -382,12 +393,16 @@ return function(hk)
       return "error", clip(("%s: %s"):format(kind, message))
     end
     local status = response.status
-    if check.statuses and not check.statuses[status] then
-      return "error", ("HTTP %d"):format(status)
-    elseif not check.statuses and (status < 200 or status > 299) then
+    local expected
+    if check.statuses then
+      expected = check.statuses[status] ~= nil
+    else
+      expected = status >= 200 and status <= 299
+    end
+    if not expected then
       return "error", ("HTTP %d"):format(status)
     end
-    local doc, decode_error = nil, nil
+    local doc, decode_error
     if check.expectations or check.validate then
       doc, decode_error = json.decode(response.body)
     end
@@ -416,7 +431,9 @@ return function(hk)
 
   -- ---- results ---------------------------------------------------------------------------
 
+  -- Stores a probe's result, updates the metrics and logs a change of status.
   local function record(check, status, detail, seconds)
+    assert(LEVELS[status], "a probe returned an unknown status")
     local from = check.result and check.result.status or "pending"
     check.result = {
       status = status,
@@ -425,9 +442,9 @@ return function(hk)
       at = monotonic(),
     }
     local labels = { check = check.name }
-    status_gauge:set(labels, LEVELS[status])
-    latency_gauge:set(labels, seconds)
-    runs:inc({ check = check.name, result = status })
+    metrics.status:set(labels, LEVELS[status])
+    metrics.latency:set(labels, seconds)
+    metrics.runs:inc({ check = check.name, result = status })
     if from ~= status then
       local log = status == "ok" and hk.log.info or status == "degraded" and hk.log.warn or hk.log.error
       log("health_changed", {
@@ -445,7 +462,7 @@ return function(hk)
   -- until it returns (and no second probe starts meanwhile).
   local function watch(check, probe_number)
     hk.sleep(check.timeout_ms)
-    if check.in_flight and check.probes == probe_number then
+    if check.in_flight and check.probe_count == probe_number then
       record(check, "error", ("timeout after %d ms (still running)"):format(check.timeout_ms),
              check.timeout_ms / 1000)
     end
@@ -453,9 +470,9 @@ return function(hk)
 
   -- Runs one probe in the calling task. The caller has set check.in_flight.
   local function probe(check)
-    check.probes = (check.probes or 0) + 1
+    check.probe_count = check.probe_count + 1
     if check.kind == "lua" then
-      hk.spawn(watch, check, check.probes)
+      hk.spawn(watch, check, check.probe_count)
     end
     local began = monotonic()
     local ok, status, detail = pcall(PROBES[check.kind], check)
@@ -586,6 +603,7 @@ return function(hk)
     if not ok then
       error(("hk.health.check(%s): %s"):format(show(name), check), 2)
     end
+    register_metrics()
     checks[name] = check
     order[#order + 1] = name
     hk.spawn(keep_checking, check)
@@ -596,7 +614,9 @@ return function(hk)
   function health.threshold(name, values)
     loading_only("hk.health.threshold")
     local ok, err = pcall(function()
-      if type(values) ~= "table" then
+      if type(name) ~= "string" then
+        invalid("the name must be a check's name (a string)")
+      elseif type(values) ~= "table" then
         invalid("thresholds must be a table such as { warn_below_mb = 512 }")
       end
       for key, value in pairs(values) do
