@@ -5,6 +5,7 @@ stdout (JSON log lines) is collected by a reader thread; tests wait on log event
 the clock. Only 127.0.0.1 is ever contacted.
 """
 import json
+import re
 import os
 import socket
 import subprocess
@@ -212,6 +213,36 @@ def write_scripts(files):
         with open(os.path.join(d, name), "w") as f:
             f.write(src)
     return d
+
+
+def metric_value(text, name, **labels):
+    """The value of the series `name{labels}` in a Prometheus text exposition, or None."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$', line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if got == {k: str(v) for k, v in labels.items()}:
+            return float(m.group(3))
+    return None
+
+
+class ServersTestCase(unittest.TestCase):
+    """For tests that start their own servers (append to self.servers) and fakes (append to
+    self.fakes, anything with stop()): all are stopped, and every server must exit 0."""
+
+    def setUp(self):
+        self.servers = []
+        self.fakes = []
+
+    def tearDown(self):
+        for server in self.servers:
+            code = server.stop()
+            self.assertEqual(code, 0, "hancock exited with %s; stderr: %s" % (code, server.stderr))
+        for fake in self.fakes:
+            fake.stop()
 
 
 class HancockTestCase(unittest.TestCase):

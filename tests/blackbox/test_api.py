@@ -13,6 +13,8 @@ import unittest
 import urllib.request
 
 from fakes import FakeLLM, FakeReceiver
+import harness
+from harness import metric_value
 from harness import SOURCE_DIR, Server, free_port, request
 
 SCRIPTS = os.path.join(os.path.abspath(SOURCE_DIR), "scripts")
@@ -53,32 +55,7 @@ def sign(secret, body):
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def metric_value(text, name, **labels):
-    """The value of the series `name{labels}` in a Prometheus text exposition, or None."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$', line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if got == {k: str(v) for k, v in labels.items()}:
-            return float(m.group(3))
-    return None
-
-
-class ApiTest(unittest.TestCase):
-    def setUp(self):
-        self.servers = []
-        self.fakes = []
-
-    def tearDown(self):
-        for server in self.servers:
-            code = server.stop()
-            self.assertEqual(code, 0, "hancock exited with %s; stderr: %s" % (code, server.stderr))
-        for fake in self.fakes:
-            fake.stop()
-
+class ApiTest(harness.ServersTestCase):
     # ---- helpers ---------------------------------------------------------------------------
 
     def fake_llm(self, **kw):

@@ -18,6 +18,7 @@ import unittest
 import urllib.request
 
 import harness
+from harness import metric_value
 from fakes import _FakeBase, _Handler
 from harness import SOURCE_DIR, Server, free_port, request, write_scripts
 
@@ -75,32 +76,7 @@ class FakeUpstream(_FakeBase):
         super().stop()
 
 
-def metric_value(text, name, **labels):
-    """The value of the series `name{labels}` in a Prometheus text exposition, or None."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$', line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if got == {k: str(v) for k, v in labels.items()}:
-            return float(m.group(3))
-    return None
-
-
-class HealthTest(unittest.TestCase):
-    def setUp(self):
-        self.servers = []
-        self.fakes = []
-
-    def tearDown(self):
-        for server in self.servers:
-            code = server.stop()
-            self.assertEqual(code, 0, "hancock exited with %s; stderr: %s" % (code, server.stderr))
-        for fake in self.fakes:
-            fake.stop()
-
+class HealthTest(harness.ServersTestCase):
     # ---- helpers ---------------------------------------------------------------------------
 
     def upstream(self, answers=None):
