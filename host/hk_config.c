@@ -53,6 +53,11 @@ static const option_t options[] = {
     {"rate-limit-clients", "HANCOCK_RATE_LIMIT_CLIENTS", "100000", KIND_INT, OFF(rate_limit_clients),
      1, 10000000, SERVE,
      "Clients whose rate-limit buckets are kept; the least recently seen is forgotten first."},
+    {"lua-instruction-limit", "HANCOCK_LUA_INSTRUCTION_LIMIT", "10000000", KIND_INT,
+     OFF(lua_instruction_limit), 0, 100000000000ULL, SERVE,
+     "Lua VM instructions a request may run before it fails with 500 (0: no limit)."},
+    {"lua-memory-limit", "HANCOCK_LUA_MEMORY_LIMIT", "256m", KIND_SIZE, OFF(lua_memory_limit), 0,
+     1ULL << 34, SERVE, "Memory the scripts' Lua state may hold; past it allocations fail (0: no limit)."},
     {"log-level", "LOG_LEVEL", "INFO", KIND_LEVEL, OFF(log_level), 0, 0, SERVE | SCRIPTS,
      "DEBUG, INFO, WARNING or ERROR."},
 };

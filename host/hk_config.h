@@ -24,6 +24,8 @@ typedef struct hk_config_s {
   uint64_t send_timeout_ms;
   uint64_t drain_timeout_ms;
   uint64_t rate_limit_clients;
+  uint64_t lua_instruction_limit;
+  uint64_t lua_memory_limit;
   hk_log_level_t log_level;
 } hk_config_t;
 

@@ -49,6 +49,9 @@ struct hk_lua_s {
   uv_loop_t *loop;        /* for asynchronous calls; NULL in `hancock check` */
   hk_client_t *client;
   hk_ratelimit_t *ratelimit; /* the worker's buckets: they outlive script generations */
+  size_t memory_used;         /* bytes the state holds, counted by limited_alloc */
+  size_t memory_limit;        /* 0: unlimited */
+  uint64_t instruction_limit; /* per request (and per background-task resume); 0: unlimited */
 };
 
 typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP } task_op_t;
@@ -68,6 +71,8 @@ struct hk_lua_task_s {
   int timer_nargs;        /* values on the coroutine for the resume when the timer fires */
   char parent_id[HK_REQID_SIZE]; /* background tasks: the request that spawned them, for logs */
   bool started;                  /* background tasks: resumed at least once */
+  uint64_t instructions;         /* VM instructions run so far, counted by the hook */
+  bool over_budget;              /* the hook raises on every instruction until the task ends */
   hk_lua_task_t *prev, *next;
 };
 
@@ -936,6 +941,131 @@ static void update_memory_gauge(hk_lua_t *lua) {
   hk_series_gauge_set(lua->memory_series, bytes);
 }
 
+/* ---- limits: memory, instructions, a trimmed standard library ---------------------------- */
+
+#define HOOK_STEP 1000 /* instructions between budget checks */
+#define DEFAULT_MEMORY_LIMIT (256u * 1024 * 1024)
+#define DEFAULT_INSTRUCTION_LIMIT 10000000u
+
+/* The state's allocator, with a cap: past it an allocation fails, which Lua turns into a
+ * catchable "not enough memory" error. With ptr == NULL, osize is a type tag, not a size. */
+static void *limited_alloc(void *data, void *ptr, size_t osize, size_t nsize) {
+  hk_lua_t *lua = data;
+  size_t old = ptr != NULL ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    lua->memory_used -= old;
+    return NULL;
+  }
+  if (nsize > old && lua->memory_limit != 0 && lua->memory_used - old + nsize > lua->memory_limit)
+    return NULL;
+  void *block = realloc(ptr, nsize);
+  if (block == NULL) return nsize <= old ? ptr : NULL; /* a shrink must never fail */
+  lua->memory_used = lua->memory_used - old + nsize;
+  return block;
+}
+
+static int on_panic(lua_State *L) {
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a string)";
+  hk_log_event_plain(HK_LOG_ERROR, NULL, "lua_panic", "unprotected Lua error", (hk_log_field_t[]){
+      HK_LOG_S("error", msg)}, 1);
+  hk_log_stop();
+  abort();
+}
+
+/* Counts a task's instructions; past the budget it raises, and keeps raising on every
+ * instruction (count 1), so a script's own pcall cannot swallow it for long. */
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  hk_lua_t *lua = context_of(L);
+  hk_lua_task_t *task = lua->task;
+  if (task == NULL || lua->instruction_limit == 0) return;
+  if (!task->over_budget) {
+    task->instructions += HOOK_STEP;
+    if (task->instructions <= lua->instruction_limit) return;
+    task->over_budget = true;
+  }
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+  luaL_error(L, "instruction budget exceeded (%I instructions)", (lua_Integer)lua->instruction_limit);
+}
+
+/* print writes to stdout, which is the JSON log: send it there as an event instead. */
+static int sandbox_print(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_addstring(&b, luaL_tolstring(L, i, NULL));
+    lua_pop(L, 1);
+  }
+  luaL_pushresult(&b);
+  hk_lua_t *lua = context_of(L);
+  hk_log_event(HK_LOG_INFO, lua->current ? lua->current->id : NULL, "script_print", lua_tostring(L, -1), NULL, 0);
+  return 0;
+}
+
+/* load(chunk, name, mode, env): text chunks only, whatever mode the script asks for. */
+static int sandbox_load(lua_State *L) {
+  lua_settop(L, 4);
+  lua_pushliteral(L, "t");
+  lua_replace(L, 3);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, 4, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+static void remove_fields(lua_State *L, const char *table, const char *const *names) {
+  lua_getglobal(L, table);
+  for (; *names != NULL; names++) {
+    lua_pushnil(L);
+    lua_setfield(L, -2, *names);
+  }
+  lua_pop(L, 1);
+}
+
+/* The standard library minus what a server script must not do: run programs, exit, touch the
+ * filesystem beyond reading, write to stdout, load binary chunks, or use debug beyond
+ * traceback. */
+static void trim_stdlib(lua_State *L) {
+  static const char *const os_out[] = {"execute", "exit", "remove", "rename", "tmpname", "setlocale", NULL};
+  static const char *const io_out[] = {"popen", "write", "read", "output", "input", "stdout", "stderr",
+                                       "stdin", "tmpfile", NULL};
+  static const char *const base_out[] = {"dofile", "loadfile", NULL};
+  static const char *const string_out[] = {"dump", NULL};
+  remove_fields(L, "os", os_out);
+  remove_fields(L, "io", io_out);
+  remove_fields(L, "string", string_out);
+  lua_pushglobaltable(L);
+  for (const char *const *name = base_out; *name != NULL; name++) {
+    lua_pushnil(L);
+    lua_setfield(L, -2, *name);
+  }
+  lua_getfield(L, -1, "load");
+  lua_pushcclosure(L, sandbox_load, 1);
+  lua_setfield(L, -2, "load");
+  lua_pushcfunction(L, sandbox_print);
+  lua_setfield(L, -2, "print");
+  /* debug: traceback only. */
+  lua_getglobal(L, "debug");
+  lua_getfield(L, -1, "traceback");
+  lua_createtable(L, 0, 1);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "traceback");
+  lua_setfield(L, -3, "debug");
+  lua_pop(L, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getglobal(L, "debug");
+  lua_setfield(L, -2, "debug");
+  lua_pop(L, 2);
+}
+
+void hk_lua_set_limits(hk_lua_t *lua, uint64_t instructions, size_t memory_bytes) {
+  lua->instruction_limit = instructions;
+  lua->memory_limit = memory_bytes;
+}
+
 int hk_lua_new(const char *scripts_dir, hk_metrics_t *metrics, unsigned worker, hk_lua_t **out,
                char **err) {
   *err = NULL;
@@ -945,10 +1075,14 @@ int hk_lua_new(const char *scripts_dir, hk_metrics_t *metrics, unsigned worker, 
   lua->worker = worker;
   lua->respond_ref = lua->log_hooks_ref = LUA_NOREF;
   lua->scripts_dir = strdup(scripts_dir);
-  lua->L = luaL_newstate();
+  lua->memory_limit = DEFAULT_MEMORY_LIMIT;
+  lua->instruction_limit = DEFAULT_INSTRUCTION_LIMIT;
+  lua->L = lua_newstate(limited_alloc, lua);
   if (lua->scripts_dir == NULL || lua->L == NULL || hk_router_new(&lua->router) != 0) goto oom;
   lua_State *L = lua->L;
+  lua_atpanic(L, on_panic);
   luaL_openlibs(L);
+  trim_stdlib(L);
   lua_pushlightuserdata(L, lua);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &LUA_CONTEXT_KEY);
   hk_json_init(L);
@@ -1111,6 +1245,7 @@ static void task_resume(hk_lua_task_t *task, int nargs) {
   lua->current = req;
   lua->running = co;
   lua->task = task;
+  if (req == NULL) task->instructions = 0; /* background tasks: a budget per run between waits */
   int nres = 0;
   int status = lua_resume(co, L, nargs, &nres);
   lua->current = outer;
@@ -1170,6 +1305,7 @@ void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
   task->on_chunk_ref = LUA_NOREF;
   task->co = lua_newthread(L);
   task->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_sethook(task->co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
   req->task = task;
   task->next = lua->tasks;
   if (lua->tasks) lua->tasks->prev = task;
@@ -1273,6 +1409,7 @@ static int core_spawn(lua_State *L) {
   if (lua->current != NULL) snprintf(task->parent_id, sizeof task->parent_id, "%s", lua->current->id);
   task->co = lua_newthread(L);
   task->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_sethook(task->co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
   lua_xmove(L, task->co, nargs + 1); /* the function and its arguments */
   task->timer_nargs = nargs;
   task->next = lua->tasks;

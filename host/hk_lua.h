@@ -27,6 +27,10 @@ int hk_lua_new(const char *scripts_dir, hk_metrics_t *metrics, unsigned worker, 
                char **err);
 void hk_lua_free(hk_lua_t *lua); /* NULL is a no-op */
 
+/* Limits for scripts: VM instructions per request (and per run of a background task between
+ * waits) and bytes for the whole state; 0 means unlimited. Defaults: 10 M and 256 MiB. */
+void hk_lua_set_limits(hk_lua_t *lua, uint64_t instructions, size_t memory_bytes);
+
 size_t hk_lua_route_count(const hk_lua_t *lua);
 
 /* Matches req->http against the routes, filling req->match and req->endpoint. Returns 0,

@@ -118,6 +118,7 @@ static int command_serve(int argc, char **argv, int first) {
     hk_metrics_free(registry);
     return 1;
   }
+  hk_lua_set_limits(lua, cfg.lua_instruction_limit, (size_t)cfg.lua_memory_limit);
   hk_server_t *server = NULL;
   char msg[512];
   if (hk_server_new(&cfg, lua, &host, &server, msg, sizeof msg) != 0) {
