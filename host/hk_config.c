@@ -10,7 +10,16 @@
 #include <strings.h>
 #include <arpa/inet.h>
 
-typedef enum { KIND_LISTEN, KIND_PORT, KIND_PATH, KIND_INT, KIND_SIZE, KIND_DURATION, KIND_LEVEL } kind_t;
+typedef enum {
+  KIND_LISTEN,
+  KIND_PORT,
+  KIND_PATH,
+  KIND_INT,
+  KIND_SIZE,
+  KIND_DURATION,
+  KIND_LEVEL,
+  KIND_SECRET, /* environment only (flags show in ps), never echoed in errors */
+} kind_t;
 
 typedef struct option_s {
   const char *flag; /* without the leading "--"; NULL when only an environment variable */
@@ -58,6 +67,8 @@ static const option_t options[] = {
      "Lua VM instructions a request may run before it fails with 500 (0: no limit)."},
     {"lua-memory-limit", "HANCOCK_LUA_MEMORY_LIMIT", "256m", KIND_SIZE, OFF(lua_memory_limit), 0,
      1ULL << 34, SERVE, "Memory the scripts' Lua state may hold; past it allocations fail (0: no limit)."},
+    {NULL, "HANCOCK_ADMIN_TOKEN", NULL, KIND_SECRET, OFF(admin_token), 0, 0, SERVE,
+     "Enables POST /admin/reload for clients sending it as a Bearer token (16 to 255 bytes)."},
     {"log-level", "LOG_LEVEL", "INFO", KIND_LEVEL, OFF(log_level), 0, 0, SERVE | SCRIPTS,
      "DEBUG, INFO, WARNING or ERROR."},
 };
@@ -140,6 +151,7 @@ static const char *expectation(const option_t *opt, char *tmp, size_t tmpsize) {
     case KIND_SIZE: return "a size in bytes such as 1048576, 512k or 1m (at most 1g)";
     case KIND_DURATION: return "a duration such as 500ms, 10s or 2m";
     case KIND_LEVEL: return "DEBUG, INFO, WARNING or ERROR";
+    case KIND_SECRET: return "a secret of 16 to 255 bytes";
   }
   return "a value";
 }
@@ -178,6 +190,12 @@ static int apply(hk_config_t *cfg, const option_t *opt, const char *value) {
       if (hk_config_parse_duration(value, &u) != 0 || u < opt->min || u > opt->max) return -EINVAL;
       *(uint64_t *)field = u;
       return 0;
+    case KIND_SECRET: {
+      size_t len = strlen(value);
+      if (len < 16 || len >= sizeof cfg->admin_token) return -EINVAL;
+      memcpy(field, value, len + 1);
+      return 0;
+    }
     case KIND_LEVEL: {
       hk_log_level_t level;
       if (hk_log_level_parse(value, &level) != 0) return -EINVAL;
@@ -191,6 +209,7 @@ static int apply(hk_config_t *cfg, const option_t *opt, const char *value) {
 static void fail_value(char *err, size_t errsize, const char *source, const option_t *opt,
                        const char *value) {
   char tmp[96];
+  if (opt->kind == KIND_SECRET) value = "(not shown)";
   snprintf(err, errsize, "%s: expected %s, got '%s'", source, expectation(opt, tmp, sizeof tmp), value);
 }
 

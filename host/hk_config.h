@@ -27,6 +27,7 @@ typedef struct hk_config_s {
   uint64_t lua_instruction_limit;
   uint64_t lua_memory_limit;
   hk_log_level_t log_level;
+  char admin_token[256]; /* empty: no /admin routes */
 } hk_config_t;
 
 /* Fills cfg from defaults and the environment, then parses argv[first..argc) as flags.

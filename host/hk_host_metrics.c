@@ -22,6 +22,8 @@ static const char *const duration_labels[] = {"method", "endpoint", "status_code
 static const char *const model_labels[] = {"model", "operation"};
 static const char *const rate_limit_labels[] = {"endpoint", "client_id"};
 static const char *const version_label[] = {"version"};
+static const char *const result_label[] = {"result"};
+static const char *const generation_label[] = {"generation"};
 
 typedef struct family_s {
   hk_metric_t **slot;
@@ -181,6 +183,21 @@ int hk_host_metrics_init(hk_host_metrics_t *host, hk_metrics_t *registry, unsign
       {&host->process_start_time,
        {HK_METRIC_GAUGE, "process_start_time_seconds",
         "Start time of the process since unix epoch in seconds.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->reloads, {HK_METRIC_COUNTER, "hancock_reloads_total",
+                        "Script reloads by result (success or failure).", LABELS(result_label), NULL, 0, 0, 0}},
+      {&host->last_reload_successful,
+       {HK_METRIC_GAUGE, "hancock_config_last_reload_successful",
+        "1 when the last script reload (or the start-up load) succeeded, else 0.", NULL, 0, NULL, 0, 0, 0}},
+      {&host->last_reload_timestamp,
+       {HK_METRIC_GAUGE, "hancock_config_last_reload_success_timestamp_seconds",
+        "When the scripts serving now were loaded (seconds since the epoch).", NULL, 0, NULL, 0, 0, 0}},
+      {&host->script_generation, {HK_METRIC_GAUGE, "hancock_script_generation",
+                                  "Generation of the scripts serving now (1 at start, +1 per reload).",
+                                  NULL, 0, NULL, 0, 0, 0}},
+      {&host->lua_memory, {HK_METRIC_GAUGE, "hancock_lua_memory_bytes",
+                           "Memory held by Lua: the serving generation (current) and generations "
+                           "still finishing requests after a reload (retiring).",
+                           LABELS(generation_label), NULL, 0, 0, 0}},
       {&host->build_info, {HK_METRIC_GAUGE, "hancock_build_info",
                            "Always 1; the version label says which build is running.",
                            LABELS(version_label), NULL, 0, 0, 0}},
@@ -204,6 +221,11 @@ int hk_host_metrics_init(hk_host_metrics_t *host, hk_metrics_t *registry, unsign
   if (read_proc_stat(&cpu, &start_ticks) == 0 && boot_time_seconds() > 0)
     start = boot_time_seconds() + start_ticks / clock_ticks();
   set_gauge(host->process_start_time, start);
+  for (const char *const *r = (const char *const[]){"success", "failure", NULL}; *r; r++)
+    hk_metric_series_str(host->reloads, r, 1);
+  set_gauge(host->last_reload_successful, 1);
+  set_gauge(host->last_reload_timestamp, (double)time(NULL));
+  set_gauge(host->script_generation, 1);
   const char *version = HK_VERSION;
   hk_series_gauge_set(hk_metric_series_str(host->build_info, &version, 1), 1);
   return hk_metrics_add_collector(registry, collect_process, host);
@@ -231,4 +253,15 @@ void hk_host_metrics_request(hk_host_metrics_t *host, unsigned worker, const cha
   snprintf(code, sizeof code, "%d", status);
   const char *labels[] = {hk_host_metrics_method_label(method, method_len), endpoint, code};
   hk_series_observe(hk_metric_series_str(host->request_duration, labels, 3), worker, seconds);
+}
+
+void hk_host_metrics_reload(hk_host_metrics_t *host, unsigned collector_cell, bool success,
+                            unsigned generation) {
+  const char *result = success ? "success" : "failure";
+  hk_series_add(hk_metric_series_str(host->reloads, &result, 1), collector_cell, 1);
+  set_gauge(host->last_reload_successful, success ? 1 : 0);
+  if (success) {
+    set_gauge(host->last_reload_timestamp, (double)time(NULL));
+    set_gauge(host->script_generation, generation);
+  }
 }

@@ -5,6 +5,7 @@
 #ifndef HK_HOST_METRICS_H
 #define HK_HOST_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "hk_metrics.h"
@@ -28,6 +29,11 @@ typedef struct hk_host_metrics_s {
   hk_metric_t *process_max_fds;
   hk_metric_t *process_start_time;
   hk_metric_t *build_info;
+  hk_metric_t *reloads;                 /* hancock_reloads_total{result} */
+  hk_metric_t *last_reload_successful;  /* hancock_config_last_reload_successful */
+  hk_metric_t *last_reload_timestamp;   /* hancock_config_last_reload_success_timestamp_seconds */
+  hk_metric_t *script_generation;       /* hancock_script_generation */
+  hk_metric_t *lua_memory;              /* hancock_lua_memory_bytes{generation} */
   hk_series_t *requests_total_series; /* label-less families: looked up once */
   hk_series_t *errors_total_series;
   unsigned collector_cell; /* the cell index the collector writes (one past the workers') */
@@ -44,6 +50,10 @@ int hk_host_metrics_init(hk_host_metrics_t *host, hk_metrics_t *registry, unsign
 void hk_host_metrics_request(hk_host_metrics_t *host, unsigned worker, const char *method,
                              size_t method_len, const char *endpoint, int status,
                              const char *mode, double seconds);
+
+/* Records a reload's outcome; `generation` is the one serving afterwards. */
+void hk_host_metrics_reload(hk_host_metrics_t *host, unsigned collector_cell, bool success,
+                            unsigned generation);
 
 /* The method label: one of a fixed set, else "other", so clients cannot mint label values. */
 const char *hk_host_metrics_method_label(const char *method, size_t len);

@@ -52,6 +52,7 @@ struct hk_lua_s {
   size_t memory_used;         /* bytes the state holds, counted by limited_alloc */
   size_t memory_limit;        /* 0: unlimited */
   uint64_t instruction_limit; /* per request (and per background-task resume); 0: unlimited */
+  bool retired;               /* replaced by a reload: finishing its requests, then freed */
 };
 
 typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP } task_op_t;
@@ -930,13 +931,13 @@ static void register_memory_gauge(hk_lua_t *lua) {
                            NULL, 0, 0, 0};
   hk_metric_t *metric = NULL;
   char err[256];
-  const char *generation = "1";
+  const char *generation = "current";
   if (hk_metrics_register(lua->metrics, &opts, &metric, err, sizeof err) == 0)
     lua->memory_series = hk_metric_series_str(metric, &generation, 1);
 }
 
 static void update_memory_gauge(hk_lua_t *lua) {
-  if (lua->memory_series == NULL) return;
+  if (lua->memory_series == NULL || lua->retired) return; /* the serving generation's gauge */
   double bytes = (double)lua_gc(lua->L, LUA_GCCOUNT, 0) * 1024 + lua_gc(lua->L, LUA_GCCOUNTB, 0);
   hk_series_gauge_set(lua->memory_series, bytes);
 }
@@ -1330,6 +1331,21 @@ void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req) {
   (void)lua;
   if (req->task != NULL) task_free(req->task);
 }
+
+void hk_lua_retire(hk_lua_t *lua) {
+  lua->retired = true;
+  /* Background tasks (health probes, loops) belong to the generation's scripts: the new
+   * generation starts its own. Requests in flight finish here. */
+  hk_lua_task_t *next;
+  for (hk_lua_task_t *t = lua->tasks; t != NULL; t = next) {
+    next = t->next;
+    if (t->req == NULL) task_free(t);
+  }
+}
+
+bool hk_lua_busy(const hk_lua_t *lua) { return lua->tasks != NULL; }
+
+size_t hk_lua_memory(const hk_lua_t *lua) { return lua->memory_used; }
 
 void hk_lua_cancel_all(hk_lua_t *lua) {
   size_t background = 0;

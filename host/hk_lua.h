@@ -5,6 +5,7 @@
 #ifndef HK_LUA_H
 #define HK_LUA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "hk_log.h"
@@ -47,6 +48,12 @@ void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done);
 /* The client went away: stops the request's handler and whatever it waits on (timers, outbound
  * calls). `done` is not called. No-op when the request has no handler running. */
 void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req);
+
+/* A reload replaced this generation: its background tasks are cancelled, its requests in flight
+ * finish on it. Free it once hk_lua_busy is false. */
+void hk_lua_retire(hk_lua_t *lua);
+bool hk_lua_busy(const hk_lua_t *lua);
+size_t hk_lua_memory(const hk_lua_t *lua); /* bytes held by the state */
 
 /* Cancels every handler and background task (shutdown); their timers close on the loop, which
  * must run once more. Requests' done callbacks are not called. */

@@ -17,6 +17,7 @@
 #include <uv.h>
 #include <zlib.h>
 
+#include "hk_crypto.h"
 #include "hk_http.h"
 #include "hk_json.h"
 #include "hk_log.h"
@@ -80,6 +81,15 @@ struct hk_worker_s {
   hk_host_metrics_t *metrics;
   unsigned index; /* this worker's metric cell */
   hk_client_t *client; /* outbound HTTP for this worker's handlers */
+  /* Reloads. `lua` is the serving generation; replaced ones finish their requests here. */
+  hk_lua_t *retired[64];
+  size_t retired_count;
+  unsigned generation;
+  uv_signal_t sighup;
+  uv_timer_t reap_timer;
+  uv_fs_event_t watch;
+  uv_timer_t debounce_timer;
+  bool watching;
   hk_ratelimit_t *ratelimit; /* rate-limit buckets, kept across script reloads */
   hk_conn_t *conns; /* doubly-linked list of open connections */
   size_t conn_count;
@@ -577,9 +587,134 @@ static void serve_metrics(hk_worker_t *worker, hk_request_t *req) {
   req->response.stream = (hk_body_stream_t){metrics_produce, metrics_release, stream};
 }
 
+/* ---- reloads ------------------------------------------------------------------------------- */
+
+static void update_retiring_gauge(hk_worker_t *worker) {
+  size_t bytes = 0;
+  for (size_t i = 0; i < worker->retired_count; i++) bytes += hk_lua_memory(worker->retired[i]);
+  const char *label = "retiring";
+  hk_series_gauge_set(hk_metric_series_str(worker->metrics->lua_memory, &label, 1), (double)bytes);
+}
+
+/* Frees replaced generations whose last request has finished. */
+static void on_reap(uv_timer_t *timer) {
+  hk_worker_t *worker = timer->data;
+  size_t kept = 0;
+  for (size_t i = 0; i < worker->retired_count; i++) {
+    if (hk_lua_busy(worker->retired[i])) worker->retired[kept++] = worker->retired[i];
+    else hk_lua_free(worker->retired[i]);
+  }
+  worker->retired_count = kept;
+  update_retiring_gauge(worker);
+  if (kept == 0) uv_timer_stop(timer);
+}
+
+typedef struct reload_result_s {
+  bool success;
+  unsigned generation;
+  char error[512];
+} reload_result_t;
+
+/* Loads the scripts into a new generation and, when that works, serves new requests with it.
+ * A failure leaves the serving generation untouched. Runs on the loop: reloads are one at a
+ * time by construction, and triggers that arrive meanwhile each run after it. */
+static void worker_reload(hk_worker_t *worker, const char *trigger, reload_result_t *result) {
+  memset(result, 0, sizeof *result);
+  const hk_config_t *cfg = worker->config;
+  hk_lua_t *fresh = NULL;
+  char *err = NULL;
+  uint64_t started = hk_now_ns();
+  if (worker->retired_count == sizeof worker->retired / sizeof worker->retired[0]) {
+    snprintf(result->error, sizeof result->error,
+             "too many generations still finishing requests; try again shortly");
+  } else if (hk_lua_new(cfg->scripts_dir, worker->metrics->registry, worker->index, &fresh, &err) != 0) {
+    const char *nl = strchr(err, '\n');
+    snprintf(result->error, sizeof result->error, "%.*s", nl ? (int)(nl - err) : (int)strlen(err), err);
+  }
+  if (fresh == NULL) {
+    hk_log_event(HK_LOG_ERROR, NULL, "reload_failed", "scripts not reloaded; the previous ones keep serving",
+                 (hk_log_field_t[]){HK_LOG_S("trigger", trigger), HK_LOG_S("error", result->error),
+                                    HK_LOG_S("traceback", err)}, 3);
+    free(err);
+    hk_host_metrics_reload(worker->metrics, worker->metrics->collector_cell, false, worker->generation);
+    result->generation = worker->generation;
+    return;
+  }
+  hk_lua_set_limits(fresh, cfg->lua_instruction_limit, (size_t)cfg->lua_memory_limit);
+  hk_lua_t *old = worker->lua;
+  hk_lua_retire(old);
+  worker->retired[worker->retired_count++] = old;
+  worker->lua = fresh;
+  hk_lua_bind_loop(fresh, &worker->loop, worker->client, worker->ratelimit);
+  hk_lua_attach_log(fresh);
+  worker->generation++;
+  uv_timer_start(&worker->reap_timer, on_reap, 0, 200);
+  hk_host_metrics_reload(worker->metrics, worker->metrics->collector_cell, true, worker->generation);
+  result->success = true;
+  result->generation = worker->generation;
+  hk_log_event(HK_LOG_INFO, NULL, "reload_succeeded", "scripts reloaded",
+               (hk_log_field_t[]){HK_LOG_S("trigger", trigger), HK_LOG_I("generation", worker->generation),
+                                  HK_LOG_I("routes", hk_lua_route_count(fresh)),
+                                  HK_LOG_D("duration_ms", (double)(hk_now_ns() - started) / 1e6)}, 4);
+}
+
+static void on_sighup(uv_signal_t *handle, int signum) {
+  (void)signum;
+  reload_result_t result;
+  worker_reload(handle->data, "SIGHUP", &result);
+}
+
+static void on_debounced_change(uv_timer_t *timer) {
+  reload_result_t result;
+  worker_reload(timer->data, "file_change", &result);
+}
+
+/* Editors save by rename, Kubernetes swaps a ConfigMap's ..data symlink: any event in the
+ * directory starts (or restarts) a 200 ms debounce, and the reload reads whatever is there. */
+static void on_scripts_changed(uv_fs_event_t *handle, const char *filename, int events, int status) {
+  (void)filename;
+  (void)events;
+  hk_worker_t *worker = handle->data;
+  if (status < 0) return;
+  uv_timer_start(&worker->debounce_timer, on_debounced_change, 200, 0);
+}
+
+/* POST /admin/reload, only when HANCOCK_ADMIN_TOKEN is set, with that token as a Bearer
+ * token. Answers once the reload is done, with its outcome. */
+static bool serve_admin_reload(hk_worker_t *worker, hk_request_t *req) {
+  const hk_http_request_t *http = req->http;
+  const char *token = worker->config->admin_token;
+  if (token[0] == '\0' || !(http->path_len == 13 && memcmp(http->path, "/admin/reload", 13) == 0)) return false;
+  req->endpoint = "/admin/reload";
+  log_request_started(req);
+  if (!(http->method_len == 4 && memcmp(http->method, "POST", 4) == 0)) {
+    hk_response_set_error(&req->response, 405, "method not allowed", req->id);
+    hk_response_add_header(&req->response, "Allow", 5, "POST", 4);
+    return true;
+  }
+  const hk_http_header_t *auth = hk_http_header_find(http, "authorization");
+  bool bearer = auth != NULL && auth->value_len > 7 && strncasecmp(auth->value, "Bearer ", 7) == 0;
+  if (!bearer || !hk_crypto_equal(auth->value + 7, auth->value_len - 7, token, strlen(token))) {
+    hk_response_set_error(&req->response, 401, "unauthorized", req->id);
+    return true;
+  }
+  reload_result_t result;
+  worker_reload(worker, "admin", &result);
+  hk_response_t *res = &req->response;
+  res->status = result.success ? 200 : 422;
+  snprintf(res->content_type, sizeof res->content_type, "application/json");
+  hk_buf_appendf(&res->body, "{\"result\":\"%s\",\"generation\":%u,\"error\":", result.success ? "success" : "failure",
+                 result.generation);
+  if (result.success) hk_buf_append_str(&res->body, "null");
+  else hk_json_append_string(&res->body, result.error, strlen(result.error), 0);
+  hk_buf_appendf(&res->body, ",\"request_id\":\"%s\"}", req->id);
+  return true;
+}
+
 /* Routes the core answers itself, before the scripts' routes. Returns true when it answered. */
 static bool serve_builtin(hk_worker_t *worker, hk_request_t *req) {
   const hk_http_request_t *http = req->http;
+  if (serve_admin_reload(worker, req)) return true;
   if (!(http->path_len == 8 && memcmp(http->path, "/metrics", 8) == 0)) return false;
   req->endpoint = "/metrics";
   log_request_started(req);
@@ -874,6 +1009,8 @@ static void on_signal(uv_signal_t *handle, int signum) {
     uv_close((uv_handle_t *)&worker->listener, NULL);
     worker->listener_open = false;
   }
+  uv_timer_stop(&worker->debounce_timer);
+  if (worker->watching) uv_fs_event_stop(&worker->watch);
   /* Idle connections close now; busy ones close after their current response. */
   hk_conn_t *next;
   for (hk_conn_t *c = worker->conns; c != NULL; c = next) {
@@ -941,6 +1078,11 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *m
   }
   uv_signal_init(&worker->loop, &worker->sigterm);
   uv_signal_init(&worker->loop, &worker->sigint);
+  uv_signal_init(&worker->loop, &worker->sighup);
+  uv_timer_init(&worker->loop, &worker->reap_timer);
+  uv_timer_init(&worker->loop, &worker->debounce_timer);
+  worker->sighup.data = worker->reap_timer.data = worker->debounce_timer.data = worker;
+  worker->generation = 1;
   uv_timer_init(&worker->loop, &worker->drain_timer);
   worker->sigterm.data = worker->sigint.data = worker->drain_timer.data = worker;
   rc = hk_client_new(&worker->loop, &worker->client);
@@ -962,10 +1104,20 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *m
 
 int hk_server_port(const hk_server_t *server) { return server->worker.port; }
 
+hk_lua_t *hk_server_lua(const hk_server_t *server) { return server->worker.lua; }
+
 int hk_server_run(hk_server_t *server) {
   hk_worker_t *worker = &server->worker;
   uv_signal_start(&worker->sigterm, on_signal, SIGTERM);
   uv_signal_start(&worker->sigint, on_signal, SIGINT);
+  uv_signal_start(&worker->sighup, on_sighup, SIGHUP);
+  if (uv_fs_event_init(&worker->loop, &worker->watch) == 0) {
+    worker->watch.data = worker;
+    worker->watching = uv_fs_event_start(&worker->watch, on_scripts_changed, worker->config->scripts_dir, 0) == 0;
+    if (!worker->watching)
+      hk_log_event(HK_LOG_WARNING, NULL, "watch_unavailable", "scripts directory not watched; reload with SIGHUP",
+                   (hk_log_field_t[]){HK_LOG_S("dir", worker->config->scripts_dir)}, 1);
+  }
   const hk_config_t *cfg = worker->config;
   hk_log_event(HK_LOG_INFO, NULL, "server_listening", "listening",
                (hk_log_field_t[]){HK_LOG_S("address", cfg->listen_host), HK_LOG_I("port", worker->port),
@@ -986,6 +1138,10 @@ void hk_server_free(hk_server_t *server) {
   hk_worker_t *worker = &server->worker;
   for (hk_conn_t *c = worker->conns; c != NULL; c = c->next) conn_close(c);
   hk_lua_cancel_all(worker->lua);
+  for (size_t i = 0; i < worker->retired_count; i++) {
+    hk_lua_cancel_all(worker->retired[i]);
+    hk_lua_bind_loop(worker->retired[i], NULL, NULL, NULL);
+  }
   if (worker->client != NULL) {
     hk_lua_bind_loop(worker->lua, NULL, NULL, NULL);
     hk_client_close(worker->client);
@@ -999,5 +1155,6 @@ void hk_server_free(hk_server_t *server) {
   int rc = uv_loop_close(&worker->loop);
   (void)rc;
   assert(rc == 0); /* every handle closed: nothing leaks */
+  for (size_t i = 0; i < worker->retired_count; i++) hk_lua_free(worker->retired[i]);
   free(server);
 }

@@ -24,6 +24,9 @@ int hk_server_run(hk_server_t *server);
 /* The bound port (useful when the configured port was 0). */
 int hk_server_port(const hk_server_t *server);
 
+/* The generation serving now (a reload may have replaced the one given to hk_server_new). */
+hk_lua_t *hk_server_lua(const hk_server_t *server);
+
 void hk_server_free(hk_server_t *server); /* NULL is a no-op */
 
 #endif

@@ -136,6 +136,7 @@ static int command_serve(int argc, char **argv, int first) {
     status = hk_server_run(server);
     hk_lua_attach_log(NULL);
   }
+  lua = hk_server_lua(server); /* reloads may have replaced the first generation */
   hk_server_free(server);
   hk_lua_free(lua);
   hk_metrics_free(registry);
