@@ -191,7 +191,12 @@ class ReloadTest(unittest.TestCase):
             self.assertEqual(status, 200)
         after = rss_kib(pid)
         print(f"\nRSS after 200 reloads: {before} KiB, after 1200: {after} KiB")
-        self.assertLess(after - before, 8 * 1024)
+        with open(f"/proc/{pid}/maps") as f:
+            sanitized = "libasan" in f.read()
+        # AddressSanitizer keeps freed memory in quarantine (up to 256 MiB), so RSS says nothing
+        # there; its leak check at exit (the server must exit 0) covers that build instead.
+        if not sanitized:
+            self.assertLess(after - before, 8 * 1024)
         text = self.metrics()
         self.assertEqual(metric_value(text, "hancock_script_generation"), 1201)
 
