@@ -4,6 +4,7 @@
 #   make test             install what is missing, build, run the whole suite (ctest)
 #   make test SANITIZE=1  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench            wrk against the real binary (tests/bench/run.sh)
+#   make stack            hancock + Prometheus (generated rules) + Alertmanager, natively
 
 SANITIZE ?= 0
 WERROR ?= $(if $(CI),1,0)
@@ -19,7 +20,7 @@ endif
 CMAKE_FLAGS = -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DHK_SANITIZE=$(if $(filter 1,$(SANITIZE)),ON,OFF) \
               -DHK_WERROR=$(if $(filter 1,$(WERROR)),ON,OFF)
 
-.PHONY: all build run test bench deps deps-test clean
+.PHONY: all build run test bench stack deps deps-test clean
 
 all: build
 
@@ -42,6 +43,9 @@ test: deps-test build
 bench: deps-test
 	@$(MAKE) --no-print-directory build BUILD_TYPE=Release
 	./tests/bench/run.sh
+
+stack: deps-test build
+	python3 tests/stack/stack.py
 
 clean:
 	rm -rf build build-asan

@@ -6,7 +6,7 @@ set -eu
 
 build_pkgs="build-essential cmake pkg-config liblua5.4-dev libuv1-dev node-llhttp libcjson-dev
   libcurl4-openssl-dev libssl-dev zlib1g-dev"
-test_pkgs="python3 lua-check wrk curl prometheus"
+test_pkgs="python3 python3-yaml lua-check wrk curl prometheus prometheus-alertmanager"
 
 want="$build_pkgs"
 [ "${1:-}" = "--test" ] && want="$want $test_pkgs"

@@ -1139,6 +1139,41 @@ void hk_lua_free(hk_lua_t *lua) {
 
 size_t hk_lua_route_count(const hk_lua_t *lua) { return hk_router_count(lua->router); }
 
+int hk_lua_render(hk_lua_t *lua, const char *module, const char *function, char **out, char **err) {
+  lua_State *L = lua->L;
+  int top = lua_gettop(L);
+  *out = *err = NULL;
+  lua_getglobal(L, "require");
+  lua_pushstring(L, module);
+  int rc = -EINVAL;
+  if (protected_call(L, 1, 1) != LUA_OK) {
+    *err = dup_message(lua_tostring(L, -1));
+    goto done;
+  }
+  lua_getfield(L, -1, function);
+  if (!lua_isfunction(L, -1)) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s.%s is not a function", module, function);
+    *err = dup_message(msg);
+    goto done;
+  }
+  if (protected_call(L, 0, 1) != LUA_OK) {
+    *err = dup_message(lua_tostring(L, -1));
+    goto done;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s.%s returned %s, not a string", module, function, luaL_typename(L, -1));
+    *err = dup_message(msg);
+    goto done;
+  }
+  *out = dup_message(lua_tostring(L, -1));
+  rc = *out ? 0 : -ENOMEM;
+done:
+  lua_settop(L, top);
+  return rc;
+}
+
 int hk_lua_route(hk_lua_t *lua, hk_request_t *req, char *allow, size_t allow_size) {
   const hk_http_request_t *http = req->http;
   char method[32];

@@ -34,6 +34,10 @@ void hk_lua_set_limits(hk_lua_t *lua, uint64_t instructions, size_t memory_bytes
 
 size_t hk_lua_route_count(const hk_lua_t *lua);
 
+/* Calls require(module)[function]() in the loaded state and returns its string result in *out
+ * (malloc'ed), for generators such as `hancock rules`. On failure *err holds the message. */
+int hk_lua_render(hk_lua_t *lua, const char *module, const char *function, char **out, char **err);
+
 /* Matches req->http against the routes, filling req->match and req->endpoint. Returns 0,
  * HK_ROUTER_NOT_FOUND or HK_ROUTER_METHOD_NOT_ALLOWED (allow then lists the methods). */
 int hk_lua_route(hk_lua_t *lua, hk_request_t *req, char *allow, size_t allow_size);

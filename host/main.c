@@ -23,6 +23,8 @@ static void print_usage(FILE *out) {
           "Usage: hancock [serve] [options]   run the HTTP host (default command)\n"
           "       hancock check [options]     load the scripts as serve would; report errors as\n"
           "                                   file:line: message and exit 1 on error\n"
+          "       hancock rules [options]     Prometheus alerting rules (YAML) from the scripts\n"
+          "       hancock dashboard [options] Grafana dashboard (JSON) from the scripts\n"
           "       hancock --help | --version\n"
           "\n"
           "Options (flags override environment variables):\n");
@@ -76,6 +78,33 @@ static int metrics_new(unsigned workers, hk_metrics_t **registry, hk_host_metric
     return -1;
   }
   return 0;
+}
+
+/* `hancock rules` and `hancock dashboard`: load the scripts as serve would, then print what a
+ * runtime generator makes of them (lua/hancock/rules.lua, lua/hancock/dashboard.lua). */
+static int command_generate(int argc, char **argv, int first, const char *module) {
+  hk_config_t cfg;
+  if (load_config(&cfg, argc, argv, first, HK_CONFIG_FOR_SCRIPTS) != 0) return 1;
+  if (check_scripts_dir(cfg.scripts_dir) != 0) return 1;
+  hk_metrics_t *registry = NULL;
+  hk_host_metrics_t host;
+  if (metrics_new(1, &registry, &host) != 0) return 1;
+  hk_lua_t *lua = NULL;
+  char *err = NULL, *out = NULL;
+  int status = 1;
+  if (hk_lua_new(cfg.scripts_dir, registry, 0, &lua, &err) != 0) {
+    print_first_line("", err);
+  } else if (hk_lua_render(lua, module, "render", &out, &err) != 0) {
+    print_first_line("hancock: ", err);
+  } else {
+    fputs(out, stdout);
+    status = ferror(stdout) ? 1 : 0;
+  }
+  free(out);
+  free(err);
+  hk_lua_free(lua);
+  hk_metrics_free(registry);
+  return status;
 }
 
 static int command_check(int argc, char **argv, int first) {
@@ -170,6 +199,8 @@ int main(int argc, char **argv) {
   }
   if (strcmp(command, "serve") == 0) return command_serve(argc, argv, 2);
   if (strcmp(command, "check") == 0) return command_check(argc, argv, 2);
+  if (strcmp(command, "rules") == 0) return command_generate(argc, argv, 2, "hancock.rules");
+  if (strcmp(command, "dashboard") == 0) return command_generate(argc, argv, 2, "hancock.dashboard");
   if (strncmp(command, "--", 2) == 0) return command_serve(argc, argv, 1);
   fprintf(stderr, "hancock: unknown command '%s' (see hancock --help)\n", command);
   return 1;

@@ -108,9 +108,27 @@ end
 -- Metrics live in C and outlive script reloads: registering the same name, type and labels
 -- again returns the same metric with its values. Label values are given by label name
 -- ({mode = "soc"}) or by position ({"soc"}).
-local register = core.metrics.register
+local core_register = core.metrics.register
+
+-- Families registered from Lua, by name ({type, labels, help}), for `hancock dashboard`.
+local registered = {}
+
+local function register(kind, name, help, labels, opts)
+  local metric = core_register(kind, name, help, labels, opts)
+  local names = {}
+  for i, label in ipairs(type(labels) == "table" and labels or {}) do
+    names[i] = tostring(label)
+  end
+  registered[name] = { type = kind, labels = names, help = help }
+  return metric
+end
 
 hk.metrics = {}
+
+--- The families registered through hk.metrics.counter/gauge/histogram (internal: dashboards).
+function hk.metrics._registered()
+  return registered
+end
 
 --- A counter: m:inc(labels, n). `opts.max_series` caps the label combinations kept (1000).
 function hk.metrics.counter(name, help, labels, opts)
@@ -149,6 +167,10 @@ function hk.metrics.time(histogram, labels, fn, ...)
   end
   return table.unpack(results, 2, results.n)
 end
+
+--- Records an alerting threshold for `hancock rules` (see lua/hancock/rules.lua and
+--- docs/monitoring.md): hk.alert("HancockHighErrorRate", {group, expr, threshold, ...}).
+hk.alert = require("hancock.rules").define
 
 --- Registers fn(event) to run on every log event: it may add, change or remove fields, and
 --- returning false drops the event.

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""The monitoring stack, natively: the real hancock, a real Prometheus scraping it with the rules
+`hancock rules` generates, and a real Alertmanager — the services of deploy/docker-compose.yml
+without a container engine. All on 127.0.0.1 with free ports.
+
+    python3 tests/stack/stack.py            # start it for a person (make stack); Ctrl-C stops it
+    (imported by tests/blackbox/test_stack.py, which drives traffic and checks alerts)
+
+Environment: HANCOCK_BIN (default build/hancock), STACK_RULES_FOR / STACK_RULES_WINDOW (the
+`for:` and rate windows passed to `hancock rules`; short in tests, real ones by default).
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("HANCOCK_BIN") or os.path.join(ROOT, "build", "hancock")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find(*names):
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class Stack:
+    def __init__(self, scripts=os.path.join(ROOT, "scripts"), rules_for=None, rules_window=None,
+                 scrape_interval="1s", env=None):
+        self.dir = tempfile.mkdtemp(prefix="hancock-stack-")
+        self.procs = []
+        self.hancock_port, self.prom_port, self.am_port = free_port(), free_port(), free_port()
+        rules_env = dict(os.environ)
+        if rules_for:
+            rules_env["HANCOCK_RULES_FOR"] = rules_for
+        if rules_window:
+            rules_env["HANCOCK_RULES_WINDOW"] = rules_window
+        rules = subprocess.run([BIN, "rules", "--scripts", scripts], capture_output=True, text=True,
+                               env=rules_env, check=True).stdout
+        with open(os.path.join(self.dir, "rules.yml"), "w") as f:
+            f.write(rules)
+        with open(os.path.join(self.dir, "prometheus.yml"), "w") as f:
+            f.write(f"""global:
+  scrape_interval: {scrape_interval}
+  evaluation_interval: {scrape_interval}
+rule_files: [rules.yml]
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ['127.0.0.1:{self.am_port}']
+scrape_configs:
+  - job_name: hancock
+    static_configs:
+      - targets: ['127.0.0.1:{self.hancock_port}']
+""")
+        with open(os.path.join(self.dir, "alertmanager.yml"), "w") as f:
+            f.write("""route:
+  receiver: log
+  group_wait: 1s
+  group_interval: 1s
+receivers:
+  - name: log
+""")
+        hancock_env = dict(os.environ)
+        hancock_env.update(env or {})
+        self.hancock_log = open(os.path.join(self.dir, "hancock.log"), "w")
+        self.start([BIN, "serve", "--listen", f"127.0.0.1:{self.hancock_port}", "--scripts", scripts],
+                   env=hancock_env, stdout=self.hancock_log)
+        am = find("prometheus-alertmanager", "alertmanager")
+        self.start([am, f"--config.file={self.dir}/alertmanager.yml", f"--storage.path={self.dir}/am",
+                    f"--web.listen-address=127.0.0.1:{self.am_port}",
+                    f"--cluster.listen-address=", "--log.level=warn"])
+        self.start([find("prometheus"), f"--config.file={self.dir}/prometheus.yml",
+                    f"--storage.tsdb.path={self.dir}/prom", f"--web.listen-address=127.0.0.1:{self.prom_port}",
+                    "--log.level=warn"])
+
+    def start(self, argv, env=None, stdout=subprocess.DEVNULL):
+        self.procs.append(subprocess.Popen(argv, env=env, stdout=stdout, stderr=subprocess.DEVNULL,
+                                           cwd=self.dir))
+
+    def get(self, port, path, **params):
+        url = f"http://127.0.0.1:{port}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+
+    def prom(self, path, **params):
+        return json.loads(self.get(self.prom_port, path, **params)[1])["data"]
+
+    def query(self, expr):
+        return self.prom("/api/v1/query", query=expr)["result"]
+
+    def wait(self, predicate, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.args[0]} exited with {p.returncode} while waiting for {what}")
+            try:
+                last = predicate()
+                if last:
+                    return last
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)  # polling other processes' HTTP APIs: there is no event to wait on
+        raise TimeoutError(f"timed out waiting for {what}; last answer: {last!r}")
+
+    def stop(self):
+        codes = []
+        for p in reversed(self.procs):
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                codes.append(p.wait(timeout=20))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait())
+        self.hancock_log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return codes[0]  # hancock's
+
+
+def main():
+    stack = Stack()
+    print(f"hancock      http://127.0.0.1:{stack.hancock_port}/health")
+    print(f"prometheus   http://127.0.0.1:{stack.prom_port}/alerts")
+    print(f"alertmanager http://127.0.0.1:{stack.am_port}/")
+    print(f"logs in {stack.dir}; Ctrl-C stops everything")
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
