@@ -211,7 +211,7 @@ PY
 dockerfile_lint() {
   local f=$deploy/Dockerfile
   [ -f "$f" ] || fail "deploy/Dockerfile missing"
-  local froms; froms=$(grep -cE '^FROM ' "$f")
+  local froms; froms=$(grep -cE '^FROM ' "$f" || true)
   [ "$froms" -ge 2 ] || fail "Dockerfile: multi-stage build expected (found $froms FROM)"
   grep -qE '^FROM debian:(bookworm|12)' "$f" || fail "Dockerfile: Debian 12 base expected"
   grep -qE '^COPY --from=' "$f" || fail "Dockerfile: runtime stage should COPY --from the build stage"
