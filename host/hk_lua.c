@@ -1326,26 +1326,36 @@ static void task_resume(hk_lua_task_t *task, int nargs) {
   done(req);
 }
 
+/* A task with its own coroutine (under the instruction budget), on the state's task list.
+ * Creating the thread may raise a memory error on L. */
+static hk_lua_task_t *task_new(hk_lua_t *lua, lua_State *L) {
+  hk_lua_task_t *task = calloc(1, sizeof *task);
+  if (task == NULL) return NULL;
+  task->lua = lua;
+  task->on_chunk_ref = task->box_ref = LUA_NOREF;
+  task->co = lua_newthread(L);
+  lua_pushvalue(L, -1);
+  lua_xmove(L, lua->L, 1);
+  task->co_ref = luaL_ref(lua->L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+  lua_sethook(task->co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+  task->next = lua->tasks;
+  if (lua->tasks) lua->tasks->prev = task;
+  lua->tasks = task;
+  return task;
+}
+
 void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
   lua_State *L = lua->L;
-  hk_lua_task_t *task = calloc(1, sizeof *task);
-  if (task == NULL || !lua_checkstack(L, 4)) {
-    free(task);
+  hk_lua_task_t *task = lua_checkstack(L, 4) ? task_new(lua, L) : NULL;
+  if (task == NULL) {
     fail_request(req, "handler_error", "out of memory");
     done(req);
     return;
   }
-  task->lua = lua;
   task->req = req;
   task->done = done;
-  task->on_chunk_ref = LUA_NOREF;
-  task->co = lua_newthread(L);
-  task->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_sethook(task->co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
   req->task = task;
-  task->next = lua->tasks;
-  if (lua->tasks) lua->tasks->prev = task;
-  lua->tasks = task;
 
   lua_State *co = task->co;
   lua_rawgeti(co, LUA_REGISTRYINDEX, lua->respond_ref);
@@ -1453,19 +1463,11 @@ static int core_spawn(lua_State *L) {
   hk_lua_t *lua = context_of(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int nargs = lua_gettop(L) - 1;
-  hk_lua_task_t *task = calloc(1, sizeof *task);
+  hk_lua_task_t *task = task_new(lua, L);
   if (task == NULL) return luaL_error(L, "hk.spawn: out of memory");
-  task->lua = lua;
-  task->on_chunk_ref = task->box_ref = LUA_NOREF;
   if (lua->current != NULL) snprintf(task->parent_id, sizeof task->parent_id, "%s", lua->current->id);
-  task->co = lua_newthread(L);
-  task->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_sethook(task->co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
   lua_xmove(L, task->co, nargs + 1); /* the function and its arguments */
   task->timer_nargs = nargs;
-  task->next = lua->tasks;
-  if (lua->tasks) lua->tasks->prev = task;
-  lua->tasks = task;
   /* At load time there is no loop yet: the task starts when the server binds one. */
   if (lua->loop != NULL) task_start_timer(task);
   return 0;

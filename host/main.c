@@ -80,21 +80,34 @@ static int metrics_new(unsigned workers, hk_metrics_t **registry, hk_host_metric
   return 0;
 }
 
-/* `hancock rules` and `hancock dashboard`: load the scripts as serve would, then print what a
- * runtime generator makes of them (lua/hancock/rules.lua, lua/hancock/dashboard.lua). */
+/* Loads the scripts as serve would, for the one-shot commands (check, rules, dashboard).
+ * Returns 0 with *lua and *registry set (the caller frees both), or 1 after printing why. */
+static int load_scripts_once(int argc, char **argv, int first, hk_config_t *cfg,
+                             hk_metrics_t **registry, hk_lua_t **lua) {
+  hk_host_metrics_t host;
+  char *err = NULL;
+  if (load_config(cfg, argc, argv, first, HK_CONFIG_FOR_SCRIPTS) != 0) return 1;
+  if (check_scripts_dir(cfg->scripts_dir) != 0) return 1;
+  if (metrics_new(1, registry, &host) != 0) return 1;
+  if (hk_lua_new(cfg->scripts_dir, *registry, 0, lua, &err) != 0) {
+    print_first_line("", err);
+    free(err);
+    hk_metrics_free(*registry);
+    return 1;
+  }
+  return 0;
+}
+
+/* `hancock rules` and `hancock dashboard`: print what a runtime generator makes of the
+ * scripts (lua/hancock/rules.lua, lua/hancock/dashboard.lua). */
 static int command_generate(int argc, char **argv, int first, const char *module) {
   hk_config_t cfg;
-  if (load_config(&cfg, argc, argv, first, HK_CONFIG_FOR_SCRIPTS) != 0) return 1;
-  if (check_scripts_dir(cfg.scripts_dir) != 0) return 1;
   hk_metrics_t *registry = NULL;
-  hk_host_metrics_t host;
-  if (metrics_new(1, &registry, &host) != 0) return 1;
   hk_lua_t *lua = NULL;
+  if (load_scripts_once(argc, argv, first, &cfg, &registry, &lua) != 0) return 1;
   char *err = NULL, *out = NULL;
   int status = 1;
-  if (hk_lua_new(cfg.scripts_dir, registry, 0, &lua, &err) != 0) {
-    print_first_line("", err);
-  } else if (hk_lua_render(lua, module, "render", &out, &err) != 0) {
+  if (hk_lua_render(lua, module, "render", &out, &err) != 0) {
     print_first_line("hancock: ", err);
   } else {
     fputs(out, stdout);
@@ -109,24 +122,13 @@ static int command_generate(int argc, char **argv, int first, const char *module
 
 static int command_check(int argc, char **argv, int first) {
   hk_config_t cfg;
-  if (load_config(&cfg, argc, argv, first, HK_CONFIG_FOR_SCRIPTS) != 0) return 1;
-  if (check_scripts_dir(cfg.scripts_dir) != 0) return 1;
   hk_metrics_t *registry = NULL;
-  hk_host_metrics_t host;
-  if (metrics_new(1, &registry, &host) != 0) return 1;
   hk_lua_t *lua = NULL;
-  char *err = NULL;
-  int status = 0;
-  if (hk_lua_new(cfg.scripts_dir, registry, 0, &lua, &err) != 0) {
-    print_first_line("", err);
-    free(err);
-    status = 1;
-  } else {
-    printf("ok: %s loaded, %zu routes\n", cfg.scripts_dir, hk_lua_route_count(lua));
-  }
+  if (load_scripts_once(argc, argv, first, &cfg, &registry, &lua) != 0) return 1;
+  printf("ok: %s loaded, %zu routes\n", cfg.scripts_dir, hk_lua_route_count(lua));
   hk_lua_free(lua);
   hk_metrics_free(registry);
-  return status;
+  return 0;
 }
 
 static int command_serve(int argc, char **argv, int first) {

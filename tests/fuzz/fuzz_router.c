@@ -14,13 +14,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                    \
-  do {                                                                                 \
-    if (!(cond)) {                                                                     \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);         \
-      abort();                                                                         \
-    }                                                                                  \
-  } while (0)
+#include "fuzz_check.h"
 
 static const char *const methods[] = {"GET",     "HEAD",  "POST",  "PUT",      "DELETE", "PATCH",
                                       "OPTIONS", "PURGE", "TRACE", "PROPFIND", "*",      "BREW"};
