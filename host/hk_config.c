@@ -3,6 +3,7 @@
 #include "hk_config.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@ typedef enum {
   KIND_DURATION,
   KIND_LEVEL,
   KIND_SECRET, /* environment only (flags show in ps), never echoed in errors */
+  KIND_LIST,   /* comma-separated names: letters, digits and underscores */
 } kind_t;
 
 typedef struct option_s {
@@ -53,6 +55,8 @@ static const option_t options[] = {
      3600000, SERVE, "Time a client has to send a complete request head (then 408 and close)."},
     {"body-timeout", "HANCOCK_BODY_TIMEOUT", "10s", KIND_DURATION, OFF(body_timeout_ms), 1,
      3600000, SERVE, "Longest pause allowed while a request body arrives (then 408 and close)."},
+    {"body-min-rate", "HANCOCK_BODY_MIN_RATE", "500", KIND_SIZE, OFF(body_min_rate), 0, 1ULL << 30, SERVE,
+     "Slowest request body accepted, bytes/s: past --body-timeout each byte must keep up (0: off)."},
     {"keepalive-timeout", "HANCOCK_KEEPALIVE_TIMEOUT", "75s", KIND_DURATION,
      OFF(keepalive_timeout_ms), 1, 3600000, SERVE, "Idle time before a keep-alive connection is closed."},
     {"send-timeout", "HANCOCK_SEND_TIMEOUT", "30s", KIND_DURATION, OFF(send_timeout_ms), 1,
@@ -67,6 +71,11 @@ static const option_t options[] = {
      "Lua VM instructions a request may run before it fails with 500 (0: no limit)."},
     {"lua-memory-limit", "HANCOCK_LUA_MEMORY_LIMIT", "256m", KIND_SIZE, OFF(lua_memory_limit), 0,
      1ULL << 34, SERVE, "Memory the scripts' Lua state may hold; past it allocations fail (0: no limit)."},
+    {"lua-time-limit", "HANCOCK_LUA_TIME_LIMIT", "2s", KIND_DURATION, OFF(lua_time_limit_ms), 0,
+     3600000, SERVE | SCRIPTS,
+     "Wall-clock time Lua may run without yielding (a handler, hook, finalizer or load) before it fails (0: no limit)."},
+    {"script-env", "HANCOCK_SCRIPT_ENV", "", KIND_LIST, OFF(script_env), 0, 0, SERVE | SCRIPTS,
+     "Comma-separated extra environment variables hk.env may read, beyond the documented ones."},
     {NULL, "HANCOCK_ADMIN_TOKEN", NULL, KIND_SECRET, OFF(admin_token), 0, 0, SERVE,
      "Enables POST /admin/reload for clients sending it as a Bearer token (16 to 255 bytes)."},
     {"log-level", "LOG_LEVEL", "INFO", KIND_LEVEL, OFF(log_level), 0, 0, SERVE | SCRIPTS,
@@ -152,6 +161,7 @@ static const char *expectation(const option_t *opt, char *tmp, size_t tmpsize) {
     case KIND_DURATION: return "a duration such as 500ms, 10s or 2m";
     case KIND_LEVEL: return "DEBUG, INFO, WARNING or ERROR";
     case KIND_SECRET: return "a secret of 16 to 255 bytes";
+    case KIND_LIST: return "comma-separated names of letters, digits and underscores";
   }
   return "a value";
 }
@@ -193,6 +203,17 @@ static int apply(hk_config_t *cfg, const option_t *opt, const char *value) {
     case KIND_SECRET: {
       size_t len = strlen(value);
       if (len < 16 || len >= sizeof cfg->admin_token) return -EINVAL;
+      memcpy(field, value, len + 1);
+      return 0;
+    }
+    case KIND_LIST: {
+      size_t len = strlen(value);
+      if (len >= sizeof cfg->script_env) return -EINVAL;
+      for (size_t i = 0; i < len; i++) {
+        char c = value[i];
+        bool name_char = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+        if (!name_char && !(c == ',' && i > 0 && i + 1 < len && value[i + 1] != ',')) return -EINVAL;
+      }
       memcpy(field, value, len + 1);
       return 0;
     }

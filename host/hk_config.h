@@ -20,12 +20,15 @@ typedef struct hk_config_s {
   uint64_t max_connections;
   uint64_t header_timeout_ms;
   uint64_t body_timeout_ms;
+  uint64_t body_min_rate; /* bytes/s a body must average once body_timeout_ms has passed; 0: off */
   uint64_t keepalive_timeout_ms;
   uint64_t send_timeout_ms;
   uint64_t drain_timeout_ms;
   uint64_t rate_limit_clients;
   uint64_t lua_instruction_limit;
   uint64_t lua_memory_limit;
+  uint64_t lua_time_limit_ms; /* wall clock per entry into Lua; 0: none */
+  char script_env[1024];      /* extra names hk.env may read, comma-separated */
   hk_log_level_t log_level;
   char admin_token[256]; /* empty: no /admin routes */
 } hk_config_t;

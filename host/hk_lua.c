@@ -19,6 +19,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "hk_carry.h"
 #include "hk_client.h"
 #include "hk_crypto.h"
 #include "hk_embedded.h"
@@ -49,6 +50,7 @@ struct hk_lua_s {
   uv_loop_t *loop;        /* for asynchronous calls; NULL in `hancock check` */
   hk_client_t *client;
   hk_ratelimit_t *ratelimit; /* the worker's buckets: they outlive script generations */
+  hk_carry_t *carry;          /* values handed to the next generation (health results) */
   size_t memory_used;         /* bytes the state holds, counted by limited_alloc */
   size_t memory_limit;        /* 0: unlimited */
   uint64_t instruction_limit; /* per request (and per background-task resume); 0: unlimited */
@@ -846,6 +848,36 @@ static int core_ratelimit_take(lua_State *L) {
 }
 static void task_free(hk_lua_task_t *task);
 
+/* core.carry_get(key) -> string | nil: what an earlier generation left under key
+ * [-1, +1, m] */
+static int core_carry_get(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  size_t key_len, value_len;
+  const char *key = luaL_checklstring(L, 1, &key_len);
+  const char *value = lua->carry ? hk_carry_get(lua->carry, key, key_len, &value_len) : NULL;
+  if (value == NULL) lua_pushnil(L);
+  else lua_pushlstring(L, value, value_len);
+  return 1;
+}
+
+/* core.carry_set(key, string | nil) -> true | nil, message: leaves a value for the next
+ * generation (outside a server, e.g. `hancock check`, there is none and it is dropped)
+ * [-2, +(1|2), m] */
+static int core_carry_set(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  size_t key_len, value_len = 0;
+  const char *key = luaL_checklstring(L, 1, &key_len);
+  const char *value = lua_isnoneornil(L, 2) ? NULL : luaL_checklstring(L, 2, &value_len);
+  int rc = lua->carry ? hk_carry_set(lua->carry, key, key_len, value, value_len) : 0;
+  if (rc == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushnil(L);
+  lua_pushstring(L, rc == -EINVAL ? "key or value too long" : rc == -ENOSPC ? "too many keys" : "out of memory");
+  return 2;
+}
+
 /* core.monotonic() -> seconds on a monotonic clock  [-0, +1, -] */
 static int core_monotonic(lua_State *L) {
   lua_pushnumber(L, (double)hk_now_ns() / 1e9);
@@ -866,6 +898,8 @@ static int open_core(lua_State *L) {
       {"disk", core_disk},
       {"verify_signature", core_verify_signature},
       {"ratelimit_take", core_ratelimit_take},
+      {"carry_get", core_carry_get},
+      {"carry_set", core_carry_set},
       {NULL, NULL},
   };
   hk_lua_t *lua = context_of(L);
@@ -1402,10 +1436,11 @@ void hk_lua_cancel_all(hk_lua_t *lua) {
 }
 
 void hk_lua_bind_loop(hk_lua_t *lua, uv_loop_t *loop, hk_client_t *client,
-                      hk_ratelimit_t *ratelimit) {
+                      hk_ratelimit_t *ratelimit, hk_carry_t *carry) {
   lua->loop = loop;
   lua->client = client;
   lua->ratelimit = ratelimit;
+  lua->carry = carry;
   if (loop == NULL) return;
   /* Tasks spawned while the scripts loaded start now. */
   hk_lua_task_t *next;

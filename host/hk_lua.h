@@ -14,6 +14,7 @@
 
 #include <uv.h>
 
+#include "hk_carry.h"
 #include "hk_client.h"
 #include "hk_ratelimit.h"
 
@@ -63,10 +64,11 @@ size_t hk_lua_memory(const hk_lua_t *lua); /* bytes held by the state */
  * must run once more. Requests' done callbacks are not called. */
 void hk_lua_cancel_all(hk_lua_t *lua);
 
-/* Lets handlers wait on `loop` (timers for hk.sleep, `client` for hk.http.request) and use the
- * worker's rate-limit buckets. All borrowed; NULLs unbind. */
+/* Lets handlers wait on `loop` (timers for hk.sleep, `client` for hk.http.request), use the
+ * worker's rate-limit buckets and read and leave values for the next generation (`carry`).
+ * All borrowed; NULLs unbind. */
 void hk_lua_bind_loop(hk_lua_t *lua, uv_loop_t *loop, hk_client_t *client,
-                      hk_ratelimit_t *ratelimit);
+                      hk_ratelimit_t *ratelimit, hk_carry_t *carry);
 
 /* Sends the calling thread's log events (hk_log_event) through this generation's hk.on_log
  * hooks; NULL detaches. */

@@ -91,6 +91,7 @@ struct hk_worker_s {
   uv_timer_t debounce_timer;
   bool watching;
   hk_ratelimit_t *ratelimit; /* rate-limit buckets, kept across script reloads */
+  hk_carry_t *carry;         /* what one generation hands the next */
   hk_conn_t *conns; /* doubly-linked list of open connections */
   size_t conn_count;
   uint64_t conns_rejected;
@@ -645,7 +646,7 @@ static void worker_reload(hk_worker_t *worker, const char *trigger, reload_resul
   hk_lua_retire(old);
   worker->retired[worker->retired_count++] = old;
   worker->lua = fresh;
-  hk_lua_bind_loop(fresh, &worker->loop, worker->client, worker->ratelimit);
+  hk_lua_bind_loop(fresh, &worker->loop, worker->client, worker->ratelimit, worker->carry);
   hk_lua_attach_log(fresh);
   worker->generation++;
   uv_timer_start(&worker->reap_timer, on_reap, 0, 200);
@@ -1087,12 +1088,13 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *m
   worker->sigterm.data = worker->sigint.data = worker->drain_timer.data = worker;
   rc = hk_client_new(&worker->loop, &worker->client);
   if (rc == 0) rc = hk_ratelimit_new(config->rate_limit_clients, &worker->ratelimit);
+  if (rc == 0) rc = hk_carry_new(&worker->carry);
   if (rc != 0) {
     snprintf(err, errsize, "cannot start the worker: %s", strerror(-rc));
     hk_server_free(server);
     return rc;
   }
-  hk_lua_bind_loop(lua, &worker->loop, worker->client, worker->ratelimit);
+  hk_lua_bind_loop(lua, &worker->loop, worker->client, worker->ratelimit, worker->carry);
   rc = bind_listener(worker, err, errsize);
   if (rc != 0) {
     hk_server_free(server);
@@ -1140,15 +1142,17 @@ void hk_server_free(hk_server_t *server) {
   hk_lua_cancel_all(worker->lua);
   for (size_t i = 0; i < worker->retired_count; i++) {
     hk_lua_cancel_all(worker->retired[i]);
-    hk_lua_bind_loop(worker->retired[i], NULL, NULL, NULL);
+    hk_lua_bind_loop(worker->retired[i], NULL, NULL, NULL, NULL);
   }
   if (worker->client != NULL) {
-    hk_lua_bind_loop(worker->lua, NULL, NULL, NULL);
+    hk_lua_bind_loop(worker->lua, NULL, NULL, NULL, NULL);
     hk_client_close(worker->client);
     worker->client = NULL;
   }
   hk_ratelimit_free(worker->ratelimit);
   worker->ratelimit = NULL;
+  hk_carry_free(worker->carry);
+  worker->carry = NULL;
   uv_walk(&worker->loop, close_walk, NULL);
   while (uv_run(&worker->loop, UV_RUN_DEFAULT) != 0) {
   }
