@@ -27,9 +27,19 @@
 #include "hk_lua_metrics.h"
 #include "hk_ratelimit.h"
 #include "hk_router.h"
+#include "hk_watchdog.h"
 
 #define REQUEST_MT "hancock.Request"
 #define HEADERS_MT "hancock.Headers"
+
+/* What one entry into Lua may still spend: VM instructions counted by the hook, and whether it
+ * has gone over (instructions or wall clock), after which the hook raises on every instruction
+ * until the entry is gone, so a script's own pcall cannot swallow it for long. */
+typedef struct budget_s {
+  uint64_t instructions;
+  bool over;
+  bool over_time; /* the watchdog's limit rather than the instruction count */
+} budget_t;
 
 struct hk_lua_s {
   lua_State *L;
@@ -43,6 +53,7 @@ struct hk_lua_s {
   size_t log_hook_count;
   bool in_log_hook;       /* a hook that logs must not re-enter the hooks */
   uint64_t last_hook_error_ns;
+  uint64_t last_finalizer_error_ns;
   hk_request_t *current;  /* the request whose coroutine is running */
   lua_State *running;     /* that coroutine */
   hk_lua_task_t *task;    /* and its task */
@@ -54,7 +65,14 @@ struct hk_lua_s {
   size_t memory_used;         /* bytes the state holds, counted by limited_alloc */
   size_t memory_limit;        /* 0: unlimited */
   uint64_t instruction_limit; /* per request (and per background-task resume); 0: unlimited */
+  budget_t *budget;           /* the outermost entry's budget while Lua runs, else NULL */
+  int entry_depth;            /* entries into Lua on the C stack (hooks nest inside handlers) */
+  hk_watch_t watch;           /* the wall clock over entries (hk_watchdog) */
+  char **env_names;           /* hk.env's allow-list beyond the documented rule */
+  size_t env_name_count;
   bool retired;               /* replaced by a reload: finishing its requests, then freed */
+  hk_lua_idle_cb on_idle;     /* retired: called when its last task has ended */
+  void *on_idle_data;
 };
 
 typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP } task_op_t;
@@ -74,20 +92,15 @@ struct hk_lua_task_s {
   int timer_nargs;        /* values on the coroutine for the resume when the timer fires */
   char parent_id[HK_REQID_SIZE]; /* background tasks: the request that spawned them, for logs */
   bool started;                  /* background tasks: resumed at least once */
-  uint64_t instructions;         /* VM instructions run so far, counted by the hook */
-  bool over_budget;              /* the hook raises on every instruction until the task ends */
+  budget_t budget;               /* a request's for its whole life; a background task's per run */
+  int running;                   /* resumes and on_chunk calls of this task on the C stack */
+  bool cancelled;                /* cancelled while running: freed when the last of them returns */
   hk_lua_task_t *prev, *next;
 };
 
-/* The one registry key under which a state finds its hk_lua_t. */
-static const char LUA_CONTEXT_KEY = 'k';
-
-static hk_lua_t *context_of(lua_State *L) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &LUA_CONTEXT_KEY);
-  hk_lua_t *lua = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return lua;
-}
+/* A state finds its hk_lua_t in the main thread's extra space, which Lua copies into every
+ * thread created afterwards: no registry lookup, no allocation, usable from the count hook. */
+static hk_lua_t *context_of(lua_State *L) { return *(hk_lua_t **)lua_getextraspace(L); }
 
 /* ---- errors with the script's location ---------------------------------------------------- */
 
@@ -126,12 +139,30 @@ static void push_located_message(lua_State *L, lua_State *co, const char *msg) {
   lua_pushstring(L, msg);
 }
 
+/* Error text longer than this is cut before it is located and traced: reporting an error must
+ * never need memory in proportion to what the script raised. */
+#define ERROR_TEXT_MAX 2048
+
 /* The error value as text, without running arbitrary __tostring metamethods (an error value may
- * be nil, a table, or a table whose __tostring never returns). */
+ * be nil, a table, or a table whose __tostring never returns), cut to ERROR_TEXT_MAX. May push
+ * the text it returns. */
 static const char *error_text(lua_State *L, int idx) {
-  if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER) return lua_tostring(L, idx);
-  if (lua_type(L, idx) == LUA_TNIL) return "error(nil)";
-  return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+  idx = lua_absindex(L, idx);
+  int type = lua_type(L, idx);
+  if (type == LUA_TNIL) return "error(nil)";
+  if (type != LUA_TSTRING && type != LUA_TNUMBER)
+    return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+  if (type == LUA_TNUMBER) {
+    lua_pushvalue(L, idx);
+    return lua_tostring(L, -1); /* converts the copy, not the error value */
+  }
+  size_t len;
+  const char *text = lua_tolstring(L, idx, &len);
+  if (len <= ERROR_TEXT_MAX) return text;
+  lua_pushlstring(L, text, ERROR_TEXT_MAX);
+  lua_pushfstring(L, "%s... (error message cut: %I bytes)", lua_tostring(L, -1), (lua_Integer)len);
+  lua_remove(L, -2);
+  return lua_tostring(L, -1);
 }
 
 static int message_handler(lua_State *L) {
@@ -141,13 +172,57 @@ static int message_handler(lua_State *L) {
   return 1;
 }
 
-/* pcall with a traceback: the one way C enters Lua outside a coroutine. */
-static int protected_call(lua_State *L, int nargs, int nresults) {
+/* ---- entries into Lua: budgets and the wall clock ------------------------------------------ */
+
+#define HOOK_STEP 1000 /* instructions between budget checks */
+
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/* Every way C runs Lua — a handler's resume, a log hook, on_chunk, a finalizer, a script's top
+ * level — is an entry: it runs under an instruction budget and the watchdog's clock. Entries
+ * nest (a handler's log call runs the hooks); the outermost one's budget and clock hold. */
+static void entry_begin(hk_lua_t *lua, lua_State *L, budget_t *budget, const char *label) {
+  if (lua->entry_depth++ > 0) return;
+  lua->budget = budget;
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+  hk_watch_enter(&lua->watch, label);
+}
+
+static void entry_end(hk_lua_t *lua, const char *label) {
+  if (--lua->entry_depth > 0) return;
+  lua->budget = NULL;
+  if (hk_watch_leave(&lua->watch))
+    hk_log_event(HK_LOG_WARNING, label, "lua_stuck_ended", "Lua reported stuck has returned", NULL, 0);
+}
+
+/* pcall with a traceback, as one entry (charged to `budget`, or a fresh one when NULL): the
+ * one way C enters Lua outside a coroutine. */
+static int protected_call_as(lua_State *L, int nargs, int nresults, budget_t *budget, const char *label) {
+  hk_lua_t *lua = context_of(L);
+  budget_t fresh = {0};
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, message_handler);
   lua_insert(L, base);
+  entry_begin(lua, L, budget ? budget : &fresh, label);
   int status = lua_pcall(L, nargs, nresults, base);
+  entry_end(lua, label);
   lua_remove(L, base);
+  return status;
+}
+
+static int protected_call(lua_State *L, int nargs, int nresults) {
+  return protected_call_as(L, nargs, nresults, NULL, NULL);
+}
+
+/* Runs fn(ud) protected, for C code that builds Lua values outside any script (a memory error
+ * there must fail one request, never panic the state). Returns a Lua status; the error value
+ * is popped. */
+static int run_protected(lua_State *L, lua_CFunction fn, void *ud) {
+  if (!lua_checkstack(L, 2)) return LUA_ERRMEM;
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, ud);
+  int status = lua_pcall(L, 1, 0, 0);
+  if (status != LUA_OK) lua_pop(L, 1);
   return status;
 }
 
@@ -198,25 +273,53 @@ embedded:
   return 1;
 }
 
-static void install_searchers(lua_State *L, const char *scripts_dir) {
+/* require "name" for the operator's modules: scripts_dir/name.lua or scripts_dir/name/init.lua,
+ * and nothing else. The directory is fixed here, not read from package.path, so a script cannot
+ * point require outside it; names with "..", a leading dot or slash are refused. */
+static int search_scripts(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  if (len == 0 || len > 200 || name[0] == '.' || name[0] == '/' || strstr(name, "..") != NULL ||
+      strchr(name, '\\') != NULL) {
+    lua_pushfstring(L, "module name '%s' is not allowed", name);
+    return 1;
+  }
+  static const char *const forms[] = {"%s/%s.lua", "%s/%s/init.lua"};
+  char relative[256], path[PATH_MAX];
+  for (size_t i = 0; i <= len; i++) relative[i] = name[i] == '.' ? '/' : name[i];
+  for (size_t f = 0; f < 2; f++) {
+    snprintf(path, sizeof path, forms[f], lua->scripts_dir, relative);
+    FILE *probe = fopen(path, "rb");
+    if (probe == NULL) continue;
+    fclose(probe);
+    if (luaL_loadfilex(L, path, "t") != LUA_OK) return lua_error(L);
+    lua_pushstring(L, path);
+    return 2;
+  }
+  lua_pushfstring(L, "no file '%s/%s.lua' or '%s/%s/init.lua'", lua->scripts_dir, relative,
+                  lua->scripts_dir, relative);
+  return 1;
+}
+
+static void install_searchers(lua_State *L) {
   lua_getglobal(L, "package");
-  /* Scripts find their own modules; nothing from the system's Lua paths, no C modules. */
-  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", scripts_dir, scripts_dir);
-  lua_setfield(L, -2, "path");
   lua_pushliteral(L, "");
   lua_setfield(L, -2, "cpath");
-  lua_getfield(L, -1, "searchers");
-  /* Keep the preload searcher (1) and the Lua-path searcher; drop the C searchers. */
-  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
-  for (lua_Integer i = n; i >= 3; i--) {
-    lua_pushnil(L);
-    lua_rawseti(L, -2, i);
-  }
-  lua_rawgeti(L, -1, 2);    /* the package.path searcher */
-  lua_rawseti(L, -2, 3);
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "path");
+  /* preload, the embedded runtime, the scripts directory: no C modules, no system paths. */
+  lua_createtable(L, 3, 0);
+  lua_getfield(L, -2, "searchers");
+  lua_rawgeti(L, -1, 1);
+  lua_rawseti(L, -3, 1);
+  lua_pop(L, 1);
   lua_pushcfunction(L, load_embedded);
   lua_rawseti(L, -2, 2);
-  lua_pop(L, 2);
+  lua_pushcfunction(L, search_scripts);
+  lua_rawseti(L, -2, 3);
+  lua_setfield(L, -2, "searchers");
+  lua_pop(L, 1);
 }
 
 /* ---- hancock.core: registration --------------------------------------------------------- */
@@ -326,9 +429,13 @@ static void write_event_table(lua_State *L, int idx, hk_log_level_t level,
                               const hk_log_field_t *fields, size_t field_count) {
   idx = lua_absindex(L, idx);
   hk_buf_t line = HK_BUF_INIT;
-  lua_getfield(L, idx, "request_id");
-  lua_getfield(L, idx, "event");
-  lua_getfield(L, idx, "message");
+  /* Raw reads: a hook may have given the event a metatable, whose __index must not run here. */
+  lua_pushliteral(L, "request_id");
+  lua_rawget(L, idx);
+  lua_pushliteral(L, "event");
+  lua_rawget(L, idx);
+  lua_pushliteral(L, "message");
+  lua_rawget(L, idx);
   const char *request_id = lua_type(L, -3) == LUA_TSTRING ? lua_tostring(L, -3) : NULL;
   const char *event = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "log";
   const char *message = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
@@ -356,7 +463,8 @@ static void write_event_table(lua_State *L, int idx, hk_log_level_t level,
       rc = hk_buf_append_str(&line, "\"[redacted]\"");
       continue;
     }
-    lua_getfield(L, idx, keys[i]);
+    lua_pushstring(L, keys[i]);
+    lua_rawget(L, idx);
     rc = append_lua_value(L, -1, &line, find_field(fields, field_count, keys[i]));
     lua_pop(L, 1);
   }
@@ -405,7 +513,32 @@ static void push_field_value(lua_State *L, const hk_log_field_t *f) {
   }
 }
 
-/* The hk_log enricher: runs the scripts' hooks on a core event. */
+typedef struct enrich_s {
+  hk_lua_t *lua;
+  hk_log_level_t level;
+  const char *request_id, *event, *message;
+  const hk_log_field_t *fields;
+  size_t field_count;
+} enrich_t;
+
+/* The event as a table, through the hooks, written.  [-0, +0, m] */
+static int enrich_protected(lua_State *L) {
+  const enrich_t *e = lua_touserdata(L, 1);
+  lua_createtable(L, 0, (int)e->field_count + 5);
+  if (e->request_id) lua_pushstring(L, e->request_id), lua_setfield(L, -2, "request_id");
+  lua_pushstring(L, e->event), lua_setfield(L, -2, "event");
+  lua_pushstring(L, e->message ? e->message : e->event), lua_setfield(L, -2, "message");
+  lua_pushstring(L, hk_log_level_name(e->level)), lua_setfield(L, -2, "level");
+  for (size_t i = 0; i < e->field_count; i++) {
+    push_field_value(L, &e->fields[i]);
+    lua_setfield(L, -2, e->fields[i].key);
+  }
+  if (run_log_hooks(e->lua, L)) write_event_table(L, -1, e->level, e->fields, e->field_count);
+  return 0;
+}
+
+/* The hk_log enricher: runs the scripts' hooks on a core event. When the state cannot build
+ * the event (out of memory), hk_log writes it as it is. */
 static bool enrich_event(void *data, hk_log_level_t level, const char *request_id,
                          const char *event, const char *message, const hk_log_field_t *fields,
                          size_t field_count) {
@@ -415,19 +548,11 @@ static bool enrich_event(void *data, hk_log_level_t level, const char *request_i
   if (lua->log_hook_count == 0 || lua->in_log_hook || lua->running != NULL) return false;
   lua_State *L = lua->L;
   int top = lua_gettop(L);
-  if (!lua_checkstack(L, 8)) return false;
-  lua_createtable(L, 0, (int)field_count + 5);
-  if (request_id) lua_pushstring(L, request_id), lua_setfield(L, -2, "request_id");
-  lua_pushstring(L, event), lua_setfield(L, -2, "event");
-  lua_pushstring(L, message ? message : event), lua_setfield(L, -2, "message");
-  lua_pushstring(L, hk_log_level_name(level)), lua_setfield(L, -2, "level");
-  for (size_t i = 0; i < field_count; i++) {
-    push_field_value(L, &fields[i]);
-    lua_setfield(L, -2, fields[i].key);
-  }
-  if (run_log_hooks(lua, L)) write_event_table(L, -1, level, fields, field_count);
+  enrich_t e = {lua, level, request_id, event, message, fields, field_count};
+  int status = run_protected(L, enrich_protected, &e);
+  lua->in_log_hook = false;
   lua_settop(L, top);
-  return true;
+  return status == LUA_OK;
 }
 
 void hk_lua_attach_log(hk_lua_t *lua) {
@@ -878,6 +1003,40 @@ static int core_carry_set(lua_State *L) {
   return 2;
 }
 
+/* Which environment variables scripts may read: the documented families (HANCOCK_*, HK_*,
+ * OLLAMA_*, OPENAI_*, NVIDIA_*, LOG_LEVEL, PROMETHEUS_URL, ALERTMANAGER_URL) and the names the
+ * operator adds with --script-env; never the core's own secret, HANCOCK_ADMIN_TOKEN. */
+static bool env_name_allowed(const hk_lua_t *lua, const char *name) {
+  static const char *const prefixes[] = {"HANCOCK_", "HK_", "OLLAMA_", "OPENAI_", "NVIDIA_"};
+  static const char *const names[] = {"LOG_LEVEL", "PROMETHEUS_URL", "ALERTMANAGER_URL"};
+  if (strcmp(name, "HANCOCK_ADMIN_TOKEN") == 0) return false;
+  for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+    if (strncmp(name, prefixes[i], strlen(prefixes[i])) == 0) return true;
+  }
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    if (strcmp(name, names[i]) == 0) return true;
+  }
+  for (size_t i = 0; i < lua->env_name_count; i++) {
+    if (strcmp(name, lua->env_names[i]) == 0) return true;
+  }
+  return false;
+}
+
+/* core.env(name) -> string | nil; a name outside the allow-list is an error, so a typo or a
+ * secret asked for by mistake is loud rather than silently nil  [-1, +1, e] */
+static int core_env(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  const char *name = luaL_checkstring(L, 1);
+  if (!env_name_allowed(lua, name))
+    return luaL_error(L, "hk.env: '%s' is not readable by scripts (allowed: HANCOCK_*, OLLAMA_*, "
+                         "OPENAI_*, NVIDIA_*, HK_*, LOG_LEVEL, PROMETHEUS_URL, ALERTMANAGER_URL, "
+                         "and names listed in --script-env)", name);
+  const char *value = getenv(name);
+  if (value == NULL) lua_pushnil(L);
+  else lua_pushstring(L, value);
+  return 1;
+}
+
 /* core.monotonic() -> seconds on a monotonic clock  [-0, +1, -] */
 static int core_monotonic(lua_State *L) {
   lua_pushnumber(L, (double)hk_now_ns() / 1e9);
@@ -898,6 +1057,7 @@ static int open_core(lua_State *L) {
       {"disk", core_disk},
       {"verify_signature", core_verify_signature},
       {"ratelimit_take", core_ratelimit_take},
+      {"env", core_env},
       {"carry_get", core_carry_get},
       {"carry_set", core_carry_set},
       {NULL, NULL},
@@ -978,7 +1138,6 @@ static void update_memory_gauge(hk_lua_t *lua) {
 
 /* ---- limits: memory, instructions, a trimmed standard library ---------------------------- */
 
-#define HOOK_STEP 1000 /* instructions between budget checks */
 #define DEFAULT_MEMORY_LIMIT (256u * 1024 * 1024)
 #define DEFAULT_INSTRUCTION_LIMIT 10000000u
 
@@ -1008,19 +1167,25 @@ static int on_panic(lua_State *L) {
   abort();
 }
 
-/* Counts a task's instructions; past the budget it raises, and keeps raising on every
- * instruction (count 1), so a script's own pcall cannot swallow it for long. */
+/* Counts the entry's instructions and watches its clock; past either it raises, and keeps
+ * raising on every instruction (count 1), so a script's own pcall cannot swallow it for long. */
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   hk_lua_t *lua = context_of(L);
-  hk_lua_task_t *task = lua->task;
-  if (task == NULL || lua->instruction_limit == 0) return;
-  if (!task->over_budget) {
-    task->instructions += HOOK_STEP;
-    if (task->instructions <= lua->instruction_limit) return;
-    task->over_budget = true;
+  budget_t *budget = lua->budget;
+  if (budget == NULL) return;
+  if (!budget->over) {
+    budget->instructions += HOOK_STEP;
+    bool over_count = lua->instruction_limit != 0 && budget->instructions > lua->instruction_limit;
+    bool over_time = hk_watch_expired(&lua->watch);
+    if (!over_count && !over_time) return;
+    budget->over = true;
+    budget->over_time = over_time && !over_count;
   }
   lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+  if (budget->over_time)
+    luaL_error(L, "time limit exceeded (Lua ran %I ms without yielding)",
+               (lua_Integer)(lua->watch.limit_ticks * HK_WATCHDOG_TICK_MS));
   luaL_error(L, "instruction budget exceeded (%I instructions)", (lua_Integer)lua->instruction_limit);
 }
 
@@ -1040,15 +1205,89 @@ static int sandbox_print(lua_State *L) {
   return 0;
 }
 
-/* load(chunk, name, mode, env): text chunks only, whatever mode the script asks for. */
+/* load(chunk, name, mode, env): text chunks only, whatever mode the script asks for. An absent
+ * env stays absent (the chunk then gets the global table), an explicit one is passed on. */
 static int sandbox_load(lua_State *L) {
-  lua_settop(L, 4);
+  int nargs = lua_gettop(L);
+  if (nargs > 4) nargs = 4;
+  lua_settop(L, nargs < 3 ? 3 : nargs);
   lua_pushliteral(L, "t");
   lua_replace(L, 3);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
-  lua_call(L, 4, LUA_MULTRET);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
   return lua_gettop(L);
+}
+
+/* xpcall's message handler, guarded: when the error is the budget's or the clock's, the
+ * script's handler is not run (Lua runs a handler with hooks off after an error raised from
+ * the hook, so a loop there could never be stopped); the error goes on as it is. */
+static int guarded_message_handler(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  if (lua->budget != NULL && lua->budget->over) return 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+/* xpcall(f, msgh, ...) with msgh guarded. */
+static int sandbox_xpcall(lua_State *L) {
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  lua_pushcclosure(L, guarded_message_handler, 1);
+  lua_replace(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* A finalizer runs in a coroutine of its own: Lua runs __gc with hooks off, so the budget and
+ * the clock could not stop a loop in it, while a new thread has them on. Errors and overruns
+ * are logged (at most once a second) and end that finalizer only. */
+static int finalizer_trampoline(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  if (!lua_checkstack(L, 4)) return 0;
+  lua_State *co = lua_newthread(L);
+  lua_sethook(co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 2);
+  budget_t budget = {0}, *outer = lua->budget;
+  bool own_entry = lua->entry_depth == 0; /* at lua_close, or a collection outside any entry */
+  if (own_entry) entry_begin(lua, co, &budget, "finalizer");
+  else lua->budget = &budget;
+  int nres = 0;
+  int status = lua_resume(co, L, 1, &nres);
+  if (own_entry) entry_end(lua, "finalizer");
+  else lua->budget = outer;
+  if (status != LUA_OK) {
+    uint64_t now = hk_now_ns();
+    if (now - lua->last_finalizer_error_ns > 1000000000u) {
+      lua->last_finalizer_error_ns = now;
+      const char *why = status == LUA_YIELD ? "a finalizer cannot yield" : error_text(co, -1);
+      hk_log_event_plain(HK_LOG_ERROR, NULL, "finalizer_error", "a __gc finalizer failed",
+                         (hk_log_field_t[]){HK_LOG_S("error", why)}, 1);
+    }
+  }
+  lua_resetthread(co);
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* setmetatable(t, mt): a __gc that is a Lua function is wrapped (once) in the trampoline. */
+static int sandbox_setmetatable(lua_State *L) {
+  if (lua_type(L, 2) == LUA_TTABLE && lua_getfield(L, 2, "__gc") == LUA_TFUNCTION &&
+      lua_tocfunction(L, -1) != finalizer_trampoline) {
+    lua_pushcclosure(L, finalizer_trampoline, 1);
+    lua_setfield(L, 2, "__gc");
+  }
+  lua_settop(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, 2, 1);
+  return 1;
 }
 
 static void remove_fields(lua_State *L, const char *table, const char *const *names) {
@@ -1060,40 +1299,51 @@ static void remove_fields(lua_State *L, const char *table, const char *const *na
   lua_pop(L, 1);
 }
 
+static void wrap_global(lua_State *L, const char *name, lua_CFunction wrapper) {
+  lua_getglobal(L, name);
+  lua_pushcclosure(L, wrapper, 1);
+  lua_setglobal(L, name);
+}
+
 /* The standard library minus what a server script must not do: run programs, exit, touch the
- * filesystem beyond reading, write to stdout, load binary chunks, or use debug beyond
- * traceback. */
+ * filesystem or the environment (configuration comes through hk.env), load C code or binary
+ * chunks, write to stdout, or use debug beyond traceback. See docs/lua-api.md, "Sandbox". */
 static void trim_stdlib(lua_State *L) {
-  static const char *const os_out[] = {"execute", "exit", "remove", "rename", "tmpname", "setlocale", NULL};
-  static const char *const io_out[] = {"popen", "write", "read", "output", "input", "stdout", "stderr",
-                                       "stdin", "tmpfile", NULL};
+  static const char *const os_out[] = {"execute", "exit", "remove", "rename", "tmpname", "setlocale",
+                                       "getenv", NULL};
+  static const char *const package_out[] = {"loadlib", "searchpath", NULL};
   static const char *const base_out[] = {"dofile", "loadfile", NULL};
   static const char *const string_out[] = {"dump", NULL};
   remove_fields(L, "os", os_out);
-  remove_fields(L, "io", io_out);
+  remove_fields(L, "package", package_out);
   remove_fields(L, "string", string_out);
   lua_pushglobaltable(L);
   for (const char *const *name = base_out; *name != NULL; name++) {
     lua_pushnil(L);
     lua_setfield(L, -2, *name);
   }
-  lua_getfield(L, -1, "load");
-  lua_pushcclosure(L, sandbox_load, 1);
-  lua_setfield(L, -2, "load");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "io");
   lua_pushcfunction(L, sandbox_print);
   lua_setfield(L, -2, "print");
+  lua_pop(L, 1);
+  wrap_global(L, "load", sandbox_load);
+  wrap_global(L, "xpcall", sandbox_xpcall);
+  wrap_global(L, "setmetatable", sandbox_setmetatable);
   /* debug: traceback only. */
   lua_getglobal(L, "debug");
   lua_getfield(L, -1, "traceback");
   lua_createtable(L, 0, 1);
   lua_insert(L, -2);
   lua_setfield(L, -2, "traceback");
-  lua_setfield(L, -3, "debug");
+  lua_setglobal(L, "debug");
   lua_pop(L, 1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_getglobal(L, "debug");
   lua_setfield(L, -2, "debug");
-  lua_pop(L, 2);
+  lua_pushnil(L);
+  lua_setfield(L, -2, "io");
+  lua_pop(L, 1);
 }
 
 void hk_lua_set_limits(hk_lua_t *lua, uint64_t instructions, size_t memory_bytes) {
@@ -1101,30 +1351,74 @@ void hk_lua_set_limits(hk_lua_t *lua, uint64_t instructions, size_t memory_bytes
   lua->memory_limit = memory_bytes;
 }
 
+void hk_lua_opts_init(hk_lua_opts_t *opts, const char *scripts_dir, hk_metrics_t *metrics, unsigned worker) {
+  memset(opts, 0, sizeof *opts);
+  opts->scripts_dir = scripts_dir;
+  opts->metrics = metrics;
+  opts->worker = worker;
+  opts->instruction_limit = DEFAULT_INSTRUCTION_LIMIT;
+  opts->memory_limit = DEFAULT_MEMORY_LIMIT;
+}
+
+void hk_lua_opts_from_config(hk_lua_opts_t *opts, const hk_config_t *cfg, hk_metrics_t *metrics,
+                             unsigned worker) {
+  hk_lua_opts_init(opts, cfg->scripts_dir, metrics, worker);
+  opts->instruction_limit = cfg->lua_instruction_limit;
+  opts->memory_limit = (size_t)cfg->lua_memory_limit;
+  opts->time_limit_ms = cfg->lua_time_limit_ms;
+  opts->script_env = cfg->script_env;
+}
+
+/* Splits "A,B,C" (validated by hk_config) into the allow-list. */
+static int parse_env_names(hk_lua_t *lua, const char *list) {
+  if (list == NULL || *list == '\0') return 0;
+  size_t count = 1;
+  for (const char *p = list; *p; p++) count += *p == ',';
+  lua->env_names = calloc(count, sizeof *lua->env_names);
+  if (lua->env_names == NULL) return -ENOMEM;
+  const char *start = list;
+  for (size_t i = 0; i < count; i++) {
+    const char *end = strchr(start, ',');
+    size_t len = end ? (size_t)(end - start) : strlen(start);
+    if ((lua->env_names[i] = strndup(start, len)) == NULL) return -ENOMEM;
+    lua->env_name_count++;
+    start = end ? end + 1 : start + len;
+  }
+  return 0;
+}
+
 int hk_lua_new(const char *scripts_dir, hk_metrics_t *metrics, unsigned worker, hk_lua_t **out,
                char **err) {
+  hk_lua_opts_t opts;
+  hk_lua_opts_init(&opts, scripts_dir, metrics, worker);
+  return hk_lua_new_opts(&opts, out, err);
+}
+
+int hk_lua_new_opts(const hk_lua_opts_t *opts, hk_lua_t **out, char **err) {
   *err = NULL;
   hk_lua_t *lua = calloc(1, sizeof *lua);
   if (lua == NULL) goto oom;
-  lua->metrics = metrics;
-  lua->worker = worker;
+  lua->metrics = opts->metrics;
+  lua->worker = opts->worker;
   lua->respond_ref = lua->log_hooks_ref = LUA_NOREF;
-  lua->scripts_dir = strdup(scripts_dir);
-  lua->memory_limit = DEFAULT_MEMORY_LIMIT;
-  lua->instruction_limit = DEFAULT_INSTRUCTION_LIMIT;
+  lua->scripts_dir = strdup(opts->scripts_dir);
+  /* The configured limits hold from the first line a script runs, not from after loading. */
+  lua->memory_limit = opts->memory_limit;
+  lua->instruction_limit = opts->instruction_limit;
+  hk_watch_add(&lua->watch, opts->time_limit_ms);
+  if (parse_env_names(lua, opts->script_env) != 0) goto oom;
   lua->L = lua_newstate(limited_alloc, lua);
   if (lua->scripts_dir == NULL || lua->L == NULL || hk_router_new(&lua->router) != 0) goto oom;
   lua_State *L = lua->L;
+  *(hk_lua_t **)lua_getextraspace(L) = lua; /* before any thread exists: they all inherit it */
   lua_atpanic(L, on_panic);
   luaL_openlibs(L);
   trim_stdlib(L);
-  lua_pushlightuserdata(L, lua);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &LUA_CONTEXT_KEY);
   hk_json_init(L);
   create_metatables(L);
   lua_newtable(L);
   lua->log_hooks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  install_searchers(L, scripts_dir);
+  install_searchers(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, open_core);
   lua_setfield(L, -2, "hancock.core");
@@ -1165,9 +1459,12 @@ void hk_lua_free(hk_lua_t *lua) {
     assert(lua->tasks->timer == NULL && lua->tasks->call == NULL);
     task_free(lua->tasks);
   }
-  if (lua->L) lua_close(lua->L);
+  if (lua->L) lua_close(lua->L); /* runs the scripts' finalizers: still watched */
+  hk_watch_remove(&lua->watch);
   hk_router_free(lua->router);
   free(lua->scripts_dir);
+  for (size_t i = 0; i < lua->env_name_count; i++) free(lua->env_names[i]);
+  free(lua->env_names);
   free(lua);
 }
 
@@ -1221,21 +1518,30 @@ int hk_lua_route(hk_lua_t *lua, hk_request_t *req, char *allow, size_t allow_siz
 
 /* ---- running handlers --------------------------------------------------------------------- */
 
-static void fail_request(hk_request_t *req, const char *event, const char *detail) {
+static void fail_request_with(hk_request_t *req, int status, const char *message, const char *event,
+                              const char *detail) {
   hk_log_event(HK_LOG_ERROR, req->id, event, "handler failed",
                (hk_log_field_t[]){HK_LOG_S("endpoint", req->endpoint), HK_LOG_S("error", detail)}, 2);
   if (req->stream_started) return; /* too late for a 500: the streamed body just ends */
   hk_buf_reset(&req->response.headers);
-  hk_response_set_error(&req->response, 500, "internal error", req->id);
+  hk_response_set_error(&req->response, status, message, req->id);
 }
 
-/* Reads _respond's results (status, body, content_type, headers) from the coroutine's stack. */
+static void fail_request(hk_request_t *req, const char *event, const char *detail) {
+  fail_request_with(req, 500, "internal error", event, detail);
+}
+
+/* Reads _respond's results (status, body, content_type, headers) from the coroutine's stack.
+ * Runs protected: converting a number header to text allocates. */
 static void collect_response(lua_State *co, int nres, hk_request_t *req) {
   hk_response_t *res = &req->response;
   if (req->stream_started) return; /* the status and body went out already */
   lua_Integer status = nres >= 1 && lua_isinteger(co, 1) ? lua_tointeger(co, 1) : 0;
-  if (status < 100 || status > 599) {
-    fail_request(req, "handler_bad_response", "status must be an integer from 100 to 599");
+  if (status < 200 || status > 599) {
+    /* 1xx are interim responses: one as the final answer would leave the client waiting. */
+    char detail[128];
+    snprintf(detail, sizeof detail, "status must be an integer from 200 to 599, not %lld", (long long)status);
+    fail_request(req, "handler_bad_response", detail);
     return;
   }
   res->status = (int)status;
@@ -1269,7 +1575,6 @@ static void collect_response(lua_State *co, int nres, hk_request_t *req) {
 
 /* ---- tasks: a handler's coroutine and the one asynchronous operation it waits on ----------- */
 
-
 static void on_timer_closed(uv_handle_t *handle) { free(handle); }
 
 /* Stops the pending operation without resuming the coroutine. */
@@ -1287,20 +1592,93 @@ static void task_stop_op(hk_lua_task_t *task) {
   task->op = OP_NONE;
 }
 
-/* Releases the coroutine and the task; does not call done. */
+/* Releases the coroutine and the task; does not call done. Never while the task runs (see
+ * task_cancel). When a retired generation's last task goes, its owner is told. */
 static void task_free(hk_lua_task_t *task) {
   hk_lua_t *lua = task->lua;
   lua_State *L = lua->L;
+  assert(task->running == 0);
   task_stop_op(task);
   if (task->box) task->box->req = NULL; /* a kept request object must not outlive the request */
   if (task->req) task->req->task = NULL;
-  lua_resetthread(task->co);
-  luaL_unref(L, LUA_REGISTRYINDEX, task->co_ref);
+  if (task->co_ref != LUA_NOREF) {
+    lua_resetthread(task->co);
+    luaL_unref(L, LUA_REGISTRYINDEX, task->co_ref);
+  }
   if (task->box_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, task->box_ref);
   if (task->prev) task->prev->next = task->next;
   else lua->tasks = task->next;
   if (task->next) task->next->prev = task->prev;
   free(task);
+  if (lua->retired && lua->tasks == NULL && lua->on_idle != NULL) lua->on_idle(lua, lua->on_idle_data);
+}
+
+/* Stops a task for good. One that is running (its coroutine is inside a C function that led
+ * here, e.g. req:write whose failed write closed the connection) is only detached and marked:
+ * it is freed when that run returns, since freeing a running coroutine would pull the stack
+ * out from under it. Its request object answers "request has finished" from then on. */
+static void task_cancel(hk_lua_task_t *task) {
+  if (task->running == 0) {
+    task_free(task);
+    return;
+  }
+  task->cancelled = true;
+  task_stop_op(task);
+  if (task->box) task->box->req = NULL;
+  if (task->req) {
+    if (task->lua->current == task->req) task->lua->current = NULL;
+    task->req->task = NULL;
+    task->req = NULL;
+  }
+}
+
+typedef struct finish_s {
+  hk_lua_task_t *task;
+  hk_request_t *req; /* NULL: a background task */
+  int status, nres;
+} finish_t;
+
+/* After a run: the response from the results, or the failure with its location and traceback
+ * (taken before the coroutine is reset). Protected, on the main thread: reporting must not
+ * panic a state at its memory cap.  [-0, +0, m] */
+static int finish_protected(lua_State *L) {
+  finish_t *f = lua_touserdata(L, 1);
+  lua_State *co = f->task->co;
+  if (f->status == LUA_OK) {
+    if (f->req) collect_response(co, f->nres, f->req);
+    return 0;
+  }
+  const char *why = "yielded outside an asynchronous hancock call";
+  if (f->status != LUA_YIELD) {
+    if (!lua_checkstack(L, 6)) return luaL_error(L, "not enough memory");
+    lua_xmove(co, L, 1);
+    push_located_message(L, co, error_text(L, lua_gettop(L)));
+    luaL_traceback(L, co, lua_tostring(L, -1), 0);
+    why = lua_tostring(L, -1);
+  }
+  if (f->req) {
+    fail_request(f->req, "handler_error", why);
+  } else {
+    const char *parent = f->task->parent_id[0] ? f->task->parent_id : NULL;
+    hk_log_event(HK_LOG_ERROR, parent, "task_error", "background task failed",
+                 (hk_log_field_t[]){HK_LOG_S("error", why)}, 1);
+  }
+  return 0;
+}
+
+/* Ends a task that cannot go on (its state is out of memory): a request gets 503, a background
+ * task is logged. Calls done. */
+static void task_abort(hk_lua_task_t *task, const char *why) {
+  hk_request_t *req = task->req;
+  hk_lua_done_cb done = task->done;
+  if (req != NULL) {
+    fail_request_with(req, 503, "service unavailable", "handler_error", why);
+  } else {
+    hk_log_event(HK_LOG_ERROR, task->parent_id[0] ? task->parent_id : NULL, "task_error",
+                 "background task failed", (hk_log_field_t[]){HK_LOG_S("error", why)}, 1);
+  }
+  task_free(task);
+  if (req != NULL) done(req);
 }
 
 /* Resumes the task's coroutine with nargs values already pushed on it, and finishes the
@@ -1312,114 +1690,127 @@ static void task_resume(hk_lua_task_t *task, int nargs) {
   hk_request_t *outer = lua->current;
   lua_State *outer_co = lua->running;
   hk_lua_task_t *outer_task = lua->task;
+  char label[HK_REQID_SIZE];
+  snprintf(label, sizeof label, "%s", req ? req->id : task->parent_id);
   lua->current = req;
   lua->running = co;
   lua->task = task;
-  if (req == NULL) task->instructions = 0; /* background tasks: a budget per run between waits */
+  if (req == NULL) task->budget = (budget_t){0}; /* background tasks: a budget per run */
+  task->running++;
+  entry_begin(lua, co, &task->budget, label);
   int nres = 0;
   int status = lua_resume(co, L, nargs, &nres);
+  entry_end(lua, label);
+  task->running--;
   lua->current = outer;
   lua->running = outer_co;
   lua->task = outer_task;
 
-  if (status == LUA_YIELD && task->op != OP_NONE) return; /* waiting on I/O; resumed later */
-  if (req == NULL) {
-    /* A background task (hk.spawn): nobody waits for a response; failures go to the log. */
-    int top = lua_gettop(L);
-    if (status != LUA_OK) {
-      const char *why = "task yielded outside an asynchronous hancock call";
-      if (status != LUA_YIELD) {
-        lua_xmove(co, L, 1);
-        push_located_message(L, co, error_text(L, lua_gettop(L)));
-        luaL_traceback(L, co, lua_tostring(L, -1), 0);
-        why = lua_tostring(L, -1);
-      }
-      hk_log_event(HK_LOG_ERROR, task->parent_id[0] ? task->parent_id : NULL, "task_error",
-                   "background task failed", (hk_log_field_t[]){HK_LOG_S("error", why)}, 1);
-    }
-    lua_settop(L, top);
-    task_free(task);
+  if (task->cancelled) {
+    if (task->running == 0) task_free(task);
     return;
   }
-  if (status == LUA_OK) {
-    collect_response(co, nres, req);
-  } else if (status == LUA_YIELD) {
-    fail_request(req, "handler_error", "handler yielded outside an asynchronous hancock call");
-  } else {
-    /* The dead coroutine still has its stack: take the traceback before resetting it. */
-    lua_xmove(co, L, 1);
-    int base = lua_gettop(L);
-    push_located_message(L, co, error_text(L, base));
-    luaL_traceback(L, co, lua_tostring(L, -1), 0);
-    fail_request(req, "handler_error", lua_tostring(L, -1));
-    lua_settop(L, base - 1);
+  if (status == LUA_YIELD && task->op != OP_NONE) return; /* waiting on I/O; resumed later */
+  finish_t finish = {task, req, status, nres};
+  int top = lua_gettop(L);
+  if (run_protected(L, finish_protected, &finish) != LUA_OK) {
+    if (req) fail_request(req, "handler_error", "not enough memory to report the handler's result");
+    else hk_log_event(HK_LOG_ERROR, NULL, "task_error", "background task failed (not enough memory to report why)", NULL, 0);
   }
+  lua_settop(L, top);
   hk_lua_done_cb done = task->done;
   task_free(task);
   update_memory_gauge(lua);
-  done(req);
+  if (req) done(req);
 }
 
-/* A task with its own coroutine (under the instruction budget), on the state's task list.
- * Creating the thread may raise a memory error on L. */
+/* A task with its own coroutine (under the budget hook), on the state's task list. Raises on
+ * L when memory runs out, leaving nothing behind: call it where a raise is caught. */
 static hk_lua_task_t *task_new(hk_lua_t *lua, lua_State *L) {
+  lua_State *co = lua_newthread(L);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
   hk_lua_task_t *task = calloc(1, sizeof *task);
-  if (task == NULL) return NULL;
+  if (task == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    luaL_error(L, "not enough memory");
+  }
   task->lua = lua;
+  task->co = co;
+  task->co_ref = ref;
   task->on_chunk_ref = task->box_ref = LUA_NOREF;
-  task->co = lua_newthread(L);
-  lua_pushvalue(L, -1);
-  lua_xmove(L, lua->L, 1);
-  task->co_ref = luaL_ref(lua->L, LUA_REGISTRYINDEX);
-  lua_pop(L, 1);
-  lua_sethook(task->co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+  lua_sethook(co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
   task->next = lua->tasks;
   if (lua->tasks) lua->tasks->prev = task;
   lua->tasks = task;
   return task;
 }
 
+typedef struct setup_s {
+  hk_lua_t *lua;
+  hk_request_t *req;
+  hk_lua_task_t *task;
+} setup_t;
+
+/* A request's task: its coroutine, the request object (anchored so it outlives the handler's
+ * last reference to it), and _respond(handler, req) ready to resume.  [-0, +0, m] */
+static int setup_request(lua_State *L) {
+  setup_t *setup = lua_touserdata(L, 1);
+  hk_lua_t *lua = setup->lua;
+  hk_lua_task_t *task = setup->task = task_new(lua, L);
+  request_box_t *box = lua_newuserdatauv(L, sizeof *box, 1);
+  box->req = NULL;
+  luaL_setmetatable(L, REQUEST_MT);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, -1);
+  task->box_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  task->box = box;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lua->respond_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, setup->req->match.handler);
+  lua_rotate(L, -3, 2); /* respond, handler, box */
+  if (!lua_checkstack(task->co, 3)) return luaL_error(L, "not enough memory");
+  lua_xmove(L, task->co, 3);
+  box->req = setup->req;
+  return 0;
+}
+
 void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
   lua_State *L = lua->L;
-  hk_lua_task_t *task = lua_checkstack(L, 4) ? task_new(lua, L) : NULL;
-  if (task == NULL) {
-    fail_request(req, "handler_error", "out of memory");
+  setup_t setup = {lua, req, NULL};
+  int top = lua_gettop(L);
+  if (run_protected(L, setup_request, &setup) != LUA_OK) {
+    lua_settop(L, top);
+    if (setup.task) task_free(setup.task);
+    fail_request_with(req, 503, "service unavailable", "handler_error",
+                      "not enough memory to start the handler (--lua-memory-limit)");
     done(req);
     return;
   }
+  lua_settop(L, top);
+  hk_lua_task_t *task = setup.task;
   task->req = req;
   task->done = done;
   req->task = task;
-
-  lua_State *co = task->co;
-  lua_rawgeti(co, LUA_REGISTRYINDEX, lua->respond_ref);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, req->match.handler);
-  task->box = lua_newuserdatauv(co, sizeof *task->box, 1);
-  task->box->req = req;
-  luaL_setmetatable(co, REQUEST_MT);
-  lua_newtable(co);
-  lua_setiuservalue(co, -2, 1);
-  /* Anchored so the box outlives the handler's last reference to it. */
-  lua_pushvalue(co, -1);
-  lua_xmove(co, L, 1);
-  task->box_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   task_resume(task, 2);
 }
 
 void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req) {
   (void)lua;
-  if (req->task != NULL) task_free(req->task);
+  if (req->task != NULL) task_cancel(req->task);
 }
 
-void hk_lua_retire(hk_lua_t *lua) {
+void hk_lua_retire(hk_lua_t *lua, hk_lua_idle_cb on_idle, void *data) {
   lua->retired = true;
+  lua->on_idle = on_idle;
+  lua->on_idle_data = data;
   /* Background tasks (health probes, loops) belong to the generation's scripts: the new
    * generation starts its own. Requests in flight finish here. */
   hk_lua_task_t *next;
   for (hk_lua_task_t *t = lua->tasks; t != NULL; t = next) {
     next = t->next;
-    if (t->req == NULL) task_free(t);
+    if (t->req == NULL && !t->cancelled) task_cancel(t);
   }
+  if (lua->tasks == NULL && on_idle != NULL) on_idle(lua, data);
 }
 
 bool hk_lua_busy(const hk_lua_t *lua) { return lua->tasks != NULL; }
@@ -1432,6 +1823,7 @@ void hk_lua_cancel_all(hk_lua_t *lua) {
   if (background > 0)
     hk_log_event(HK_LOG_INFO, NULL, "tasks_cancelled", "background tasks cancelled at shutdown",
                  (hk_log_field_t[]){HK_LOG_I("tasks", background)}, 1);
+  lua->on_idle = NULL; /* the owner is freeing everything itself */
   while (lua->tasks != NULL) task_free(lua->tasks);
 }
 
@@ -1459,6 +1851,7 @@ void hk_lua_bind_loop(hk_lua_t *lua, uv_loop_t *loop, hk_client_t *client,
  * so they work in a handler (not at load time, not inside a script's own coroutines). */
 static hk_lua_task_t *running_task(lua_State *L, const char *what) {
   hk_lua_t *lua = context_of(L);
+  if (lua->task != NULL && lua->task->cancelled) luaL_error(L, "%s: the request has finished", what);
   if (lua->task == NULL || lua->task->co != L || lua->loop == NULL)
     luaL_error(L, "%s can only be called from a request handler (not at load time or inside a "
                   "coroutine of the script's own)", what);
@@ -1498,9 +1891,14 @@ static int core_spawn(lua_State *L) {
   hk_lua_t *lua = context_of(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int nargs = lua_gettop(L) - 1;
+  if (!lua_checkstack(L, 2)) return luaL_error(L, "hk.spawn: too many arguments");
   hk_lua_task_t *task = task_new(lua, L);
-  if (task == NULL) return luaL_error(L, "hk.spawn: out of memory");
+  if (!lua_checkstack(task->co, nargs + 1)) {
+    task_free(task);
+    return luaL_error(L, "hk.spawn: too many arguments");
+  }
   if (lua->current != NULL) snprintf(task->parent_id, sizeof task->parent_id, "%s", lua->current->id);
+  else if (lua->task != NULL) memcpy(task->parent_id, lua->task->parent_id, sizeof task->parent_id);
   lua_xmove(L, task->co, nargs + 1); /* the function and its arguments */
   task->timer_nargs = nargs;
   /* At load time there is no loop yet: the task starts when the server binds one. */
@@ -1535,76 +1933,113 @@ static const char *client_error_kind(hk_client_error_t error) {
   return "error";
 }
 
-static void on_http_done(void *data, const hk_client_result_t *result) {
-  hk_lua_task_t *task = data;
-  lua_State *co = task->co;
-  task->call = NULL;
-  task->op = OP_NONE;
-  if (task->on_chunk_ref != LUA_NOREF) luaL_unref(task->lua->L, LUA_REGISTRYINDEX, task->on_chunk_ref);
-  task->on_chunk_ref = LUA_NOREF;
+typedef struct http_result_s {
+  hk_lua_task_t *task;
+  const hk_client_result_t *result;
   int nres;
-  if (!lua_checkstack(co, 6)) {
-    fail_request(task->req, "handler_error", "out of Lua stack");
-    hk_lua_done_cb done = task->done;
-    hk_request_t *req = task->req;
-    task_free(task);
-    done(req);
-    return;
-  }
+} http_result_t;
+
+/* Builds what hk.http.request returns on the main thread and moves it to the coroutine;
+ * protected, since a response body can be what tips the state over its cap.  [-0, +0, m] */
+static int push_http_result(lua_State *L) {
+  http_result_t *r = lua_touserdata(L, 1);
+  const hk_client_result_t *result = r->result;
+  lua_State *co = r->task->co;
   if (result->error == HK_CLIENT_OK) {
-    lua_createtable(co, 0, 4);
-    lua_pushinteger(co, result->status);
-    lua_setfield(co, -2, "status");
-    lua_pushlstring(co, result->body ? result->body : "", result->body_len);
-    lua_setfield(co, -2, "body");
-    lua_pushnumber(co, result->seconds);
-    lua_setfield(co, -2, "seconds");
-    lua_createtable(co, 0, (int)result->header_count);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, result->status);
+    lua_setfield(L, -2, "status");
+    lua_pushlstring(L, result->body ? result->body : "", result->body_len);
+    lua_setfield(L, -2, "body");
+    lua_pushnumber(L, result->seconds);
+    lua_setfield(L, -2, "seconds");
+    lua_createtable(L, 0, (int)result->header_count);
     for (size_t i = 0; i < result->header_count; i++) {
       const char *name = result->headers[i].name;
       luaL_Buffer b;
-      luaL_buffinit(co, &b);
+      luaL_buffinit(L, &b);
       for (const char *p = name; *p; p++) luaL_addchar(&b, (char)((*p >= 'A' && *p <= 'Z') ? *p + 32 : *p));
       luaL_pushresult(&b);
-      lua_pushvalue(co, -1);
-      if (lua_rawget(co, -3) == LUA_TSTRING) {
-        lua_pushliteral(co, ", ");
-        lua_pushstring(co, result->headers[i].value);
-        lua_concat(co, 3);
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, -3) == LUA_TSTRING) {
+        lua_pushliteral(L, ", ");
+        lua_pushstring(L, result->headers[i].value);
+        lua_concat(L, 3);
       } else {
-        lua_pop(co, 1);
-        lua_pushstring(co, result->headers[i].value);
+        lua_pop(L, 1);
+        lua_pushstring(L, result->headers[i].value);
       }
-      lua_rawset(co, -3);
+      lua_rawset(L, -3);
     }
-    luaL_setmetatable(co, HEADERS_MT);
-    lua_setfield(co, -2, "headers");
-    nres = 1;
+    luaL_setmetatable(L, HEADERS_MT);
+    lua_setfield(L, -2, "headers");
+    r->nres = 1;
   } else {
-    lua_pushnil(co);
-    lua_pushstring(co, result->message && result->message[0] ? result->message : client_error_kind(result->error));
-    lua_pushstring(co, client_error_kind(result->error));
-    nres = 3;
+    lua_pushnil(L);
+    lua_pushstring(L, result->message && result->message[0] ? result->message : client_error_kind(result->error));
+    lua_pushstring(L, client_error_kind(result->error));
+    r->nres = 3;
   }
-  task_resume(task, nres);
+  if (!lua_checkstack(co, r->nres)) return luaL_error(L, "not enough memory");
+  lua_xmove(L, co, r->nres);
+  return 0;
 }
 
-/* Streams a response body into the script's on_chunk(bytes); returning false stops the call. */
-static int on_http_chunk(void *data, const char *bytes, size_t len) {
+static void on_http_done(void *data, const hk_client_result_t *result) {
   hk_lua_task_t *task = data;
   lua_State *L = task->lua->L;
+  task->call = NULL;
+  task->op = OP_NONE;
+  if (task->on_chunk_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, task->on_chunk_ref);
+  task->on_chunk_ref = LUA_NOREF;
+  http_result_t r = {task, result, 0};
   int top = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, task->on_chunk_ref);
-  lua_pushlstring(L, bytes, len);
-  int rc = 0;
-  if (protected_call(L, 1, 1) != LUA_OK) {
-    hk_log_event(HK_LOG_ERROR, task->req->id, "handler_error", "on_chunk failed",
-                 (hk_log_field_t[]){HK_LOG_S("error", lua_tostring(L, -1))}, 1);
-    rc = 1;
-  } else if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
-    rc = 1;
-  }
+  int status = run_protected(L, push_http_result, &r);
   lua_settop(L, top);
+  if (status != LUA_OK) {
+    task_abort(task, "not enough memory for the outbound call's response (--lua-memory-limit)");
+    return;
+  }
+  task_resume(task, r.nres);
+}
+
+/* Streams a response body into the script's on_chunk(bytes); returning false stops the call.
+ * One entry into Lua, under the task's budget; the task may be cancelled from inside it (the
+ * chunk written to a client that has gone), and is then freed here once the call returns. */
+static int on_http_chunk(void *data, const char *bytes, size_t len) {
+  hk_lua_task_t *task = data;
+  hk_lua_t *lua = task->lua;
+  lua_State *L = lua->L;
+  const char *id = task->req ? task->req->id : task->parent_id[0] ? task->parent_id : NULL;
+  int top = lua_gettop(L);
+  int rc = 0;
+  hk_request_t *outer = lua->current;
+  hk_lua_task_t *outer_task = lua->task;
+  lua->current = task->req;
+  lua->task = task;
+  task->running++;
+  if (!lua_checkstack(L, 3)) {
+    rc = 1;
+  } else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, task->on_chunk_ref);
+    lua_pushlstring(L, bytes, len);
+    if (protected_call_as(L, 1, 1, &task->budget, id) != LUA_OK) {
+      if (!task->cancelled)
+        hk_log_event(HK_LOG_ERROR, id, "handler_error", "on_chunk failed",
+                     (hk_log_field_t[]){HK_LOG_S("error", lua_tostring(L, -1))}, 1);
+      rc = 1;
+    } else if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+      rc = 1;
+    }
+  }
+  task->running--;
+  lua->current = outer;
+  lua->task = outer_task;
+  lua_settop(L, top);
+  if (task->cancelled && task->running == 0) {
+    task_free(task); /* cancels the call: allowed from on_chunk, and done never comes */
+    return 1;
+  }
   return rc;
 }
 

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "hk_config.h"
 #include "hk_log.h"
 #include "hk_metrics.h"
 #include "hk_request.h"
@@ -27,6 +28,23 @@ typedef struct hk_lua_task_s hk_lua_task_t;
  * it). */
 int hk_lua_new(const char *scripts_dir, hk_metrics_t *metrics, unsigned worker, hk_lua_t **out,
                char **err);
+
+/* The same with every setting: the limits apply from the first line of the first script. */
+typedef struct hk_lua_opts_s {
+  const char *scripts_dir;
+  hk_metrics_t *metrics;      /* borrowed; outlives the state */
+  unsigned worker;            /* the metric cell scripts' updates write */
+  uint64_t instruction_limit; /* per entry into Lua (a request: its whole life); 0: none */
+  size_t memory_limit;        /* bytes for the whole state; 0: none */
+  uint64_t time_limit_ms;     /* wall clock per entry, enforced by hk_watchdog; 0: none */
+  const char *script_env;     /* extra names hk.env may read, "A,B" (copied); NULL: none */
+} hk_lua_opts_t;
+/* Defaults: 10 M instructions, 256 MiB, no time limit, no extra names. */
+void hk_lua_opts_init(hk_lua_opts_t *opts, const char *scripts_dir, hk_metrics_t *metrics, unsigned worker);
+int hk_lua_new_opts(const hk_lua_opts_t *opts, hk_lua_t **out, char **err);
+/* The options `serve` uses: limits, time limit and script environment from the config. */
+void hk_lua_opts_from_config(hk_lua_opts_t *opts, const hk_config_t *cfg, hk_metrics_t *metrics,
+                             unsigned worker);
 void hk_lua_free(hk_lua_t *lua); /* NULL is a no-op */
 
 /* Limits for scripts: VM instructions per request (and per run of a background task between
@@ -55,8 +73,10 @@ void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done);
 void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req);
 
 /* A reload replaced this generation: its background tasks are cancelled, its requests in flight
- * finish on it. Free it once hk_lua_busy is false. */
-void hk_lua_retire(hk_lua_t *lua);
+ * finish on it. on_idle(lua, data) runs once its last task has ended (at once when none is
+ * left), from inside hk_lua: it must not free the generation there, only schedule it. */
+typedef void (*hk_lua_idle_cb)(hk_lua_t *lua, void *data);
+void hk_lua_retire(hk_lua_t *lua, hk_lua_idle_cb on_idle, void *data);
 bool hk_lua_busy(const hk_lua_t *lua);
 size_t hk_lua_memory(const hk_lua_t *lua); /* bytes held by the state */
 

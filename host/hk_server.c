@@ -67,6 +67,8 @@ typedef struct hk_conn_s {
   bool streaming;    /* a streamed body is being produced slice by slice */
   bool stream_chunked;
   hk_body_stream_t stream;
+  struct hk_conn_s *next_waiter; /* in a reload's waiter list (POST /admin/reload) */
+  bool waiting_reload;
   z_stream *gzip;    /* the streamed body's compressor, when gzip was negotiated */
   hk_buf_t slice;    /* one produced slice, before compression and chunk framing */
 } hk_conn_t;
@@ -81,9 +83,14 @@ struct hk_worker_s {
   hk_host_metrics_t *metrics;
   unsigned index; /* this worker's metric cell */
   hk_client_t *client; /* outbound HTTP for this worker's handlers */
-  /* Reloads. `lua` is the serving generation; replaced ones finish their requests here. */
-  hk_lua_t *retired[64];
-  size_t retired_count;
+  /* Reloads. `lua` is the serving generation; replaced ones finish their requests here, and
+   * are freed once their last task has ended (told by hk_lua, freed from reap_timer). */
+  struct retired_s *retired;
+  struct reload_job_s *reload;  /* the reload being built off the loop, if any */
+  bool reload_again;            /* a trigger arrived while it ran: build another after it */
+  char reload_again_trigger[16];
+  hk_conn_t *reload_waiters;    /* admin requests answered by the running reload */
+  hk_conn_t *reload_next_waiters; /* admin requests that arrived during it: the next one's */
   unsigned generation;
   uv_signal_t sighup;
   uv_timer_t reap_timer;
@@ -117,6 +124,7 @@ static void conn_stream_end(hk_conn_t *conn);
 static void log_request_completed(const hk_request_t *req);
 static void record_request(hk_worker_t *worker, const hk_request_t *req);
 static void conn_stream_pump(hk_conn_t *conn);
+static void conn_stop_waiting_reload(hk_conn_t *conn);
 
 /* ---- connection lifetime ------------------------------------------------------------------ */
 
@@ -147,6 +155,7 @@ static void conn_close(hk_conn_t *conn) {
   if (conn->closing) return;
   conn->closing = true;
   conn->request.owner = NULL;
+  conn_stop_waiting_reload(conn);
   if (conn->in_flight) {
     /* Nobody will read the answer: stop the handler and its outbound calls now. Accounted as
      * 499 (nginx's "client closed request"), so every request_started has its completion. */
@@ -590,85 +599,181 @@ static void serve_metrics(hk_worker_t *worker, hk_request_t *req) {
 
 /* ---- reloads ------------------------------------------------------------------------------- */
 
+typedef struct retired_s {
+  hk_lua_t *lua;
+  hk_worker_t *worker;
+  bool idle; /* its last task has ended: free it */
+  struct retired_s *next;
+} retired_t;
+
 static void update_retiring_gauge(hk_worker_t *worker) {
   size_t bytes = 0;
-  for (size_t i = 0; i < worker->retired_count; i++) bytes += hk_lua_memory(worker->retired[i]);
+  for (retired_t *r = worker->retired; r != NULL; r = r->next) bytes += hk_lua_memory(r->lua);
   const char *label = "retiring";
   hk_series_gauge_set(hk_metric_series_str(worker->metrics->lua_memory, &label, 1), (double)bytes);
 }
 
-/* Frees replaced generations whose last request has finished. */
+/* Frees replaced generations whose last task has ended. */
 static void on_reap(uv_timer_t *timer) {
   hk_worker_t *worker = timer->data;
-  size_t kept = 0;
-  for (size_t i = 0; i < worker->retired_count; i++) {
-    if (hk_lua_busy(worker->retired[i])) worker->retired[kept++] = worker->retired[i];
-    else hk_lua_free(worker->retired[i]);
+  retired_t **link = &worker->retired;
+  while (*link != NULL) {
+    retired_t *r = *link;
+    if (r->idle) {
+      *link = r->next;
+      hk_lua_free(r->lua);
+      free(r);
+    } else {
+      link = &r->next;
+    }
   }
-  worker->retired_count = kept;
   update_retiring_gauge(worker);
-  if (kept == 0) uv_timer_stop(timer);
 }
 
-typedef struct reload_result_s {
-  bool success;
-  unsigned generation;
-  char error[512];
-} reload_result_t;
+static void on_generation_idle(hk_lua_t *lua, void *data) {
+  (void)lua;
+  retired_t *r = data;
+  r->idle = true;
+  uv_timer_start(&r->worker->reap_timer, on_reap, 0, 0); /* not from inside hk_lua */
+}
 
-/* Loads the scripts into a new generation and, when that works, serves new requests with it.
- * A failure leaves the serving generation untouched. Runs on the loop: reloads are one at a
- * time by construction, and triggers that arrive meanwhile each run after it. */
-static void worker_reload(hk_worker_t *worker, const char *trigger, reload_result_t *result) {
-  memset(result, 0, sizeof *result);
-  const hk_config_t *cfg = worker->config;
-  hk_lua_t *fresh = NULL;
-  char *err = NULL;
-  uint64_t started = hk_now_ns();
-  if (worker->retired_count == sizeof worker->retired / sizeof worker->retired[0]) {
-    snprintf(result->error, sizeof result->error,
-             "too many generations still finishing requests; try again shortly");
-  } else if (hk_lua_new(cfg->scripts_dir, worker->metrics->registry, worker->index, &fresh, &err) != 0) {
-    const char *nl = strchr(err, '\n');
-    snprintf(result->error, sizeof result->error, "%.*s", nl ? (int)(nl - err) : (int)strlen(err), err);
+typedef struct reload_job_s {
+  uv_work_t work;
+  hk_worker_t *worker;
+  hk_lua_opts_t opts;
+  char trigger[16];
+  uint64_t started_ns;
+  hk_lua_t *fresh;
+  char *err;
+} reload_job_t;
+
+static void reload_start(hk_worker_t *worker, const char *trigger);
+static void conn_finish_request(hk_request_t *req);
+
+/* On a threadpool thread: reading the directory, compiling and running the scripts' top level
+ * never holds the loop, whatever the scripts do (their limits hold from their first line). */
+static void reload_build(uv_work_t *work) {
+  reload_job_t *job = work->data;
+  hk_lua_new_opts(&job->opts, &job->fresh, &job->err);
+}
+
+/* Answers the admin requests that waited on this outcome. */
+static void answer_reload_waiters(hk_conn_t *waiters, bool success, unsigned generation, const char *error) {
+  hk_conn_t *next;
+  for (hk_conn_t *conn = waiters; conn != NULL; conn = next) {
+    next = conn->next_waiter;
+    conn->next_waiter = NULL;
+    conn->waiting_reload = false;
+    hk_request_t *req = &conn->request;
+    hk_response_t *res = &req->response;
+    res->status = success ? 200 : 422;
+    snprintf(res->content_type, sizeof res->content_type, "application/json");
+    hk_buf_appendf(&res->body, "{\"result\":\"%s\",\"generation\":%u,\"error\":", success ? "success" : "failure",
+                   generation);
+    if (success) hk_buf_append_str(&res->body, "null");
+    else hk_json_append_string(&res->body, error, strlen(error), 0);
+    hk_buf_appendf(&res->body, ",\"request_id\":\"%s\"}", req->id);
+    conn_finish_request(req);
   }
-  if (fresh == NULL) {
+}
+
+/* Back on the loop: the new generation serves new requests when it loaded; a failure leaves
+ * the serving generation untouched. */
+static void reload_done(uv_work_t *work, int status) {
+  reload_job_t *job = work->data;
+  hk_worker_t *worker = job->worker;
+  hk_conn_t *waiters = worker->reload_waiters;
+  worker->reload_waiters = NULL;
+  worker->reload = NULL;
+  char error[512] = "";
+  bool success = status == 0 && job->fresh != NULL && !worker->draining;
+  if (!success) {
+    const char *why = job->err ? job->err : worker->draining ? "shutting down" : "reload cancelled";
+    const char *nl = strchr(why, '\n');
+    snprintf(error, sizeof error, "%.*s", nl ? (int)(nl - why) : (int)strlen(why), why);
     hk_log_event(HK_LOG_ERROR, NULL, "reload_failed", "scripts not reloaded; the previous ones keep serving",
-                 (hk_log_field_t[]){HK_LOG_S("trigger", trigger), HK_LOG_S("error", result->error),
-                                    HK_LOG_S("traceback", err)}, 3);
-    free(err);
+                 (hk_log_field_t[]){HK_LOG_S("trigger", job->trigger), HK_LOG_SN("error", error, strlen(error)),
+                                    HK_LOG_S("traceback", job->err)}, 3);
     hk_host_metrics_reload(worker->metrics, worker->metrics->collector_cell, false, worker->generation);
-    result->generation = worker->generation;
+    hk_lua_free(job->fresh);
+  } else {
+    retired_t *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+      success = false;
+      snprintf(error, sizeof error, "out of memory");
+      hk_lua_free(job->fresh);
+    } else {
+      hk_lua_t *old = worker->lua;
+      r->lua = old;
+      r->worker = worker;
+      r->next = worker->retired;
+      worker->retired = r;
+      worker->lua = job->fresh;
+      hk_lua_bind_loop(job->fresh, &worker->loop, worker->client, worker->ratelimit, worker->carry);
+      hk_lua_attach_log(job->fresh);
+      hk_lua_retire(old, on_generation_idle, r);
+      worker->generation++;
+      update_retiring_gauge(worker);
+      hk_host_metrics_reload(worker->metrics, worker->metrics->collector_cell, true, worker->generation);
+      hk_log_event(HK_LOG_INFO, NULL, "reload_succeeded", "scripts reloaded",
+                   (hk_log_field_t[]){HK_LOG_S("trigger", job->trigger), HK_LOG_I("generation", worker->generation),
+                                      HK_LOG_I("routes", hk_lua_route_count(job->fresh)),
+                                      HK_LOG_D("duration_ms", (double)(hk_now_ns() - job->started_ns) / 1e6)}, 4);
+    }
+  }
+  free(job->err);
+  free(job);
+  answer_reload_waiters(waiters, success, worker->generation, error);
+  if (worker->draining) {
+    answer_reload_waiters(worker->reload_next_waiters, false, worker->generation, "shutting down");
+    worker->reload_next_waiters = NULL;
+  }
+  if (worker->reload_again && !worker->draining) {
+    worker->reload_again = false;
+    reload_start(worker, worker->reload_again_trigger);
+  }
+}
+
+/* Builds a new generation off the loop. One reload at a time: a trigger that arrives during
+ * one makes another run after it (several such triggers, one more), so the last change is
+ * always loaded and none is lost. */
+static void reload_start(hk_worker_t *worker, const char *trigger) {
+  if (worker->draining) return;
+  if (worker->reload != NULL) {
+    worker->reload_again = true;
+    snprintf(worker->reload_again_trigger, sizeof worker->reload_again_trigger, "%s", trigger);
     return;
   }
-  hk_lua_set_limits(fresh, cfg->lua_instruction_limit, (size_t)cfg->lua_memory_limit);
-  hk_lua_t *old = worker->lua;
-  hk_lua_retire(old);
-  worker->retired[worker->retired_count++] = old;
-  worker->lua = fresh;
-  hk_lua_bind_loop(fresh, &worker->loop, worker->client, worker->ratelimit, worker->carry);
-  hk_lua_attach_log(fresh);
-  worker->generation++;
-  uv_timer_start(&worker->reap_timer, on_reap, 0, 200);
-  hk_host_metrics_reload(worker->metrics, worker->metrics->collector_cell, true, worker->generation);
-  result->success = true;
-  result->generation = worker->generation;
-  hk_log_event(HK_LOG_INFO, NULL, "reload_succeeded", "scripts reloaded",
-               (hk_log_field_t[]){HK_LOG_S("trigger", trigger), HK_LOG_I("generation", worker->generation),
-                                  HK_LOG_I("routes", hk_lua_route_count(fresh)),
-                                  HK_LOG_D("duration_ms", (double)(hk_now_ns() - started) / 1e6)}, 4);
+  const hk_config_t *cfg = worker->config;
+  reload_job_t *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    hk_log_event(HK_LOG_ERROR, NULL, "reload_failed", "scripts not reloaded: out of memory",
+                 (hk_log_field_t[]){HK_LOG_S("trigger", trigger)}, 1);
+    answer_reload_waiters(worker->reload_next_waiters, false, worker->generation, "out of memory");
+    worker->reload_next_waiters = NULL;
+    return;
+  }
+  job->work.data = job;
+  job->worker = worker;
+  snprintf(job->trigger, sizeof job->trigger, "%s", trigger);
+  job->started_ns = hk_now_ns();
+  hk_lua_opts_from_config(&job->opts, cfg, worker->metrics->registry, worker->index);
+  worker->reload = job;
+  worker->reload_waiters = worker->reload_next_waiters;
+  worker->reload_next_waiters = NULL;
+  int rc = uv_queue_work(&worker->loop, &job->work, reload_build, reload_done);
+  if (rc != 0) {
+    job->err = strdup(uv_strerror(rc));
+    reload_done(&job->work, rc);
+  }
 }
 
 static void on_sighup(uv_signal_t *handle, int signum) {
   (void)signum;
-  reload_result_t result;
-  worker_reload(handle->data, "SIGHUP", &result);
+  reload_start(handle->data, "SIGHUP");
 }
 
-static void on_debounced_change(uv_timer_t *timer) {
-  reload_result_t result;
-  worker_reload(timer->data, "file_change", &result);
-}
+static void on_debounced_change(uv_timer_t *timer) { reload_start(timer->data, "file_change"); }
 
 /* Editors save by rename, Kubernetes swaps a ConfigMap's ..data symlink: any event in the
  * directory starts (or restarts) a 200 ms debounce, and the reload reads whatever is there. */
@@ -680,9 +785,27 @@ static void on_scripts_changed(uv_fs_event_t *handle, const char *filename, int 
   uv_timer_start(&worker->debounce_timer, on_debounced_change, 200, 0);
 }
 
+/* A waiting admin request whose client went away leaves the waiter lists. */
+static void conn_stop_waiting_reload(hk_conn_t *conn) {
+  if (!conn->waiting_reload) return;
+  hk_worker_t *worker = conn->worker;
+  hk_conn_t **lists[] = {&worker->reload_waiters, &worker->reload_next_waiters};
+  for (size_t i = 0; i < 2; i++) {
+    for (hk_conn_t **link = lists[i]; *link != NULL; link = &(*link)->next_waiter) {
+      if (*link == conn) {
+        *link = conn->next_waiter;
+        conn->next_waiter = NULL;
+        conn->waiting_reload = false;
+        return;
+      }
+    }
+  }
+}
+
 /* POST /admin/reload, only when HANCOCK_ADMIN_TOKEN is set, with that token as a Bearer
- * token. Answers once the reload is done, with its outcome. */
-static bool serve_admin_reload(hk_worker_t *worker, hk_request_t *req) {
+ * token. Answers once a reload that started after it arrived is done, with its outcome.
+ * Returns true when it handled the request; *waiting when the answer comes later. */
+static bool serve_admin_reload(hk_worker_t *worker, hk_request_t *req, bool *waiting) {
   const hk_http_request_t *http = req->http;
   const char *token = worker->config->admin_token;
   if (token[0] == '\0' || !(http->path_len == 13 && memcmp(http->path, "/admin/reload", 13) == 0)) return false;
@@ -699,23 +822,19 @@ static bool serve_admin_reload(hk_worker_t *worker, hk_request_t *req) {
     hk_response_set_error(&req->response, 401, "unauthorized", req->id);
     return true;
   }
-  reload_result_t result;
-  worker_reload(worker, "admin", &result);
-  hk_response_t *res = &req->response;
-  res->status = result.success ? 200 : 422;
-  snprintf(res->content_type, sizeof res->content_type, "application/json");
-  hk_buf_appendf(&res->body, "{\"result\":\"%s\",\"generation\":%u,\"error\":", result.success ? "success" : "failure",
-                 result.generation);
-  if (result.success) hk_buf_append_str(&res->body, "null");
-  else hk_json_append_string(&res->body, result.error, strlen(result.error), 0);
-  hk_buf_appendf(&res->body, ",\"request_id\":\"%s\"}", req->id);
+  hk_conn_t *conn = req->owner;
+  conn->waiting_reload = true;
+  conn->next_waiter = worker->reload_next_waiters;
+  worker->reload_next_waiters = conn;
+  *waiting = true;
+  reload_start(worker, "admin");
   return true;
 }
 
 /* Routes the core answers itself, before the scripts' routes. Returns true when it answered. */
-static bool serve_builtin(hk_worker_t *worker, hk_request_t *req) {
+static bool serve_builtin(hk_worker_t *worker, hk_request_t *req, bool *waiting) {
   const hk_http_request_t *http = req->http;
-  if (serve_admin_reload(worker, req)) return true;
+  if (serve_admin_reload(worker, req, waiting)) return true;
   if (!(http->path_len == 8 && memcmp(http->path, "/metrics", 8) == 0)) return false;
   req->endpoint = "/metrics";
   log_request_started(req);
@@ -744,8 +863,9 @@ static void conn_dispatch(hk_conn_t *conn) {
   conn->in_flight = true;
   conn_set_phase(conn, PHASE_NONE, false);
 
-  if (serve_builtin(worker, req)) {
-    conn_finish_request(req);
+  bool waiting = false;
+  if (serve_builtin(worker, req, &waiting)) {
+    if (!waiting) conn_finish_request(req);
     return;
   }
   char allow[128];
@@ -1012,6 +1132,10 @@ static void on_signal(uv_signal_t *handle, int signum) {
   }
   uv_timer_stop(&worker->debounce_timer);
   if (worker->watching) uv_fs_event_stop(&worker->watch);
+  if (worker->reload == NULL) {
+    answer_reload_waiters(worker->reload_next_waiters, false, worker->generation, "shutting down");
+    worker->reload_next_waiters = NULL;
+  }
   /* Idle connections close now; busy ones close after their current response. */
   hk_conn_t *next;
   for (hk_conn_t *c = worker->conns; c != NULL; c = next) {
@@ -1138,11 +1262,12 @@ static void close_walk(uv_handle_t *handle, void *arg) {
 void hk_server_free(hk_server_t *server) {
   if (server == NULL) return;
   hk_worker_t *worker = &server->worker;
+  worker->draining = true; /* a reload still building is dropped when it comes back */
   for (hk_conn_t *c = worker->conns; c != NULL; c = c->next) conn_close(c);
   hk_lua_cancel_all(worker->lua);
-  for (size_t i = 0; i < worker->retired_count; i++) {
-    hk_lua_cancel_all(worker->retired[i]);
-    hk_lua_bind_loop(worker->retired[i], NULL, NULL, NULL, NULL);
+  for (retired_t *r = worker->retired; r != NULL; r = r->next) {
+    hk_lua_cancel_all(r->lua);
+    hk_lua_bind_loop(r->lua, NULL, NULL, NULL, NULL);
   }
   if (worker->client != NULL) {
     hk_lua_bind_loop(worker->lua, NULL, NULL, NULL, NULL);
@@ -1159,6 +1284,11 @@ void hk_server_free(hk_server_t *server) {
   int rc = uv_loop_close(&worker->loop);
   (void)rc;
   assert(rc == 0); /* every handle closed: nothing leaks */
-  for (size_t i = 0; i < worker->retired_count; i++) hk_lua_free(worker->retired[i]);
+  while (worker->retired != NULL) {
+    retired_t *r = worker->retired;
+    worker->retired = r->next;
+    hk_lua_free(r->lua);
+    free(r);
+  }
   free(server);
 }

@@ -15,6 +15,7 @@
 #include "hk_log.h"
 #include "hk_lua.h"
 #include "hk_server.h"
+#include "hk_watchdog.h"
 
 #define LOG_QUEUE_LIMIT (8u * 1024 * 1024)
 
@@ -89,7 +90,9 @@ static int load_scripts_once(int argc, char **argv, int first, hk_config_t *cfg,
   if (load_config(cfg, argc, argv, first, HK_CONFIG_FOR_SCRIPTS) != 0) return 1;
   if (check_scripts_dir(cfg->scripts_dir) != 0) return 1;
   if (metrics_new(1, registry, &host) != 0) return 1;
-  if (hk_lua_new(cfg->scripts_dir, *registry, 0, lua, &err) != 0) {
+  hk_lua_opts_t opts;
+  hk_lua_opts_from_config(&opts, cfg, *registry, 0);
+  if (hk_lua_new_opts(&opts, lua, &err) != 0) {
     print_first_line("", err);
     free(err);
     hk_metrics_free(*registry);
@@ -141,7 +144,16 @@ static int command_serve(int argc, char **argv, int first) {
   if (metrics_new((unsigned)cfg.workers, &registry, &host) != 0) return 1;
   hk_lua_t *lua = NULL;
   char *err = NULL;
-  if (hk_lua_new(cfg.scripts_dir, registry, 0, &lua, &err) != 0) {
+  /* Before the scripts run: their time limit is kept by the watchdog thread, which also ends a
+   * shutdown that cannot finish (a stuck script, a blocked stdout). */
+  if (hk_watchdog_start(cfg.drain_timeout_ms) != 0) {
+    fprintf(stderr, "hancock: cannot start the watchdog thread\n");
+    hk_metrics_free(registry);
+    return 1;
+  }
+  hk_lua_opts_t opts;
+  hk_lua_opts_from_config(&opts, &cfg, registry, 0);
+  if (hk_lua_new_opts(&opts, &lua, &err) != 0) {
     print_first_line("hancock: script error: ", err);
     hk_log_event(HK_LOG_ERROR, NULL, "script_error", "scripts failed to load",
                  (hk_log_field_t[]){HK_LOG_S("error", err)}, 1);
@@ -149,7 +161,6 @@ static int command_serve(int argc, char **argv, int first) {
     hk_metrics_free(registry);
     return 1;
   }
-  hk_lua_set_limits(lua, cfg.lua_instruction_limit, (size_t)cfg.lua_memory_limit);
   hk_server_t *server = NULL;
   char msg[512];
   if (hk_server_new(&cfg, lua, &host, &server, msg, sizeof msg) != 0) {
@@ -172,6 +183,7 @@ static int command_serve(int argc, char **argv, int first) {
   hk_lua_free(lua);
   hk_metrics_free(registry);
   hk_log_stop();
+  hk_watchdog_stop();
   return status;
 }
 

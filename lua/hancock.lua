@@ -89,9 +89,15 @@ function hk.ratelimit.take(key, limit, window_ms)
   return core.ratelimit_take(key, limit, window_ms)
 end
 
---- The environment variable `name`, or `default` when it is unset or empty.
+--- The environment variable `name`, or `default` when it is unset or empty. Scripts read
+--- only the documented families (HANCOCK_*, OLLAMA_*, OPENAI_*, NVIDIA_*, HK_*, LOG_LEVEL,
+--- PROMETHEUS_URL, ALERTMANAGER_URL) and names the operator lists in --script-env; any other
+--- name is an error. HANCOCK_ADMIN_TOKEN is never readable.
 function hk.env(name, default)
-  local value = os.getenv(name)
+  if type(name) ~= "string" then
+    error("hk.env: name must be a string", 2)
+  end
+  local value = core.env(name)
   if value == nil or value == "" then
     return default
   end

@@ -6,6 +6,8 @@
 --   HANCOCK_RULES_FOR     replaces every rule's `for:` duration (e.g. "1s")
 --   HANCOCK_RULES_WINDOW  replaces every range window in the expressions, "[5m]" -> "[10s]"
 
+local core = require "hancock.core"
+
 local M = {}
 
 local alerts = {}   -- name -> definition
@@ -104,7 +106,7 @@ local function quote(s)
 end
 
 local function override(name, pattern)
-  local value = os.getenv(name)
+  local value = core.env(name)
   if value == nil or value == "" then
     return nil
   end

@@ -428,7 +428,7 @@ metrics_bench() {
   M_SCRAPES[$n]=$count
   port=$(pick_port)
   say "/metrics, $n series: starting the host on 127.0.0.1:$port"
-  env LOG_LEVEL=WARNING BENCH_SERIES="$n" "$HANCOCK_BIN" serve --listen "127.0.0.1:$port" \
+  env LOG_LEVEL=WARNING BENCH_SERIES="$n" HANCOCK_SCRIPT_ENV=BENCH_SERIES "$HANCOCK_BIN" serve --listen "127.0.0.1:$port" \
     --scripts "$BENCH_SRC/scripts_metrics" >"$log" 2>"$err" &
   SERVER_PID=$!
   if ! wait_for_port "$port" "$METRICS_START_TIMEOUT"; then

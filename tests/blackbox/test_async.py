@@ -81,7 +81,7 @@ class AsyncTest(unittest.TestCase):
     def setUp(self):
         self.upstream = Upstream()
         port = self.upstream.server_address[1]
-        self.server = Server(scripts=SCRIPTS, env={"UPSTREAM": f"http://127.0.0.1:{port}"})
+        self.server = Server(scripts=SCRIPTS, env={"HK_TEST_UPSTREAM": f"http://127.0.0.1:{port}"})
 
     def tearDown(self):
         self.upstream.stop()
@@ -115,7 +115,7 @@ class AsyncTest(unittest.TestCase):
         self.assertNotIn("Expect", headers)
 
     def test_connection_refused_is_an_expected_failure(self):
-        server = Server(scripts=SCRIPTS, env={"UPSTREAM": f"http://127.0.0.1:{harness.free_port()}"})
+        server = Server(scripts=SCRIPTS, env={"HK_TEST_UPSTREAM": f"http://127.0.0.1:{harness.free_port()}"})
         try:
             status, _, body = harness.request(server, "POST", "/proxy/echo", body=b"x")
             self.assertEqual(status, 502)

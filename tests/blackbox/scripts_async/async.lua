@@ -1,7 +1,7 @@
 -- Fixture routes for the asynchronous calls: hk.sleep, hk.http.request, hk.spawn.
 local hk = require "hancock"
 
-local upstream = hk.env("UPSTREAM", "http://127.0.0.1:9")
+local upstream = hk.env("HK_TEST_UPSTREAM", "http://127.0.0.1:9")
 
 hk.route("GET", "/sleep/:ms", function(req)
   hk.sleep(tonumber(req.params.ms))

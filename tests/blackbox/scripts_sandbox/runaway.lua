@@ -43,7 +43,7 @@ end)
 hk.route("GET", "/stdlib", function()
   return {
     execute = os.execute == nil,
-    popen = io.popen == nil,
+    popen = io == nil,
     exit = os.exit == nil,
     dofile = dofile == nil,
     debug_getinfo = debug.getinfo == nil,
