@@ -4,7 +4,7 @@
 # Shared by the Makefile's run and test targets; needs root (or sudo) only when something is missing.
 set -eu
 
-build_pkgs="build-essential cmake pkg-config liblua5.4-dev libuv1-dev node-llhttp libcjson-dev
+build_pkgs="build-essential cmake pkg-config liblua5.4-dev libuv1-dev node-llhttp
   libcurl4-openssl-dev libssl-dev zlib1g-dev"
 test_pkgs="python3 python3-yaml lua-check wrk curl prometheus prometheus-alertmanager"
 

@@ -34,6 +34,7 @@
 #include <curl/curl.h>
 
 #include "hk_buf.h"
+#include "hk_text.h"
 
 /* Connections the multi keeps open for reuse, across all hosts. */
 #define MAX_CACHED_CONNECTIONS 64L
@@ -77,6 +78,7 @@ struct hk_client_call_s {
   hk_client_call_t *prev, *next; /* client->calls, while ACTIVE or CANCELLED */
   call_state_t state;
   bool added;       /* in the multi */
+  bool paused;      /* on_chunk asked to pause; hk_client_resume lets curl go on */
   bool pending_add; /* started from inside curl; settle() adds it */
   CURL *easy;       /* owned; CURLOPT_PRIVATE points back here */
   struct curl_slist *request_headers; /* owned; curl borrows it until the easy is cleaned up */
@@ -248,7 +250,13 @@ static size_t on_write(char *bytes, size_t size, size_t count, void *userp) {
   if (len == 0) return 0;
   if (call->on_chunk) {
     /* User code inside curl: see "Re-entrancy" at the top. */
-    if (call->on_chunk(call->data, bytes, len) != 0) {
+    int verdict = call->on_chunk(call->data, bytes, len);
+    if (verdict == HK_CLIENT_CHUNK_PAUSE && call->state == CALL_ACTIVE) {
+      /* The bytes were not taken: curl keeps them and offers them again after the resume. */
+      call->paused = true;
+      return CURL_WRITEFUNC_PAUSE;
+    }
+    if (verdict != 0) {
       if (call->abort_reason == ABORT_NONE) call->abort_reason = ABORT_ON_CHUNK;
       return 0;
     }
@@ -533,11 +541,6 @@ size_t hk_client_active(const hk_client_t *client) { return client->active; }
 
 /* ---- starting and cancelling ------------------------------------------------------------- */
 
-static bool is_token_char(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
 static bool valid_url(const char *url) {
   if (url == NULL) return false;
   if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0) return false;
@@ -548,10 +551,7 @@ static bool valid_url(const char *url) {
 
 static bool valid_method(const char *method) {
   size_t len = strlen(method);
-  if (len == 0 || len > MAX_METHOD_LEN) return false;
-  for (size_t i = 0; i < len; i++)
-    if (!is_token_char((unsigned char)method[i])) return false;
-  return true;
+  return len <= MAX_METHOD_LEN && hk_text_is_token(method, len);
 }
 
 /* Appends one caller header line to `list`. "Name: value" goes as is; a blank value becomes
@@ -561,8 +561,7 @@ static int add_request_header(struct curl_slist **list, const char *line) {
   if (line == NULL) return -EINVAL;
   const char *colon = strchr(line, ':');
   if (colon == NULL || colon == line) return -EINVAL;
-  for (const char *p = line; p < colon; p++)
-    if (!is_token_char((unsigned char)*p)) return -EINVAL;
+  if (!hk_text_is_token(line, (size_t)(colon - line))) return -EINVAL;
   if (strpbrk(colon, "\r\n") != NULL) return -EINVAL;
   const char *value = colon + 1;
   while (is_blank(*value)) value++;
@@ -719,6 +718,21 @@ int hk_client_start(hk_client_t *client, const hk_client_opts_t *opts, hk_client
 fail:
   call_free(call);
   return rc;
+}
+
+int hk_client_resume(hk_client_call_t *call) {
+  if (call == NULL || call->state != CALL_ACTIVE) return -EINVAL;
+  hk_client_t *client = call->client;
+  if (client->in_curl) return -EBUSY;
+  if (!call->paused) return 0;
+  call->paused = false;
+  /* curl may hand over what it held at once, from inside curl_easy_pause: on_chunk runs there,
+   * with the same rules as inside socket_action. */
+  client->in_curl = true;
+  CURLcode rc = curl_easy_pause(call->easy, CURLPAUSE_CONT);
+  client->in_curl = false;
+  settle(client);
+  return rc == CURLE_OK ? 0 : -EIO;
 }
 
 void hk_client_cancel(hk_client_call_t *call) {

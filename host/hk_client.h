@@ -28,6 +28,8 @@ typedef enum hk_client_error_e {
   HK_CLIENT_ERR_PROTOCOL = -5,  /* malformed response, TLS failure, anything else */
 } hk_client_error_t;
 
+#define HK_CLIENT_CHUNK_PAUSE 2
+
 typedef struct hk_client_header_s {
   const char *name; /* NUL-terminated, as received */
   const char *value; /* NUL-terminated, surrounding whitespace trimmed */
@@ -57,7 +59,9 @@ typedef struct hk_client_opts_s {
   size_t max_response_bytes;   /* 0 = HK_CLIENT_DEFAULT_MAX_RESPONSE; a buffered body only
                                   (not applied with on_chunk) */
   /* When set, body bytes go here as they arrive instead of into result.body. Return 0 to go
-   * on, non-zero to abort the call (done then gets HK_CLIENT_ERR_ABORTED). It runs inside
+   * on, HK_CLIENT_CHUNK_PAUSE to pause the transfer without taking these bytes (curl offers
+   * them again after hk_client_resume: backpressure from a slow consumer), any other non-zero
+   * value to abort the call (done then gets HK_CLIENT_ERR_ABORTED). It runs inside
    * curl: hk_client_start, hk_client_cancel and hk_client_close may be called from it (they
    * take effect as soon as curl returns, and a call cancelled here never reaches done). */
   int (*on_chunk)(void *data, const char *bytes, size_t len);
@@ -104,6 +108,11 @@ int hk_client_start(hk_client_t *client, const hk_client_opts_t *opts, hk_client
 /* Stops a call in flight; its done callback will not run. The handle is invalid afterwards.
  * Its connection, if it had one, is closed rather than reused. NULL is a no-op. */
 void hk_client_cancel(hk_client_call_t *call);
+
+/* Lets a call paused by on_chunk go on. on_chunk and even done may run before it returns.
+ * Returns 0 (also when the call was not paused), -EINVAL for a call that is not in flight,
+ * -EBUSY from inside on_chunk (resume from a loop callback instead). */
+int hk_client_resume(hk_client_call_t *call);
 
 /* Calls in flight, for tests and metrics. */
 size_t hk_client_active(const hk_client_t *client);

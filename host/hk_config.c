@@ -2,6 +2,8 @@
  * --help, environment lookup and docs/configuration.md all follow from it. */
 #include "hk_config.h"
 
+#include "hk_text.h"
+
 #include <errno.h>
 #include <stdbool.h>
 #include <math.h>
@@ -211,7 +213,7 @@ static int apply(hk_config_t *cfg, const option_t *opt, const char *value) {
       if (len >= sizeof cfg->script_env) return -EINVAL;
       for (size_t i = 0; i < len; i++) {
         char c = value[i];
-        bool name_char = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+        bool name_char = hk_text_is_alnum((unsigned char)c) || c == '_';
         if (!name_char && !(c == ',' && i > 0 && i + 1 < len && value[i + 1] != ',')) return -EINVAL;
       }
       memcpy(field, value, len + 1);

@@ -1,14 +1,30 @@
 /* hk_host_metrics: the metrics every Hancock exposes without a script — the original service's
  * names, exactly — plus the conventional process and build metrics. Registers them in an
- * hk_metrics registry, records each request's outcome, and refreshes process gauges before
- * each scrape. The server calls it; scripts see the same families through hk.metrics. */
+ * hk_metrics registry, records each request's outcome, and keeps the process metrics from a
+ * snapshot that hk_host_metrics_sample refreshes off the event loop, so a scrape only copies
+ * numbers. The server calls it; scripts see the same families through hk.metrics. */
 #ifndef HK_HOST_METRICS_H
 #define HK_HOST_METRICS_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "hk_metrics.h"
+
+/* How often the server should sample, and when the collector stops trusting the snapshot. */
+#define HK_HOST_METRICS_SAMPLE_INTERVAL_MS 1000
+#define HK_HOST_METRICS_STALE_MS (5 * HK_HOST_METRICS_SAMPLE_INTERVAL_MS)
+
+/* The process values as last sampled (atomics: written by the sampler's thread, read by the
+ * collector's). sampled_at_ms is CLOCK_MONOTONIC milliseconds, 0 before the first sample. */
+typedef struct hk_host_metrics_snapshot_s {
+  _Atomic double resident_bytes;
+  _Atomic double cpu_seconds;
+  _Atomic double open_fds;
+  _Atomic uint64_t sampled_at_ms;
+} hk_host_metrics_snapshot_t;
 
 typedef struct hk_host_metrics_s {
   hk_metrics_t *registry;
@@ -37,6 +53,7 @@ typedef struct hk_host_metrics_s {
   hk_series_t *requests_total_series; /* label-less families: looked up once */
   hk_series_t *errors_total_series;
   unsigned collector_cell; /* the cell index the collector writes (one past the workers') */
+  hk_host_metrics_snapshot_t snapshot;
 } hk_host_metrics_t;
 
 /* Registers every family and the process collector. The registry must have a cell for the
@@ -44,6 +61,16 @@ typedef struct hk_host_metrics_s {
  * negative code with the registry's message in err. */
 int hk_host_metrics_init(hk_host_metrics_t *host, hk_metrics_t *registry, unsigned collector_cell,
                          char *err, size_t errsize);
+
+/* Reads the process metrics — /proc/self/statm (resident memory), /proc/self/stat (CPU time)
+ * and the entries of /proc/self/fd (open descriptors, O(open descriptors)) — into the snapshot
+ * the collector copies at scrape time. Blocking file reads, so not for the event loop: call it
+ * from any thread, e.g. a uv_queue_work callback every HK_HOST_METRICS_SAMPLE_INTERVAL_MS.
+ * Concurrent calls are safe (the last one wins). It writes no metric itself, so the collector
+ * stays the single writer of its cell. Returns 0, or the first negative errno; values that could
+ * be read are stored anyway. Without a sample for HK_HOST_METRICS_STALE_MS, a scrape samples
+ * once on its own thread. */
+int hk_host_metrics_sample(hk_host_metrics_t *host);
 
 /* Records one answered request. `endpoint` is the route pattern (or "unmatched"), `mode` may be
  * NULL or empty (then requests_by_mode is not touched). */

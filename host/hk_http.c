@@ -3,16 +3,15 @@
  * fixes, and llhttp has no size limits or header count at all. See hk_http.h for the contract. */
 #include "hk_http.h"
 
+#include <assert.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-/* ---- character classes (RFC 9110 §5.6.2) -------------------------------------------------- */
+#include "hk_text.h"
 
-static bool is_tchar(unsigned char c) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-  return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
+/* ---- character classes (RFC 9110 §5.6.2; tchar is hk_text's) ------------------------------ */
 
 static bool is_field_vchar(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
 
@@ -37,7 +36,8 @@ static bool list_has_token(const char *value, size_t len, const char *token) {
   return false;
 }
 
-/* States of the chunked-framing check (chunk_scan). */
+/* States of the chunked-framing check (chunk_scan). The states of a chunk-size line come first,
+ * CHUNK_SIZE through CHUNK_EXT_AFTER_QUOTED, so in_size_line() is one range test. */
 enum { CHUNK_SIZE, CHUNK_EXT_BWS, CHUNK_EXT_NAME0, CHUNK_EXT_NAME, CHUNK_EXT_AFTER_NAME,
        CHUNK_EXT_VALUE0, CHUNK_EXT_TOKEN, CHUNK_EXT_QUOTED, CHUNK_EXT_QUOTED_PAIR,
        CHUNK_EXT_AFTER_QUOTED, CHUNK_SIZE_LF, CHUNK_DATA, CHUNK_DATA_CR, CHUNK_DATA_LF,
@@ -67,7 +67,7 @@ static int on_body(llhttp_t *ll, const char *at, size_t length) {
 static int on_chunk_extension_name(llhttp_t *ll, const char *at, size_t length) {
   hk_http_parser_t *parser = ll->data;
   for (size_t i = 0; i < length; i++) {
-    if (!is_tchar((unsigned char)at[i])) {
+    if (!hk_text_is_tchar((unsigned char)at[i])) {
       parser->error_status = 400;
       parser->error_message = "malformed chunk extension";
       return -1;
@@ -80,7 +80,8 @@ static int on_chunk_extension_value(llhttp_t *ll, const char *at, size_t length)
   hk_http_parser_t *parser = ll->data;
   for (size_t i = 0; i < length; i++) {
     unsigned char c = (unsigned char)at[i];
-    if (!(is_tchar(c) || c == '"' || c == '\\' || c == ' ' || c == '\t' || (c > 0x20 && c < 0x7f))) {
+    if (!(hk_text_is_tchar(c) || c == '"' || c == '\\' || c == ' ' || c == '\t' ||
+          (c > 0x20 && c < 0x7f))) {
       parser->error_status = 400;
       parser->error_message = "malformed chunk extension";
       return -1;
@@ -98,17 +99,18 @@ static int on_message_complete(llhttp_t *ll) {
   return HPE_PAUSED; /* one request at a time: responses stay in order */
 }
 
+/* The callbacks every parser shares. Parsers are created on several worker threads at once, so
+ * the table is filled exactly once through pthread_once (a lazy "if not ready" check would let
+ * one thread clear it while another's parser runs) and only read afterwards. */
 static llhttp_settings_t settings;
-static bool settings_ready;
+static pthread_once_t settings_once = PTHREAD_ONCE_INIT;
 
 static void settings_init(void) {
-  if (settings_ready) return;
   llhttp_settings_init(&settings);
   settings.on_body = on_body;
   settings.on_chunk_extension_name = on_chunk_extension_name;
   settings.on_chunk_extension_value = on_chunk_extension_value;
   settings.on_message_complete = on_message_complete;
-  settings_ready = true;
 }
 
 /* ---- parser lifecycle --------------------------------------------------------------------- */
@@ -124,7 +126,7 @@ static void request_reset(hk_http_request_t *req) {
 }
 
 void hk_http_parser_init(hk_http_parser_t *parser, uint64_t max_body) {
-  settings_init();
+  (void)pthread_once(&settings_once, settings_init);
   memset(parser, 0, sizeof *parser);
   llhttp_init(&parser->llhttp, HTTP_REQUEST, &settings);
   parser->llhttp.data = parser;
@@ -147,6 +149,8 @@ void hk_http_parser_next(hk_http_parser_t *parser) {
   parser->chunk_state = CHUNK_SIZE;
   parser->chunk_remaining = 0;
   parser->chunk_digits = 0;
+  parser->chunk_line_len = 0;
+  parser->chunk_counted = 0;
   if (llhttp_get_errno(&parser->llhttp) == HPE_PAUSED) llhttp_resume(&parser->llhttp);
 }
 
@@ -161,7 +165,7 @@ static hk_http_event_t fail(hk_http_parser_t *parser, int status, const char *me
 
 static const char *parse_request_line(hk_http_request_t *req, const char *line, size_t len) {
   size_t i = 0;
-  while (i < len && is_tchar((unsigned char)line[i])) i++;
+  while (i < len && hk_text_is_tchar((unsigned char)line[i])) i++;
   if (i == 0 || i == len || line[i] != ' ') return "malformed request line";
   req->method = line;
   req->method_len = i;
@@ -210,7 +214,7 @@ static const char *parse_request_line(hk_http_request_t *req, const char *line, 
 static const char *parse_header_line(hk_http_request_t *req, const char *line, size_t len) {
   if (line[0] == ' ' || line[0] == '\t') return "obsolete line folding is not accepted";
   size_t i = 0;
-  while (i < len && is_tchar((unsigned char)line[i])) i++;
+  while (i < len && hk_text_is_tchar((unsigned char)line[i])) i++;
   if (i == len || line[i] != ':' || i == 0) return "malformed header name";
   if (req->header_count == HK_HTTP_MAX_HEADERS) return "too many headers";
   size_t vstart = i + 1, vend = len;
@@ -364,24 +368,50 @@ static hk_http_event_t feed_llhttp(hk_http_parser_t *parser, const char *data, s
 
 /* llhttp 8 skips the two bytes after chunk data unread and accepts bare LF, obs-fold and
  * malformed field lines in the trailer section; this checks the chunked body's framing
- * (RFC 9112 §7.1) byte by byte before llhttp sees it. */
+ * (RFC 9112 §7.1) byte by byte before llhttp sees it.
+ *
+ * It also holds the body to max_body counting every byte the client chooses to send, not only
+ * the data: chunk data, chunk extensions (from the first byte after the size digits to the CR)
+ * and the trailer section's field lines (with their CRLFs). Otherwise a tiny body could carry
+ * unbounded extensions or trailers, which we read and check but never keep. Not counted: the
+ * size digits (at most 15 per chunk) and the CRLFs ending size lines and data, since a chunk
+ * carries at least one data byte, so they are bounded by the data, and counting them would let a
+ * chunked body hold less data than a Content-Length one under the same limit. Every limit is
+ * checked at the byte that crosses it, so how the input was split into reads never matters. */
 
-static int hex_digit(unsigned char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') return (c | 0x20) - 'a' + 10;
-  return -1;
+static bool in_size_line(int state) {
+  return state >= CHUNK_SIZE && state <= CHUNK_EXT_AFTER_QUOTED;
 }
 
-/* Returns how many bytes of data are well-formed chunked framing; stops after the final CRLF
- * (*ok true) or at the first malformed byte (*ok false). */
-static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len, bool *ok) {
-  *ok = true;
+/* Takes one byte out of what max_body still allows; false when nothing is left. */
+static bool count_byte(hk_http_parser_t *parser) {
+  if (parser->chunk_counted >= parser->max_body) return false;
+  parser->chunk_counted++;
+  return true;
+}
+
+/* Returns how many bytes of data are well-formed chunked framing within the limits. Stops after
+ * the final CRLF (*status 0), at the end of data (*status 0), or at the first byte that is
+ * malformed or crosses a limit (*status 400 or 413, *message what to tell the client). */
+static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len, int *status,
+                         const char **message) {
+  *status = 0;
+  *message = NULL;
   size_t i = 0;
   for (; i < len; i++) {
     unsigned char c = (unsigned char)data[i];
-    switch (parser->chunk_state) {
+    int state = parser->chunk_state;
+    if (in_size_line(state) && c != '\r') {
+      if (++parser->chunk_line_len > HK_HTTP_MAX_CHUNK_LINE) goto line_too_long;
+      bool digit = state == CHUNK_SIZE && hk_text_hex_value(c) >= 0;
+      if (!digit && !count_byte(parser)) goto too_large; /* an extension byte */
+    } else if ((state == CHUNK_TRAILER && c != '\r') || state == CHUNK_FIELD_NAME ||
+               state == CHUNK_FIELD_VALUE || state == CHUNK_FIELD_LF) {
+      if (!count_byte(parser)) goto too_large; /* a trailer field line byte */
+    }
+    switch (state) {
       case CHUNK_SIZE: {
-        int d = hex_digit(c);
+        int d = hk_text_hex_value(c);
         if (d >= 0) {
           if (++parser->chunk_digits > 15) goto bad;
           parser->chunk_remaining = parser->chunk_remaining * 16 + (uint64_t)d;
@@ -404,7 +434,7 @@ static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len,
         else if (c != ' ' && c != '\t') goto bad;
         break;
       case CHUNK_EXT_NAME0:
-        if (is_tchar(c)) parser->chunk_state = CHUNK_EXT_NAME;
+        if (hk_text_is_tchar(c)) parser->chunk_state = CHUNK_EXT_NAME;
         else if (c != ' ' && c != '\t') goto bad;
         break;
       case CHUNK_EXT_NAME:
@@ -412,7 +442,7 @@ static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len,
         else if (c == ';') parser->chunk_state = CHUNK_EXT_NAME0;
         else if (c == '=') parser->chunk_state = CHUNK_EXT_VALUE0;
         else if (c == ' ' || c == '\t') parser->chunk_state = CHUNK_EXT_AFTER_NAME;
-        else if (!is_tchar(c)) goto bad;
+        else if (!hk_text_is_tchar(c)) goto bad;
         break;
       case CHUNK_EXT_AFTER_NAME:
         if (c == ';') parser->chunk_state = CHUNK_EXT_NAME0;
@@ -421,7 +451,7 @@ static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len,
         break;
       case CHUNK_EXT_VALUE0:
         if (c == '"') parser->chunk_state = CHUNK_EXT_QUOTED;
-        else if (is_tchar(c)) parser->chunk_state = CHUNK_EXT_TOKEN;
+        else if (hk_text_is_tchar(c)) parser->chunk_state = CHUNK_EXT_TOKEN;
         else if (c != ' ' && c != '\t') goto bad;
         break;
       case CHUNK_EXT_TOKEN:
@@ -429,7 +459,7 @@ static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len,
         if (c == '\r') parser->chunk_state = CHUNK_SIZE_LF;
         else if (c == ';') parser->chunk_state = CHUNK_EXT_NAME0;
         else if (c == ' ' || c == '\t') parser->chunk_state = CHUNK_EXT_BWS;
-        else if (parser->chunk_state != CHUNK_EXT_TOKEN || !is_tchar(c)) goto bad;
+        else if (parser->chunk_state != CHUNK_EXT_TOKEN || !hk_text_is_tchar(c)) goto bad;
         break;
       case CHUNK_EXT_QUOTED:
         if (c == '"') parser->chunk_state = CHUNK_EXT_AFTER_QUOTED;
@@ -443,11 +473,19 @@ static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len,
       case CHUNK_SIZE_LF:
         if (c != '\n') goto bad;
         parser->chunk_digits = 0;
+        parser->chunk_line_len = 0;
         parser->chunk_state = parser->chunk_remaining > 0 ? CHUNK_DATA : CHUNK_TRAILER;
         break;
       case CHUNK_DATA: {
         size_t n = len - i;
         if (n > parser->chunk_remaining) n = (size_t)parser->chunk_remaining;
+        assert(parser->chunk_counted <= parser->max_body);
+        uint64_t room = parser->max_body - parser->chunk_counted;
+        if (n > room) {
+          i += (size_t)room; /* the first byte past the limit */
+          goto too_large;
+        }
+        parser->chunk_counted += n;
         parser->chunk_remaining -= n;
         i += n - 1;
         if (parser->chunk_remaining == 0) parser->chunk_state = CHUNK_DATA_CR;
@@ -463,12 +501,12 @@ static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len,
         break;
       case CHUNK_TRAILER:
         if (c == '\r') parser->chunk_state = CHUNK_END_LF;
-        else if (is_tchar(c)) parser->chunk_state = CHUNK_FIELD_NAME;
+        else if (hk_text_is_tchar(c)) parser->chunk_state = CHUNK_FIELD_NAME;
         else goto bad;
         break;
       case CHUNK_FIELD_NAME:
         if (c == ':') parser->chunk_state = CHUNK_FIELD_VALUE;
-        else if (!is_tchar(c)) goto bad;
+        else if (!hk_text_is_tchar(c)) goto bad;
         break;
       case CHUNK_FIELD_VALUE:
         if (c == '\r') parser->chunk_state = CHUNK_FIELD_LF;
@@ -488,24 +526,35 @@ static size_t chunk_scan(hk_http_parser_t *parser, const char *data, size_t len,
   }
   return i;
 bad:
-  *ok = false;
+  *status = 400;
+  *message = "malformed chunked body";
+  return i;
+line_too_long:
+  *status = 400;
+  *message = "chunk line too long";
+  return i;
+too_large:
+  *status = 413;
+  *message = "request body too large";
   return i;
 }
 
-/* Feeds body bytes to llhttp; chunked bodies only as far as their framing is well-formed, so
- * errors come in byte order whatever the reads were. */
+/* Feeds body bytes to llhttp; chunked bodies only as far as their framing is well-formed and
+ * within the limits, so errors come in byte order whatever the reads were. */
 static hk_http_event_t feed_body(hk_http_parser_t *parser, const char *data, size_t len,
                                  size_t *consumed) {
   if (!parser->request.chunked) return feed_llhttp(parser, data, len, consumed);
-  bool ok;
-  size_t valid = chunk_scan(parser, data, len, &ok);
+  int status;
+  const char *message;
+  size_t valid = chunk_scan(parser, data, len, &status, &message);
   hk_http_event_t ev = feed_llhttp(parser, data, valid, consumed);
   if (ev == HK_HTTP_ERROR) return ev;
   bool done = parser->chunk_state == CHUNK_DONE;
   if (ev == HK_HTTP_REQUEST && done && *consumed == valid) return ev;
-  if (ev == HK_HTTP_NEED_MORE && ok && !done) return ev;
+  if (ev == HK_HTTP_NEED_MORE && status == 0 && !done) return ev;
   *consumed = len;
-  return fail(parser, 400, "malformed chunked body");
+  if (status == 0) return fail(parser, 400, "malformed chunked body"); /* llhttp disagrees */
+  return fail(parser, status, message);
 }
 
 hk_http_event_t hk_http_parse(hk_http_parser_t *parser, const char *data, size_t len,

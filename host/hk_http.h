@@ -8,7 +8,12 @@
  * many bytes it consumed and one event. After HK_HTTP_REQUEST the caller answers the request and
  * calls hk_http_parser_next before parsing again: a parser holds one request at a time, which
  * keeps pipelined responses in order. After HK_HTTP_ERROR the caller answers error_status and
- * closes; the parser must not be used again. */
+ * closes; the parser must not be used again.
+ *
+ * Body limit: max_body bounds a Content-Length body, and for a chunked body the data plus every
+ * chunk-extension byte and trailer-section byte (size digits and framing CRLFs are not counted);
+ * past it the error is 413. One chunk-size line longer than HK_HTTP_MAX_CHUNK_LINE is a 400.
+ * Parsers may be created and used on any number of threads, each parser on one at a time. */
 #ifndef HK_HTTP_H
 #define HK_HTTP_H
 
@@ -23,6 +28,8 @@
 #define HK_HTTP_MAX_HEADERS 100
 #define HK_HTTP_MAX_HEAD (16 * 1024)
 #define HK_HTTP_MAX_REQUEST_LINE (8 * 1024)
+/* One chunk-size line (size digits and extensions, without its CRLF); longer is a 400. */
+#define HK_HTTP_MAX_CHUNK_LINE (4 * 1024)
 
 typedef struct hk_http_header_s {
   const char *name; /* as sent; compare case-insensitively */
@@ -76,6 +83,8 @@ typedef struct hk_http_parser_s {
   int chunk_state;          /* where the chunked-body check is (hk_http.c) */
   uint64_t chunk_remaining; /* data bytes left in the current chunk */
   unsigned chunk_digits;
+  unsigned chunk_line_len; /* bytes of the current chunk-size line, CRLF not counted */
+  uint64_t chunk_counted;  /* chunk data, extension and trailer bytes so far, <= max_body */
   uint64_t max_body;
   int error_status;
   const char *error_message; /* static string, safe to send to the client */

@@ -1,7 +1,8 @@
 /* hk_json: JSON string escaping, JSON text -> Lua values (a strict RFC 8259 decoder) and Lua
- * values -> JSON text (written straight into an hk_buf_t). Leaves sockets, requests and the
- * choice of buffers to its callers. Entry points: hk_json_append_string, hk_json_decode,
- * hk_json_encode and the Lua module from hk_json_open.
+ * values -> JSON text (written straight into an hk_buf_t), and a scan for one top-level string
+ * member that needs no Lua. Leaves sockets, requests and the choice of buffers to its callers.
+ * Entry points: hk_json_append_string, hk_json_decode, hk_json_encode, hk_json_scan_member and
+ * the Lua module from hk_json_open.
  *
  * Why not cJSON for decoding: cJSON keeps every number as a double, so 9007199254740993 would
  * come back as ...992 and the original text is gone by the time we see the item; it also
@@ -38,6 +39,8 @@
 
 #include <lauxlib.h>
 
+#include "hk_text.h"
+
 #define BUFFER_MT "hancock.json.buffer"
 /* encode() keeps its output buffer between calls; one that grew past this is given back. */
 #define KEEP_BUFFER_BYTES (64 * 1024)
@@ -48,75 +51,6 @@ static void push_array_mt(lua_State *L) { (void)luaL_newmetatable(L, HK_JSON_ARR
 void hk_json_init(lua_State *L) {
   push_array_mt(L);
   lua_pop(L, 1);
-}
-
-/* ---- UTF-8 ---------------------------------------------------------------------------------- */
-
-/* Decodes one UTF-8 sequence at p (p < end) following Unicode's table 3-7 (no overlongs, no
- * surrogates, nothing above U+10FFFF). Returns its length (1..4) and sets *cp, or returns
- * -n where n >= 1 is the length of the maximal invalid subpart, the unit that becomes one
- * U+FFFD (Unicode's "substitution of maximal subparts"). */
-static int utf8_decode(const unsigned char *p, const unsigned char *end, uint32_t *cp) {
-  unsigned c = p[0];
-  if (c < 0x80) {
-    *cp = c;
-    return 1;
-  }
-  int need;
-  uint32_t value;
-  unsigned lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) {
-    need = 1;
-    value = c & 0x1F;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    need = 2;
-    value = c & 0x0F;
-    if (c == 0xE0) lo = 0xA0;      /* overlong below U+0800 */
-    else if (c == 0xED) hi = 0x9F; /* U+D800..DFFF */
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    need = 3;
-    value = c & 0x07;
-    if (c == 0xF0) lo = 0x90;      /* overlong below U+10000 */
-    else if (c == 0xF4) hi = 0x8F; /* above U+10FFFF */
-  } else {
-    return -1;
-  }
-  size_t avail = (size_t)(end - p);
-  for (int i = 1; i <= need; i++) {
-    if ((size_t)i >= avail) return -i;
-    unsigned b = p[i];
-    if (b < lo || b > hi) return -i;
-    lo = 0x80;
-    hi = 0xBF;
-    value = (value << 6) | (b & 0x3F);
-  }
-  *cp = value;
-  return need + 1;
-}
-
-/* Writes cp (a scalar value, not a surrogate) as UTF-8 into out; returns the length. */
-static size_t utf8_encode(uint32_t cp, char out[4]) {
-  assert(cp <= 0x10FFFF && (cp < 0xD800 || cp > 0xDFFF));
-  if (cp < 0x80) {
-    out[0] = (char)cp;
-    return 1;
-  }
-  if (cp < 0x800) {
-    out[0] = (char)(0xC0 | (cp >> 6));
-    out[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
-  }
-  if (cp < 0x10000) {
-    out[0] = (char)(0xE0 | (cp >> 12));
-    out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[2] = (char)(0x80 | (cp & 0x3F));
-    return 3;
-  }
-  out[0] = (char)(0xF0 | (cp >> 18));
-  out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-  out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-  out[3] = (char)(0x80 | (cp & 0x3F));
-  return 4;
 }
 
 /* ---- string escaping ------------------------------------------------------------------------ */
@@ -155,7 +89,7 @@ int hk_json_append_string(hk_buf_t *buf, const char *str, size_t len, int flags)
     int step = 1;
     if (c >= 0x80) {
       uint32_t cp;
-      step = utf8_decode(p, end, &cp);
+      step = hk_text_utf8_decode(p, (size_t)(end - p), &cp);
       if (step > 0 && !ascii) { /* valid UTF-8 is copied as is */
         p += step;
         continue;
@@ -201,6 +135,90 @@ fail:
   return rc;
 }
 
+/* ---- lexical pieces shared by the decoder and the scanner ------------------------------------ */
+
+static const char unterminated_string[] = "unterminated string";
+
+static const unsigned char *whitespace_end(const unsigned char *p, const unsigned char *end) {
+  while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+  return p;
+}
+
+/* Reads the 4 hex digits of a \u escape at p (just after "\u"). Returns the unit or -1. */
+static long read_hex4(const unsigned char *p, const unsigned char *end) {
+  if (end - p < 4) return -1;
+  long unit = 0;
+  for (int i = 0; i < 4; i++) {
+    int v = hk_text_hex_value(p[i]);
+    if (v < 0) return -1;
+    unit = (unit << 4) | v;
+  }
+  return unit;
+}
+
+/* Decodes the escape whose backslash is at *pp into out (UTF-8, *out_len bytes) and moves *pp
+ * past it. Returns NULL, or what is wrong (unterminated_string when the text ends after the
+ * backslash), leaving *pp alone. A \u escape must not name a lone surrogate. */
+static const char *read_escape(const unsigned char **pp, const unsigned char *end, char out[4],
+                               size_t *out_len) {
+  const unsigned char *p = *pp + 1;
+  if (p == end) return unterminated_string;
+  *out_len = 1;
+  switch (*p++) {
+    case '"': out[0] = '"'; break;
+    case '\\': out[0] = '\\'; break;
+    case '/': out[0] = '/'; break;
+    case 'b': out[0] = '\b'; break;
+    case 'f': out[0] = '\f'; break;
+    case 'n': out[0] = '\n'; break;
+    case 'r': out[0] = '\r'; break;
+    case 't': out[0] = '\t'; break;
+    case 'u': {
+      long unit = read_hex4(p, end);
+      if (unit < 0) return "invalid \\u escape";
+      p += 4;
+      uint32_t cp = (uint32_t)unit;
+      if (unit >= 0xDC00 && unit <= 0xDFFF) return "lone surrogate in \\u escape";
+      if (unit >= 0xD800 && unit <= 0xDBFF) {
+        long low = (end - p >= 2 && p[0] == '\\' && p[1] == 'u') ? read_hex4(p + 2, end) : -1;
+        if (low < 0xDC00 || low > 0xDFFF) return "lone surrogate in \\u escape";
+        p += 6;
+        cp = 0x10000 + (((uint32_t)unit - 0xD800) << 10) + ((uint32_t)low - 0xDC00);
+      }
+      *out_len = hk_text_utf8_encode(cp, out);
+      break;
+    }
+    default: return "invalid escape";
+  }
+  *pp = p;
+  return NULL;
+}
+
+/* The end of the number at p, -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, or NULL when the
+ * text there is not one. *int_end is where its integer digits end (the number's end when it has
+ * no fraction and no exponent). */
+static const unsigned char *number_end(const unsigned char *p, const unsigned char *end,
+                                       const unsigned char **int_end) {
+  if (p < end && *p == '-') p++;
+  if (p == end || !hk_text_is_digit(*p)) return NULL;
+  if (*p == '0') p++;
+  else
+    while (p < end && hk_text_is_digit(*p)) p++;
+  *int_end = p;
+  if (p < end && *p == '.') {
+    p++;
+    if (p == end || !hk_text_is_digit(*p)) return NULL;
+    while (p < end && hk_text_is_digit(*p)) p++;
+  }
+  if (p < end && (*p == 'e' || *p == 'E')) {
+    p++;
+    if (p < end && (*p == '+' || *p == '-')) p++;
+    if (p == end || !hk_text_is_digit(*p)) return NULL;
+    while (p < end && hk_text_is_digit(*p)) p++;
+  }
+  return p;
+}
+
 /* ---- decoding ------------------------------------------------------------------------------- */
 
 typedef struct decoder_s {
@@ -217,32 +235,7 @@ static int decode_fail(decoder_t *d, const unsigned char *at, const char *what) 
   return -EINVAL;
 }
 
-static void skip_whitespace(decoder_t *d) {
-  const unsigned char *p = d->p, *end = d->end;
-  while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
-  d->p = p;
-}
-
-static int is_digit(unsigned c) { return c >= '0' && c <= '9'; }
-
-static int hex_value(unsigned c) {
-  if (c >= '0' && c <= '9') return (int)(c - '0');
-  if (c >= 'a' && c <= 'f') return (int)(c - 'a' + 10);
-  if (c >= 'A' && c <= 'F') return (int)(c - 'A' + 10);
-  return -1;
-}
-
-/* Reads the 4 hex digits of a \u escape at p (just after "\u"). Returns the unit or -1. */
-static long read_hex4(const unsigned char *p, const unsigned char *end) {
-  if (end - p < 4) return -1;
-  long unit = 0;
-  for (int i = 0; i < 4; i++) {
-    int v = hex_value(p[i]);
-    if (v < 0) return -1;
-    unit = (unit << 4) | v;
-  }
-  return unit;
-}
+static void skip_whitespace(decoder_t *d) { d->p = whitespace_end(d->p, d->end); }
 
 /* Pushes the string whose opening quote is at d->p. Strings without escapes are pushed
  * straight from the input; the others are assembled in a luaL_Buffer. */
@@ -253,7 +246,7 @@ static int decode_string(decoder_t *d) {
   int buffered = 0;
 
   for (;;) {
-    if (p == end) return decode_fail(d, open, "unterminated string");
+    if (p == end) return decode_fail(d, open, unterminated_string);
     unsigned c = *p;
     if (c == '"') break;
     if (c >= 0x20 && c < 0x80 && c != '\\') {
@@ -262,7 +255,7 @@ static int decode_string(decoder_t *d) {
     }
     if (c >= 0x80) {
       uint32_t cp;
-      int n = utf8_decode(p, end, &cp);
+      int n = hk_text_utf8_decode(p, (size_t)(end - p), &cp);
       if (n < 0) return decode_fail(d, p, "invalid UTF-8");
       p += n;
       continue;
@@ -274,36 +267,11 @@ static int decode_string(decoder_t *d) {
       buffered = 1;
     }
     luaL_addlstring(&b, (const char *)run, (size_t)(p - run));
-    const unsigned char *esc = p++;
-    if (p == end) return decode_fail(d, open, "unterminated string");
     char out[4];
-    size_t out_len = 1;
-    switch (*p++) {
-      case '"': out[0] = '"'; break;
-      case '\\': out[0] = '\\'; break;
-      case '/': out[0] = '/'; break;
-      case 'b': out[0] = '\b'; break;
-      case 'f': out[0] = '\f'; break;
-      case 'n': out[0] = '\n'; break;
-      case 'r': out[0] = '\r'; break;
-      case 't': out[0] = '\t'; break;
-      case 'u': {
-        long unit = read_hex4(p, end);
-        if (unit < 0) return decode_fail(d, esc, "invalid \\u escape");
-        p += 4;
-        uint32_t cp = (uint32_t)unit;
-        if (unit >= 0xDC00 && unit <= 0xDFFF) return decode_fail(d, esc, "lone surrogate in \\u escape");
-        if (unit >= 0xD800 && unit <= 0xDBFF) {
-          long low = (end - p >= 2 && p[0] == '\\' && p[1] == 'u') ? read_hex4(p + 2, end) : -1;
-          if (low < 0xDC00 || low > 0xDFFF) return decode_fail(d, esc, "lone surrogate in \\u escape");
-          p += 6;
-          cp = 0x10000 + (((uint32_t)unit - 0xD800) << 10) + ((uint32_t)low - 0xDC00);
-        }
-        out_len = utf8_encode(cp, out);
-        break;
-      }
-      default: return decode_fail(d, esc, "invalid escape");
-    }
+    size_t out_len;
+    const unsigned char *esc = p;
+    const char *why = read_escape(&p, end, out, &out_len);
+    if (why != NULL) return decode_fail(d, why == unterminated_string ? open : esc, why);
     luaL_addlstring(&b, out, out_len);
     run = p;
   }
@@ -319,31 +287,11 @@ static int decode_string(decoder_t *d) {
 
 /* Pushes the number at d->p: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
 static int decode_number(decoder_t *d) {
-  const unsigned char *s = d->p, *p = d->p, *end = d->end;
-  int negative = 0, is_float = 0;
-  if (*p == '-') {
-    negative = 1;
-    p++;
-  }
-  const unsigned char *digits = p;
-  if (p == end || !is_digit(*p)) return decode_fail(d, s, "invalid number");
-  if (*p == '0') p++;
-  else
-    while (p < end && is_digit(*p)) p++;
-  const unsigned char *digits_end = p;
-  if (p < end && *p == '.') {
-    p++;
-    if (p == end || !is_digit(*p)) return decode_fail(d, s, "invalid number");
-    while (p < end && is_digit(*p)) p++;
-    is_float = 1;
-  }
-  if (p < end && (*p == 'e' || *p == 'E')) {
-    p++;
-    if (p < end && (*p == '+' || *p == '-')) p++;
-    if (p == end || !is_digit(*p)) return decode_fail(d, s, "invalid number");
-    while (p < end && is_digit(*p)) p++;
-    is_float = 1;
-  }
+  const unsigned char *s = d->p, *digits_end = NULL;
+  const unsigned char *p = number_end(s, d->end, &digits_end);
+  if (p == NULL) return decode_fail(d, s, "invalid number");
+  int negative = *s == '-', is_float = p != digits_end;
+  const unsigned char *digits = s + negative;
   d->p = p;
 
   if (!is_float) {
@@ -467,10 +415,11 @@ static int decode_value(decoder_t *d, int depth) {
       lua_pushlightuserdata(d->L, NULL);
       return 0;
     default:
-      if (c == '-' || is_digit(c)) return decode_number(d);
+      if (c == '-' || hk_text_is_digit(c)) return decode_number(d);
       if (c >= 0x80) {
         uint32_t cp;
-        if (utf8_decode(d->p, d->end, &cp) < 0) return decode_fail(d, d->p, "invalid UTF-8");
+        if (hk_text_utf8_decode(d->p, (size_t)(d->end - d->p), &cp) < 0)
+          return decode_fail(d, d->p, "invalid UTF-8");
       }
       return decode_fail(d, d->p, "unexpected character");
   }
@@ -501,6 +450,181 @@ int hk_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
 fail:
   lua_settop(L, top);
   return rc;
+}
+
+/* ---- scanning for one member (no Lua) -------------------------------------------------------
+ *
+ * One pass with the decoder's rules and no recursion: the nesting is a depth counter plus one bit
+ * per level (object or array), so hostile nesting costs 16 bytes of stack, not a stack frame per
+ * level. Strings hand their unescaped bytes to a sink that compares them with the key or copies
+ * them into the caller's buffer; every other string is only checked. */
+
+/* Where scan_string puts the unescaped bytes of one string. */
+typedef struct sink_s {
+  const char *key; /* compare with key[0..key_len); NULL: do not */
+  size_t key_len;
+  bool differs;    /* a byte differed from key, or there were more; len <= key_len until then */
+  char *out;       /* copy into out[0..out_size - 1); NULL: do not */
+  size_t out_size;
+  bool has_nul;
+  size_t len; /* unescaped bytes so far */
+} sink_t;
+
+static void sink_put(sink_t *sink, const void *bytes, size_t n) {
+  if (sink == NULL || n == 0) return;
+  if (sink->key != NULL && !sink->differs &&
+      (n > sink->key_len - sink->len || memcmp(sink->key + sink->len, bytes, n) != 0))
+    sink->differs = true;
+  if (sink->out != NULL) {
+    if (memchr(bytes, '\0', n) != NULL) sink->has_nul = true;
+    /* Room is kept for the NUL. len only grows, so once a piece does not fit, no later one is
+     * written either: out never holds a string with a hole. */
+    if (sink->len < sink->out_size && n < sink->out_size - sink->len)
+      memcpy(sink->out + sink->len, bytes, n);
+  }
+  sink->len += n;
+}
+
+/* Checks the string whose opening quote is at p and hands its unescaped bytes to sink (NULL:
+ * nowhere). Returns the position after the closing quote, or NULL when it is not a valid string. */
+static const unsigned char *scan_string(const unsigned char *p, const unsigned char *end,
+                                        sink_t *sink) {
+  const unsigned char *run = ++p;
+  for (;;) {
+    if (p == end) return NULL;
+    unsigned c = *p;
+    if (c == '"') break;
+    if (c >= 0x20 && c < 0x80 && c != '\\') {
+      p++;
+      continue;
+    }
+    if (c >= 0x80) {
+      uint32_t cp;
+      int n = hk_text_utf8_decode(p, (size_t)(end - p), &cp);
+      if (n < 0) return NULL;
+      p += n;
+      continue;
+    }
+    if (c < 0x20) return NULL;
+    sink_put(sink, run, (size_t)(p - run));
+    char out[4];
+    size_t out_len;
+    if (read_escape(&p, end, out, &out_len) != NULL) return NULL;
+    sink_put(sink, out, out_len);
+    run = p;
+  }
+  sink_put(sink, run, (size_t)(p - run));
+  return p + 1;
+}
+
+enum { SCAN_VALUE, SCAN_AFTER_VALUE, SCAN_MEMBER };
+
+int hk_json_scan_member(const char *json, size_t len, const char *key, char *out, size_t out_size) {
+  if (key == NULL || out == NULL || out_size == 0 || (json == NULL && len > 0)) return -EINVAL;
+  out[0] = '\0';
+  const unsigned char *p = (const unsigned char *)json, *end = p + len;
+  const size_t key_len = strlen(key);
+  /* Bit (level - 1) is set when that level is an object; level 1 is the top-level value. */
+  uint64_t objects[(HK_JSON_MAX_DEPTH + 63) / 64] = {0};
+  int depth = 0, state = SCAN_VALUE, found = -ENOENT;
+  bool capture = false; /* the next value is that of a top-level member named key */
+
+  for (;;) {
+    p = whitespace_end(p, end);
+    if (p == end) {
+      if (state == SCAN_AFTER_VALUE && depth == 0) break; /* the one top-level value, then end */
+      goto invalid;
+    }
+    if (state == SCAN_AFTER_VALUE) {
+      if (depth == 0) goto invalid; /* data after the top-level value */
+      bool object = (objects[(depth - 1) / 64] >> ((depth - 1) % 64)) & 1u;
+      if (*p == (object ? '}' : ']')) {
+        depth--;
+        p++;
+      } else if (*p == ',') {
+        state = object ? SCAN_MEMBER : SCAN_VALUE;
+        p++;
+      } else {
+        goto invalid;
+      }
+      continue;
+    }
+    if (state == SCAN_MEMBER) {
+      if (*p != '"') goto invalid;
+      sink_t name = {.key = key, .key_len = key_len};
+      /* Only the top-level object's names can match; deeper ones are only checked. */
+      p = scan_string(p, end, depth == 1 ? &name : NULL);
+      if (p == NULL) goto invalid;
+      capture = depth == 1 && !name.differs && name.len == key_len;
+      p = whitespace_end(p, end);
+      if (p == end || *p != ':') goto invalid;
+      p++;
+      state = SCAN_VALUE;
+      continue;
+    }
+
+    /* SCAN_VALUE */
+    bool captured = capture;
+    capture = false;
+    if (captured) found = -ENOENT; /* the last member named key wins: forget an earlier one */
+    state = SCAN_AFTER_VALUE;
+    switch (*p) {
+      case '{':
+      case '[': {
+        bool object = *p == '{';
+        if (depth == HK_JSON_MAX_DEPTH) goto invalid;
+        uint64_t bit = (uint64_t)1 << (depth % 64);
+        if (object) objects[depth / 64] |= bit;
+        else objects[depth / 64] &= ~bit;
+        depth++;
+        p = whitespace_end(p + 1, end);
+        if (p < end && *p == (object ? '}' : ']')) {
+          depth--;
+          p++;
+        } else {
+          state = object ? SCAN_MEMBER : SCAN_VALUE;
+        }
+        break;
+      }
+      case '"': {
+        sink_t value = {.out = out, .out_size = out_size};
+        p = scan_string(p, end, captured ? &value : NULL);
+        if (p == NULL) goto invalid;
+        if (!captured) break;
+        if (value.has_nul) {
+          found = -EILSEQ;
+        } else if (value.len >= out_size) {
+          found = -ENOSPC;
+        } else {
+          out[value.len] = '\0';
+          found = 0;
+        }
+        break;
+      }
+      case 't':
+      case 'f':
+      case 'n': {
+        const char *word = *p == 't' ? "true" : *p == 'f' ? "false" : "null";
+        size_t word_len = strlen(word);
+        if ((size_t)(end - p) < word_len || memcmp(p, word, word_len) != 0) goto invalid;
+        p += word_len;
+        break;
+      }
+      default: {
+        const unsigned char *int_end;
+        if (*p != '-' && !hk_text_is_digit(*p)) goto invalid;
+        p = number_end(p, end, &int_end);
+        if (p == NULL) goto invalid;
+        break;
+      }
+    }
+  }
+  if (found != 0) out[0] = '\0';
+  return found;
+
+invalid:
+  out[0] = '\0';
+  return -EINVAL;
 }
 
 /* ---- encoding ------------------------------------------------------------------------------- */

@@ -1,7 +1,8 @@
 /* hk_json: JSON for the core and the Lua boundary. Owns JSON string escaping (used by the
  * logger and responses), decoding JSON text into Lua values (a strict RFC 8259 parser of its
- * own, not cJSON, which keeps numbers only as doubles: see hk_json.c) and encoding Lua values as
- * JSON text. Knows nothing of sockets or requests.
+ * own, not cJSON, which keeps numbers only as doubles: see hk_json.c), encoding Lua values as
+ * JSON text, and scanning JSON text for one top-level string member without Lua. Knows nothing
+ * of sockets or requests.
  *
  * Lua mapping, lossless both ways:
  *   null            <-> hk_json_null(): one light userdata (NULL), exposed as hk.json.null
@@ -40,6 +41,28 @@ enum {
  * characters (\n \r \t \b \f, others \u00XX). Without HK_JSON_ASCII valid UTF-8 is copied and
  * invalid sequences become U+FFFD. Returns 0 or -ENOMEM. */
 int hk_json_append_string(hk_buf_t *buf, const char *str, size_t len, int flags);
+
+/* Finds the member `key` of the top-level object in the JSON text json[0..len) and, when its
+ * value is a string, writes that string unescaped and NUL-terminated into out (out_size bytes
+ * with the NUL). For reading one field, such as the request body's "mode" for the log line,
+ * without decoding the body. Pure: no allocation, no Lua, one pass, O(len); nesting costs a depth
+ * counter, not recursion; never reads past len (json need not be NUL-terminated).
+ *
+ * The whole text is checked with hk_json_decode's rules (RFC 8259, valid UTF-8, no lone
+ * surrogate escapes, nesting up to HK_JSON_MAX_DEPTH, only whitespace after the value), with one
+ * exception: numbers are checked for syntax only, so 1e400, which the decoder refuses as out of
+ * range, passes here. Hence 0 means hk_json_decode gives a table whose [key] is that string.
+ *   - Names are compared after unescaping ("mo\u0064e" matches "mode"), byte for byte.
+ *   - Only members of the top-level object count; a "mode" inside a nested value never matches.
+ *   - Duplicate names: the last one wins, as in hk_json_decode (what req:json() gives the
+ *     handler), so the scan always reads to the end. (cJSON's lookup would take the first.)
+ * Returns 0; -ENOENT when the text is valid JSON but not an object, has no member `key`, or the
+ * last such member's value is not a string; -ENOSPC when the string needs more than
+ * out_size - 1 bytes; -EILSEQ when it holds U+0000 (\u0000), which a C string cannot (checked
+ * before the size); -EINVAL when the text is not valid JSON, anywhere in it, or on misuse (NULL
+ * key or out, out_size 0). On every error out is "" (when out_size > 0).
+ * tests/fuzz/fuzz_json.c checks it against hk_json_decode on every input. */
+int hk_json_scan_member(const char *json, size_t len, const char *key, char *out, size_t out_size);
 
 /* Registers the array metatable in the registry (idempotent). Call once per lua_State before
  * using the functions below. [-0, +0, m] */

@@ -3,6 +3,8 @@
 #include "hk_log.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,14 +25,21 @@ hk_log_level_t hk__log_level = HK_LOG_INFO;
 
 static struct {
   pthread_mutex_t lock;
-  pthread_cond_t wake;
+  pthread_cond_t wake; /* the writer: a line arrived, or stop */
+  pthread_cond_t done; /* hk_log_stop_within: the writer left (CLOCK_MONOTONIC, init_done_cond) */
   pthread_t thread;
+  unsigned generation; /* the current writer's; a disowned writer sees it move on and leaves */
   bool running;
   bool stopping;
-  bool idle; /* the writer sleeps on an empty queue: the next line must wake it */
+  bool exited;    /* the current writer left its loop: join it */
+  bool abandoned; /* a stop gave up on a writer stuck in write(2): drop, do not write through */
+  bool broken;    /* the descriptor failed for good (EPIPE, EBADF): drop lines at once */
+  bool idle;      /* the writer sleeps on an empty queue: the next line must wake it */
   int fd;
   size_t queue_limit;
   hk_buf_t queue;
+  uint64_t queue_lines;   /* lines in queue */
+  uint64_t writing_lines; /* lines in the batch the writer is writing */
   uint64_t dropped_total;
   uint64_t dropped_unreported;
 } writer = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .fd = 1};
@@ -96,6 +105,16 @@ static int append_str_or_null(hk_buf_t *line, const char *str, size_t len) {
   return hk_json_append_string(line, str, len, HK_JSON_ASCII);
 }
 
+/* The keys hk_log_begin_line writes, in its order (keep the two in step). */
+static const char *const line_keys[] = {"timestamp", "level", "request_id", "event", "message"};
+
+bool hk_log_key_is_reserved(const char *key, size_t len) {
+  for (size_t i = 0; i < sizeof line_keys / sizeof line_keys[0]; i++) {
+    if (strlen(line_keys[i]) == len && memcmp(line_keys[i], key, len) == 0) return true;
+  }
+  return false;
+}
+
 int hk_log_begin_line(hk_buf_t *line, hk_log_level_t level, const char *request_id,
                       const char *event, const char *message) {
   int rc = hk_buf_append_str(line, "{\"timestamp\":");
@@ -110,13 +129,20 @@ int hk_log_begin_line(hk_buf_t *line, hk_log_level_t level, const char *request_
   return rc;
 }
 
-int hk_log_append_field(hk_buf_t *line, const hk_log_field_t *field) {
-  size_t key_len = strlen(field->key);
+int hk_log_append_key(hk_buf_t *line, const char *key, size_t len, bool *redacted) {
+  *redacted = false;
   int rc = hk_buf_append_char(line, ',');
-  if (rc == 0) rc = hk_json_append_string(line, field->key, key_len, HK_JSON_ASCII);
+  if (rc == 0) rc = hk_json_append_string(line, key, len, HK_JSON_ASCII);
   if (rc == 0) rc = hk_buf_append_char(line, ':');
-  if (rc != 0) return rc;
-  if (hk_log_key_is_secret(field->key, key_len)) return hk_buf_append_str(line, "\"[redacted]\"");
+  if (rc != 0 || !hk_log_key_is_secret(key, len)) return rc;
+  *redacted = true;
+  return hk_buf_append_str(line, "\"[redacted]\"");
+}
+
+int hk_log_append_field(hk_buf_t *line, const hk_log_field_t *field) {
+  bool redacted;
+  int rc = hk_log_append_key(line, field->key, strlen(field->key), &redacted);
+  if (rc != 0 || redacted) return rc;
   return hk_log_append_value(line, field);
 }
 
@@ -162,116 +188,227 @@ void hk_log_event_plain(hk_log_level_t level, const char *request_id, const char
 
 /* ---- writer ------------------------------------------------------------------------------- */
 
-static void write_all(int fd, const char *data, size_t len) {
-  while (len > 0) {
-    ssize_t n = write(fd, data, len);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return; /* stdout closed: nothing sensible left to do with a log line */
+/* Writes everything unless the descriptor fails; returns the bytes written. A non-blocking
+ * stdout (a parent may have set O_NONBLOCK on a shared pipe) is waited for with poll(2) rather
+ * than retried in a loop. */
+static size_t write_all(int fd, const char *data, size_t len, int *error) {
+  size_t done = 0;
+  *error = 0;
+  while (done < len) {
+    ssize_t n = write(fd, data + done, len - done);
+    if (n > 0) {
+      done += (size_t)n;
+      continue;
     }
-    data += n;
-    len -= (size_t)n;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      struct pollfd p = {.fd = fd, .events = POLLOUT};
+      if (poll(&p, 1, -1) >= 0 || errno == EINTR) continue;
+    }
+    *error = n < 0 ? errno : EIO;
+    break;
   }
+  return done;
 }
 
+static uint64_t count_lines(const char *data, size_t len) {
+  uint64_t lines = 0;
+  for (const char *p = data, *end = data + len; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+    lines++;
+  return lines;
+}
+
+/* Called with the lock held, by the writer, once the queue has room again. */
 static void queue_dropped_report(void) {
-  /* Called with the lock held, by the writer, once the queue has room again. */
   hk_buf_t line = HK_BUF_INIT;
   hk_log_field_t field = HK_LOG_I("dropped", writer.dropped_unreported);
   if (hk_log_begin_line(&line, HK_LOG_WARNING, NULL, "log_dropped",
                         "log lines dropped because stdout was too slow") == 0 &&
-      hk_log_append_field(&line, &field) == 0 && hk_buf_append_str(&line, "}\n") == 0) {
-    hk_buf_append(&writer.queue, line.data, line.len);
+      hk_log_append_field(&line, &field) == 0 && hk_buf_append_str(&line, "}\n") == 0 &&
+      hk_buf_append(&writer.queue, line.data, line.len) == 0) {
+    writer.queue_lines++;
     writer.dropped_unreported = 0;
   }
   hk_buf_free(&line);
 }
 
+/* The writer thread. `arg` is its generation: once hk_log_stop_within gives up on it, the
+ * generation moves on, and this thread — whenever its write(2) returns, if ever — leaves
+ * without touching the queue, which belongs to the next writer by then. */
 static void *writer_main(void *arg) {
-  (void)arg;
+  unsigned generation = (unsigned)(uintptr_t)arg;
   hk_buf_t out = HK_BUF_INIT;
   pthread_mutex_lock(&writer.lock);
-  for (;;) {
+  int fd = writer.fd;
+  while (writer.generation == generation) {
     while (writer.queue.len == 0 && writer.dropped_unreported == 0 && !writer.stopping) {
       writer.idle = true;
       pthread_cond_wait(&writer.wake, &writer.lock);
       writer.idle = false;
     }
+    if (writer.generation != generation) break;
     if (!writer.stopping && writer.queue.len < BATCH_BYTES) {
       /* Let a burst accumulate: one write(2) per window instead of one per line, and no
        * wake-up per line for the loop threads to pay for. */
       pthread_mutex_unlock(&writer.lock);
       nanosleep(&(struct timespec){0, BATCH_WINDOW_NS}, NULL);
       pthread_mutex_lock(&writer.lock);
+      if (writer.generation != generation) break;
     }
     if (writer.dropped_unreported > 0) queue_dropped_report();
     if (writer.queue.len == 0 && writer.stopping) break;
-    /* Swap buffers so writers can keep appending while this thread blocks in write(2). */
+    /* Swap buffers so writers can keep appending while this thread blocks in write(2): the
+     * lock is never held across a write, so a stdout nobody reads stalls only this thread. */
     hk_buf_t tmp = out;
     out = writer.queue;
     writer.queue = tmp;
     hk_buf_reset(&writer.queue);
+    writer.writing_lines = writer.queue_lines;
+    writer.queue_lines = 0;
     pthread_mutex_unlock(&writer.lock);
-    write_all(writer.fd, out.data, out.len);
-    hk_buf_reset(&out);
+    int error;
+    size_t written = write_all(fd, out.data, out.len, &error);
     pthread_mutex_lock(&writer.lock);
+    if (writer.generation != generation) break;
+    writer.writing_lines = 0;
+    if (written < out.len) {
+      /* Whatever did not get out is lost, and counted; a line cut short counts as lost. */
+      writer.dropped_total += count_lines(out.data + written, out.len - written);
+      /* A pipe whose reader left (EPIPE: SIGPIPE must be ignored) or a closed descriptor
+       * never comes back: later lines are dropped at once instead of written in vain. */
+      if (error == EPIPE || error == EBADF) writer.broken = true;
+    }
+    hk_buf_reset(&out);
+  }
+  if (writer.generation == generation) {
+    writer.exited = true;
+    pthread_cond_broadcast(&writer.done);
   }
   pthread_mutex_unlock(&writer.lock);
   hk_buf_free(&out);
   return NULL;
 }
 
+static void init_done_cond(void) {
+  /* Waited on against CLOCK_MONOTONIC, so a wall-clock step cannot stretch the bound. */
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&writer.done, &attr);
+  pthread_condattr_destroy(&attr);
+}
+
 int hk_log_start(int fd, size_t queue_limit) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, init_done_cond);
   pthread_mutex_lock(&writer.lock);
-  if (writer.running) {
-    pthread_mutex_unlock(&writer.lock);
-    return 0;
-  }
+  int rc = 0;
+  if (writer.running) goto done;
   writer.fd = fd;
   writer.queue_limit = queue_limit;
   writer.stopping = false;
-  int rc = pthread_create(&writer.thread, NULL, writer_main, NULL);
+  writer.exited = false;
+  writer.abandoned = false;
+  writer.broken = false;
+  writer.generation++;
+  rc = -pthread_create(&writer.thread, NULL, writer_main, (void *)(uintptr_t)writer.generation);
   if (rc == 0) writer.running = true;
+done:
   pthread_mutex_unlock(&writer.lock);
-  return rc == 0 ? 0 : -rc;
+  return rc;
 }
 
-void hk_log_stop(void) {
+/* The last word when lines are abandoned: a log line of the usual format, on stderr since
+ * stdout is what blocks, in one write(2) and only if that cannot block (a pipe without a free
+ * buffer says so through poll), so shutdown never waits on it. */
+static void note_abandoned(uint64_t timeout_ms, uint64_t lines) {
+  hk_buf_t line = HK_BUF_INIT;
+  hk_log_field_t fields[] = {HK_LOG_I("abandoned", lines), HK_LOG_I("timeout_ms", timeout_ms)};
+  int rc = hk_log_begin_line(&line, HK_LOG_WARNING, NULL, "log_abandoned",
+                             "stdout did not take the log lines in time at shutdown; they were dropped");
+  for (size_t i = 0; rc == 0 && i < sizeof fields / sizeof fields[0]; i++)
+    rc = hk_log_append_field(&line, &fields[i]);
+  if (rc == 0) rc = hk_buf_append_str(&line, "}\n");
+  struct pollfd p = {.fd = 2, .events = POLLOUT};
+  if (rc == 0 && poll(&p, 1, 0) == 1 && (p.revents & POLLOUT)) {
+    ssize_t ignored = write(2, line.data, line.len);
+    (void)ignored;
+  }
+  hk_buf_free(&line);
+}
+
+int hk_log_stop_within(uint64_t timeout_ms) {
+  if (timeout_ms < HK_LOG_STOP_MIN_MS) timeout_ms = HK_LOG_STOP_MIN_MS;
+  struct timespec deadline;
+  clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += (time_t)(timeout_ms / 1000);
+  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
   pthread_mutex_lock(&writer.lock);
   if (!writer.running) {
     pthread_mutex_unlock(&writer.lock);
-    return;
+    return 0;
   }
   writer.stopping = true;
   pthread_cond_signal(&writer.wake);
-  pthread_mutex_unlock(&writer.lock);
-  pthread_join(writer.thread, NULL);
-  pthread_mutex_lock(&writer.lock);
+  while (!writer.exited) {
+    if (pthread_cond_timedwait(&writer.done, &writer.lock, &deadline) == ETIMEDOUT) break;
+  }
+  bool finished = writer.exited;
+  uint64_t abandoned = 0;
+  if (!finished) {
+    /* The writer is stuck in write(2) on a stdout nobody reads. Moving the generation on
+     * disowns it; what it holds and what is queued are dropped and counted. */
+    abandoned = writer.queue_lines + writer.writing_lines;
+    writer.dropped_total += abandoned;
+    writer.generation++;
+    writer.abandoned = true;
+  }
   writer.running = false;
+  writer.queue_lines = writer.writing_lines = 0;
   hk_buf_free(&writer.queue);
+  pthread_t thread = writer.thread;
   pthread_mutex_unlock(&writer.lock);
+  if (finished) {
+    pthread_join(thread, NULL);
+    return 0;
+  }
+  pthread_detach(thread);
+  note_abandoned(timeout_ms, abandoned);
+  return -ETIMEDOUT;
 }
+
+void hk_log_stop(void) { hk_log_stop_within(HK_LOG_STOP_DEFAULT_MS); }
 
 void hk_log_write_line(const char *line, size_t len) {
   pthread_mutex_lock(&writer.lock);
-  if (!writer.running) {
+  if (!writer.running && !writer.abandoned && !writer.broken) {
     pthread_mutex_unlock(&writer.lock);
     /* No writer thread: one-shot commands and start-up/shutdown messages write through. */
     char *copy = malloc(len + 1);
     if (copy == NULL) return;
     memcpy(copy, line, len);
     copy[len] = '\n';
-    write_all(writer.fd, copy, len + 1);
+    int error;
+    write_all(writer.fd, copy, len + 1, &error);
     free(copy);
     return;
   }
-  if (writer.queue.len + len + 1 > writer.queue_limit ||
-      hk_buf_reserve(&writer.queue, len + 1) != 0) {
+  if (!writer.running || writer.broken) {
+    /* Nowhere to write: stdout is gone (broken) or a writer abandoned by hk_log_stop_within
+     * still blocks on it, and writing through would block this thread behind it. */
+    writer.dropped_total++;
+  } else if (writer.queue.len + len + 1 > writer.queue_limit ||
+             hk_buf_reserve(&writer.queue, len + 1) != 0) {
     writer.dropped_total++;
     writer.dropped_unreported++;
   } else {
     hk_buf_append(&writer.queue, line, len);
     hk_buf_append_char(&writer.queue, '\n');
+    writer.queue_lines++;
     if (writer.idle) pthread_cond_signal(&writer.wake);
   }
   pthread_mutex_unlock(&writer.lock);

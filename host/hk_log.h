@@ -6,7 +6,9 @@
  * Lines are appended to a bounded in-memory queue under a mutex and written by one background
  * thread with plain blocking write(2), so files, pipes and terminals all work and a loop thread
  * only ever pays a memcpy. When the queue is full the line is dropped and counted; the count is
- * reported in a `log_dropped` event once the writer catches up. */
+ * reported in a `log_dropped` event once the writer catches up. The writer never holds the
+ * mutex across write(2), so a stdout nobody reads blocks that thread only; stopping is bounded
+ * (hk_log_stop_within), and a stdout whose reader left (EPIPE) is given up on for good. */
 #ifndef HK_LOG_H
 #define HK_LOG_H
 
@@ -52,9 +54,23 @@ const char *hk_log_level_name(hk_log_level_t level);
 
 /* Starts the writer thread on `fd` (normally 1) with a queue of at most `queue_limit` bytes.
  * Before hk_log_start (and after hk_log_stop) lines are written synchronously, which is what
- * one-shot commands such as `hancock check` want. */
+ * one-shot commands such as `hancock check` want. Returns 0 or a negative errno. */
 int hk_log_start(int fd, size_t queue_limit);
-/* Flushes everything queued, stops the writer thread. Safe to call when not started. */
+
+#define HK_LOG_STOP_MIN_MS 100 /* a stop waits at least this long for the last lines */
+/* hk_log_stop's bound. Within hk_watchdog's grace after the drain timeout (3 s), so a stop
+ * after a full drain still ends before the watchdog ends the process. */
+#define HK_LOG_STOP_DEFAULT_MS 2000
+
+/* Stops the writer thread, giving it until `timeout_ms` (at least HK_LOG_STOP_MIN_MS) to write
+ * everything queued. Returns 0 when it did (the thread is joined), or -ETIMEDOUT when stdout
+ * would not take the lines in time (nobody reads the pipe): the thread is then abandoned —
+ * detached, blocked in write(2) until the process exits — what it held and what was queued
+ * is dropped and counted in hk_log_dropped, a `log_abandoned` line with the count goes to
+ * stderr (only if that cannot block), and later lines are dropped (counted) instead of written
+ * synchronously, which would block behind it. Safe when not started. */
+int hk_log_stop_within(uint64_t timeout_ms);
+/* hk_log_stop_within(HK_LOG_STOP_DEFAULT_MS). */
 void hk_log_stop(void);
 
 void hk_log_set_level(hk_log_level_t level);
@@ -68,8 +84,17 @@ static inline bool hk_log_enabled(hk_log_level_t level) {
  * named like a key, secret, token or password. */
 bool hk_log_key_is_secret(const char *key, size_t len);
 
+/* Appends `,"key":` for a field named `key` (len bytes); when the name is secret-like
+ * (hk_log_key_is_secret) also appends the value "[redacted]" and sets *redacted, and the caller
+ * must not write a value. The one place a field key is written, for the core and hk_lua. */
+int hk_log_append_key(hk_buf_t *line, const char *key, size_t len, bool *redacted);
+
 /* Appends `"key":value` (with a leading comma) for one field, redacting secret-named keys. */
 int hk_log_append_field(hk_buf_t *line, const hk_log_field_t *field);
+
+/* True for the five keys hk_log_begin_line writes (timestamp, level, request_id, event,
+ * message): an event's own fields must not repeat them. */
+bool hk_log_key_is_reserved(const char *key, size_t len);
 
 /* Appends a field's value alone, in the core's format (doubles with two decimals). */
 int hk_log_append_value(hk_buf_t *line, const hk_log_field_t *field);
@@ -99,7 +124,8 @@ void hk_log_set_enricher(hk_log_enrich_cb enrich, void *data);
 void hk_log_event_plain(hk_log_level_t level, const char *request_id, const char *event,
                         const char *message, const hk_log_field_t *fields, size_t field_count);
 
-/* Lines dropped because the queue was full, since start. */
+/* Lines dropped since the process started: the queue was full, stdout failed for good
+ * (EPIPE), or hk_log_stop_within abandoned them. */
 uint64_t hk_log_dropped(void);
 
 #endif

@@ -27,6 +27,7 @@
 #include "hk_lua_metrics.h"
 #include "hk_ratelimit.h"
 #include "hk_router.h"
+#include "hk_text.h"
 #include "hk_watchdog.h"
 
 #define REQUEST_MT "hancock.Request"
@@ -68,6 +69,8 @@ struct hk_lua_s {
   budget_t *budget;           /* the outermost entry's budget while Lua runs, else NULL */
   int entry_depth;            /* entries into Lua on the C stack (hooks nest inside handlers) */
   hk_watch_t watch;           /* the wall clock over entries (hk_watchdog) */
+  char **modes;               /* registered specialist modes: the values requests_by_mode may take */
+  size_t mode_count;
   char **env_names;           /* hk.env's allow-list beyond the documented rule */
   size_t env_name_count;
   bool retired;               /* replaced by a reload: finishing its requests, then freed */
@@ -75,7 +78,8 @@ struct hk_lua_s {
   void *on_idle_data;
 };
 
-typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP } task_op_t;
+/* What a suspended task waits on: a timer, an outbound call, or a congested client. */
+typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP, OP_DRAIN } task_op_t;
 
 struct hk_lua_task_s {
   hk_lua_t *lua;
@@ -89,6 +93,7 @@ struct hk_lua_task_s {
   uv_timer_t *timer;      /* OP_SLEEP; freed in its close callback */
   hk_client_call_t *call; /* OP_HTTP */
   int on_chunk_ref;       /* OP_HTTP with on_chunk */
+  bool chunks_paused;     /* OP_HTTP: on_chunk's transfer paused until the client drains */
   int timer_nargs;        /* values on the coroutine for the resume when the timer fires */
   char parent_id[HK_REQID_SIZE]; /* background tasks: the request that spawned them, for logs */
   bool started;                  /* background tasks: resumed at least once */
@@ -111,7 +116,7 @@ static size_t location_prefix(const char *msg) {
   const char *colon = strstr(msg, ".lua:");
   if (colon == NULL || memchr(msg, ' ', (size_t)(colon - msg)) != NULL) return 0;
   const char *p = colon + 5;
-  while (*p >= '0' && *p <= '9') p++;
+  while (hk_text_is_digit((unsigned char)*p)) p++;
   if (p == colon + 5 || p[0] != ':' || p[1] != ' ') return 0;
   return (size_t)(p + 2 - msg);
 }
@@ -346,6 +351,39 @@ static int core_route(lua_State *L) {
   return 0;
 }
 
+#define MAX_MODES 256
+
+/* core.register_mode(name): a value hancock_requests_by_mode may carry (llm.mode calls it), so
+ * the label is bounded by the scripts, never by what clients send.  [-1, +0, e] */
+static int core_register_mode(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  if (len == 0 || len > HK_MODE_MAX) return luaL_error(L, "mode names are 1 to %d bytes", HK_MODE_MAX);
+  for (size_t i = 0; i < lua->mode_count; i++) {
+    if (strcmp(lua->modes[i], name) == 0) return 0;
+  }
+  if (lua->mode_count == MAX_MODES) return luaL_error(L, "too many modes (at most %d)", MAX_MODES);
+  if (lua->mode_count % 16 == 0) {
+    char **grown = realloc(lua->modes, (lua->mode_count + 16) * sizeof *grown);
+    if (grown == NULL) return luaL_error(L, "not enough memory");
+    lua->modes = grown;
+  }
+  if ((lua->modes[lua->mode_count] = strdup(name)) == NULL) return luaL_error(L, "not enough memory");
+  lua->mode_count++;
+  return 0;
+}
+
+/* The requests_by_mode label for a request: its mode when registered, "other" when not, NULL
+ * when it has none. */
+static const char *mode_label(const hk_lua_t *lua, const hk_request_t *req) {
+  if (req->mode[0] == '\0') return NULL;
+  for (size_t i = 0; i < lua->mode_count; i++) {
+    if (strcmp(lua->modes[i], req->mode) == 0) return req->mode;
+  }
+  return "other";
+}
+
 /* core.on_log(fn)  [-1, +0, e] */
 static int core_on_log(lua_State *L) {
   hk_lua_t *lua = context_of(L);
@@ -358,15 +396,6 @@ static int core_on_log(lua_State *L) {
 }
 
 /* ---- logging ------------------------------------------------------------------------------ */
-
-static const char *const fixed_keys[] = {"timestamp", "level", "request_id", "event", "message"};
-
-static bool is_fixed_key(const char *key) {
-  for (size_t i = 0; i < sizeof fixed_keys / sizeof fixed_keys[0]; i++) {
-    if (strcmp(key, fixed_keys[i]) == 0) return true;
-  }
-  return false;
-}
 
 static int compare_strings(const void *a, const void *b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -448,21 +477,16 @@ static void write_event_table(lua_State *L, int idx, hk_log_level_t level,
   while (lua_next(L, idx) != 0) {
     if (lua_type(L, -2) == LUA_TSTRING && count < sizeof keys / sizeof keys[0]) {
       const char *key = lua_tostring(L, -2);
-      if (!is_fixed_key(key)) keys[count++] = key; /* anchored by the table */
+      if (!hk_log_key_is_reserved(key, strlen(key))) keys[count++] = key; /* anchored by the table */
     }
     lua_pop(L, 1);
   }
   qsort(keys, count, sizeof keys[0], compare_strings);
   for (size_t i = 0; rc == 0 && i < count; i++) {
-    size_t key_len = strlen(keys[i]);
-    rc = hk_buf_append_char(&line, ',');
-    if (rc == 0) rc = hk_json_append_string(&line, keys[i], key_len, HK_JSON_ASCII);
-    if (rc == 0) rc = hk_buf_append_char(&line, ':');
+    bool redacted;
+    rc = hk_log_append_key(&line, keys[i], strlen(keys[i]), &redacted);
     if (rc != 0) break;
-    if (hk_log_key_is_secret(keys[i], key_len)) {
-      rc = hk_buf_append_str(&line, "\"[redacted]\"");
-      continue;
-    }
+    if (redacted) continue;
     lua_pushstring(L, keys[i]);
     lua_rawget(L, idx);
     rc = append_lua_value(L, -1, &line, find_field(fields, field_count, keys[i]));
@@ -601,20 +625,15 @@ static hk_request_t *check_request(lua_State *L, int idx) {
   return box->req;
 }
 
-static int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 /* Pushes s percent-decoded ('+' as space when form is true). Malformed escapes stay as sent. */
 static void push_decoded(lua_State *L, const char *s, size_t len, bool form) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   for (size_t i = 0; i < len; i++) {
-    if (s[i] == '%' && i + 2 < len + 0 && hex_value(s[i + 1]) >= 0 && hex_value(s[i + 2]) >= 0) {
-      luaL_addchar(&b, (char)(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2])));
+    int high = s[i] == '%' && i + 2 < len ? hk_text_hex_value((unsigned char)s[i + 1]) : -1;
+    int low = high >= 0 ? hk_text_hex_value((unsigned char)s[i + 2]) : -1;
+    if (low >= 0) {
+      luaL_addchar(&b, (char)(high * 16 + low));
       i += 2;
     } else if (form && s[i] == '+') {
       luaL_addchar(&b, ' ');
@@ -747,8 +766,14 @@ static int request_stream(lua_State *L) {
   return 0;
 }
 
-/* req:write(bytes) -> true | nil, message — one piece of a streamed body. Fails (expected)
- * when the client has gone or stopped reading. [-2, +(1|2), e] */
+static hk_lua_task_t *waiting_task(lua_State *L);
+static void on_stream_drained(hk_request_t *req);
+
+/* req:write(bytes) -> true | nil, message — one piece of a streamed body. When the client
+ * reads slower than the handler writes, the handler waits here until it has caught up (from
+ * on_chunk, which cannot wait, the outbound transfer is paused instead). Fails (expected) when
+ * the client has gone, or when a writer that cannot wait has queued HK_STREAM_HARD_LIMIT.
+ * [-2, +(1|2), e] — may yield */
 static int request_write(lua_State *L) {
   hk_request_t *req = check_request(L, 1);
   size_t len;
@@ -756,6 +781,11 @@ static int request_write(lua_State *L) {
   if (!req->stream_started) return luaL_error(L, "req:write: call req:stream(status, headers) first");
   int rc = req->stream_write(req, data, len);
   if (rc == 0) {
+    hk_lua_task_t *task = req->stream_congested ? waiting_task(L) : NULL;
+    if (task != NULL) {
+      task->op = OP_DRAIN;
+      return lua_yield(L, 0); /* resumed with true by on_stream_drained */
+    }
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -993,7 +1023,8 @@ static int core_carry_set(lua_State *L) {
   size_t key_len, value_len = 0;
   const char *key = luaL_checklstring(L, 1, &key_len);
   const char *value = lua_isnoneornil(L, 2) ? NULL : luaL_checklstring(L, 2, &value_len);
-  int rc = lua->carry ? hk_carry_set(lua->carry, key, key_len, value, value_len) : 0;
+  /* A retired generation finishing a slow request must not overwrite what its successor left. */
+  int rc = lua->carry && !lua->retired ? hk_carry_set(lua->carry, key, key_len, value, value_len) : 0;
   if (rc == 0) {
     lua_pushboolean(L, 1);
     return 1;
@@ -1058,6 +1089,7 @@ static int open_core(lua_State *L) {
       {"verify_signature", core_verify_signature},
       {"ratelimit_take", core_ratelimit_take},
       {"env", core_env},
+      {"register_mode", core_register_mode},
       {"carry_get", core_carry_get},
       {"carry_set", core_carry_set},
       {NULL, NULL},
@@ -1463,6 +1495,8 @@ void hk_lua_free(hk_lua_t *lua) {
   hk_watch_remove(&lua->watch);
   hk_router_free(lua->router);
   free(lua->scripts_dir);
+  for (size_t i = 0; i < lua->mode_count; i++) free(lua->modes[i]);
+  free(lua->modes);
   for (size_t i = 0; i < lua->env_name_count; i++) free(lua->env_names[i]);
   free(lua->env_names);
   free(lua);
@@ -1589,6 +1623,7 @@ static void task_stop_op(hk_lua_task_t *task) {
   task->on_chunk_ref = LUA_NOREF;
   task->timer = NULL;
   task->call = NULL;
+  task->chunks_paused = false;
   task->op = OP_NONE;
 }
 
@@ -1721,7 +1756,10 @@ static void task_resume(hk_lua_task_t *task, int nargs) {
   hk_lua_done_cb done = task->done;
   task_free(task);
   update_memory_gauge(lua);
-  if (req) done(req);
+  if (req) {
+    req->mode_label = mode_label(lua, req);
+    done(req);
+  }
 }
 
 /* A task with its own coroutine (under the budget hook), on the state's task list. Raises on
@@ -1791,12 +1829,13 @@ void hk_lua_run(hk_lua_t *lua, hk_request_t *req, hk_lua_done_cb done) {
   task->req = req;
   task->done = done;
   req->task = task;
+  req->on_stream_drained = on_stream_drained;
   task_resume(task, 2);
 }
 
 void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req) {
-  (void)lua;
   if (req->task != NULL) task_cancel(req->task);
+  req->mode_label = mode_label(lua, req);
 }
 
 void hk_lua_retire(hk_lua_t *lua, hk_lua_idle_cb on_idle, void *data) {
@@ -1857,6 +1896,34 @@ static hk_lua_task_t *running_task(lua_State *L, const char *what) {
                   "coroutine of the script's own)", what);
   if (!lua_isyieldable(L)) luaL_error(L, "%s cannot yield here (inside a metamethod or C call)", what);
   return lua->task;
+}
+
+/* The task whose own coroutine L is, when it may yield now; NULL otherwise (load time, a hook,
+ * on_chunk, a metamethod). */
+static hk_lua_task_t *waiting_task(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  hk_lua_task_t *task = lua->task;
+  if (task == NULL || task->co != L || task->cancelled || lua->loop == NULL || !lua_isyieldable(L)) return NULL;
+  return task;
+}
+
+/* The server: a congested client has caught up. A handler waiting in req:write goes on; an
+ * outbound transfer paused in on_chunk resumes. */
+static void on_stream_drained(hk_request_t *req) {
+  hk_lua_task_t *task = req->task;
+  if (task == NULL || task->running > 0) return;
+  if (task->op == OP_DRAIN) {
+    task->op = OP_NONE;
+    if (!lua_checkstack(task->co, 1)) {
+      task_abort(task, "out of Lua stack");
+      return;
+    }
+    lua_pushboolean(task->co, 1);
+    task_resume(task, 1);
+  } else if (task->op == OP_HTTP && task->chunks_paused) {
+    task->chunks_paused = false;
+    hk_client_resume(task->call); /* may deliver chunks, even finish the call, before it returns */
+  }
 }
 
 static void on_sleep_done(uv_timer_t *timer) {
@@ -2008,6 +2075,10 @@ static void on_http_done(void *data, const hk_client_result_t *result) {
  * chunk written to a client that has gone), and is then freed here once the call returns. */
 static int on_http_chunk(void *data, const char *bytes, size_t len) {
   hk_lua_task_t *task = data;
+  if (task->req != NULL && task->req->stream_congested) {
+    task->chunks_paused = true; /* on_stream_drained resumes the transfer */
+    return HK_CLIENT_CHUNK_PAUSE;
+  }
   hk_lua_t *lua = task->lua;
   lua_State *L = lua->L;
   const char *id = task->req ? task->req->id : task->parent_id[0] ? task->parent_id : NULL;

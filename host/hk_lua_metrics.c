@@ -1,6 +1,8 @@
 /* hk_lua_metrics: hancock.Metric userdata and its methods (inc, dec, set, observe), label
  * tables checked against the family's label names, and registration from Lua. Misuse raises a
- * Lua error naming the metric; a series past its cap is dropped (and counted) silently. */
+ * Lua error naming the metric; a series past its cap is dropped (and counted) silently.
+ * Registrations from here are the scripts' (HK_METRIC_SCRIPT): past the registry's family cap,
+ * or with help over HK_METRICS_MAX_HELP, they raise an error naming the metric and the limit. */
 #include "hk_lua_metrics.h"
 
 #include <math.h>
@@ -164,6 +166,7 @@ static int metrics_register(lua_State *L) {
   unsigned worker = (unsigned)lua_tointeger(L, lua_upvalueindex(2));
   static const char *const types[] = {"counter", "gauge", "histogram", NULL};
   hk_metric_opts_t opts = {0};
+  opts.flags = HK_METRIC_SCRIPT;
   opts.type = (hk_metric_type_t)luaL_checkoption(L, 1, NULL, types);
   opts.name = luaL_checkstring(L, 2);
   opts.help = luaL_checkstring(L, 3);
@@ -206,7 +209,7 @@ static int metrics_register(lua_State *L) {
     }
     lua_pop(L, 1);
   }
-  char err[256];
+  char err[512]; /* room for a 255-byte name in the message */
   hk_metric_t *metric = NULL;
   if (hk_metrics_register(registry, &opts, &metric, err, sizeof err) != 0) return luaL_error(L, "%s", err);
   metric_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);

@@ -109,6 +109,15 @@ struct hk_metric_s {
   bool drop_logged;
 };
 
+/* Why a registration was refused and counted in hancock_metric_families_refused_total. */
+typedef enum refuse_reason_e {
+  REFUSE_FAMILY_CAP,
+  REFUSE_HELP_TOO_LONG,
+  REFUSE_REASONS,
+} refuse_reason_t;
+
+static const char *const refuse_reason_names[REFUSE_REASONS] = {"family_cap", "help_too_long"};
+
 typedef struct collector_s {
   hk_metrics_collect_cb collect;
   void *data;
@@ -126,6 +135,12 @@ struct hk_metrics_s {
   _Atomic size_t collector_count;
   hk_metric_t *dropped_family; /* hancock_metric_series_dropped_total */
   hk_metric_t *count_family;   /* hancock_metric_series */
+  hk_metric_t *refused_family; /* hancock_metric_families_refused_total */
+  /* Families registered with HK_METRIC_SCRIPT, and how many of them may be (under the lock). */
+  size_t script_families;
+  size_t script_family_cap;
+  hk_series_t *refused[REFUSE_REASONS]; /* refused_family{reason}, by refuse_reason_t */
+  bool refusal_logged[REFUSE_REASONS];
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -582,7 +597,7 @@ static int validate(const hk_metric_opts_t *o, const double **buckets, size_t *b
     set_err(err, errsize, "metric %s: unknown metric type %d", n, (int)o->type);
     return -EINVAL;
   }
-  if ((o->flags & ~(unsigned)HK_METRIC_LEGACY_COUNTER_NAME) != 0) {
+  if ((o->flags & ~(unsigned)(HK_METRIC_LEGACY_COUNTER_NAME | HK_METRIC_SCRIPT)) != 0) {
     set_err(err, errsize, "metric %s: unknown flags 0x%x", n, o->flags);
     return -EINVAL;
   }
@@ -599,7 +614,13 @@ static int validate(const hk_metric_opts_t *o, const double **buckets, size_t *b
     set_err(err, errsize, "metric %s: help text is missing", n);
     return -EINVAL;
   }
-  if (!utf8_valid(o->help, strlen(o->help))) {
+  size_t help_len = strlen(o->help);
+  if (help_len > HK_METRICS_MAX_HELP) {
+    set_err(err, errsize, "metric %s: help text is %zu bytes, more than the limit of %d", n,
+            help_len, HK_METRICS_MAX_HELP);
+    return -E2BIG;
+  }
+  if (!utf8_valid(o->help, help_len)) {
     set_err(err, errsize, "metric %s: help text is not valid UTF-8", n);
     return -EINVAL;
   }
@@ -810,7 +831,7 @@ static hk_metric_t *family_new(hk_metrics_t *r, const hk_metric_opts_t *o, const
   if (m == NULL) return NULL;
   m->registry = r;
   m->type = o->type;
-  m->flags = o->flags;
+  m->flags = o->flags & ~(unsigned)HK_METRIC_SCRIPT; /* a registration option, not a property */
   m->series_cap = o->series_cap ? o->series_cap : HK_METRICS_DEFAULT_SERIES_CAP;
   m->bucket_count = bucket_count;
   if (bucket_count > 0) memcpy(m->buckets, buckets, bucket_count * sizeof buckets[0]);
@@ -850,6 +871,30 @@ static void attach_registry_series(hk_metrics_t *r, hk_metric_t *m, drop_logs_t 
   if (m->count_series == NULL) m->count_series = series_get_locked(r->count_family, &v, hash, logs);
 }
 
+/* Under the lock: counts a refused registration in the registry's own cell (index `workers`,
+ * written only under the lock, like drop_series). Returns true the first time for `reason`,
+ * when the caller logs it. */
+static bool count_refusal(hk_metrics_t *r, refuse_reason_t reason) {
+  hk_series_t *s = r->refused[reason];
+  if (s != NULL) {
+    _Atomic double *cell = (_Atomic double *)(s->cells + (size_t)r->workers * s->stride);
+    double v = atomic_load_explicit(cell, memory_order_relaxed);
+    atomic_store_explicit(cell, v + 1, memory_order_relaxed);
+  }
+  if (r->refusal_logged[reason]) return false;
+  r->refusal_logged[reason] = true;
+  return true;
+}
+
+/* Without the lock (an enricher may run script code that touches metrics). */
+static void log_refusal(const char *name, refuse_reason_t reason, size_t limit) {
+  hk_log_field_t fields[] = {HK_LOG_S("metric", name), HK_LOG_S("reason", refuse_reason_names[reason]),
+                             HK_LOG_I("limit", limit)};
+  hk_log_event(HK_LOG_WARNING, NULL, "metric_family_refused",
+               "metric family not registered: over a registry limit (logged once per reason)",
+               fields, sizeof fields / sizeof fields[0]);
+}
+
 int hk_metrics_register(hk_metrics_t *metrics, const hk_metric_opts_t *opts, hk_metric_t **out,
                         char *err, size_t errsize) {
   if (out != NULL) *out = NULL;
@@ -857,30 +902,44 @@ int hk_metrics_register(hk_metrics_t *metrics, const hk_metric_opts_t *opts, hk_
   if (metrics == NULL || opts == NULL) return -EINVAL;
   const double *buckets;
   size_t bucket_count;
-  int rc = validate(opts, &buckets, &bucket_count, err, errsize);
-  if (rc != 0) return rc;
   const char *name = opts->name;
   drop_logs_t logs = {{NULL, NULL}, 0};
+  bool log_refused = false;
+  refuse_reason_t reason = REFUSE_FAMILY_CAP;
+  size_t limit = 0;
+  unsigned flags = opts->flags & ~(unsigned)HK_METRIC_SCRIPT;
+  int rc = validate(opts, &buckets, &bucket_count, err, errsize);
+  if (rc == -E2BIG) {
+    /* Help over HK_METRICS_MAX_HELP: refused like a family over the cap, and counted. */
+    pthread_mutex_lock(&metrics->lock);
+    reason = REFUSE_HELP_TOO_LONG;
+    limit = HK_METRICS_MAX_HELP;
+    log_refused = count_refusal(metrics, reason);
+    pthread_mutex_unlock(&metrics->lock);
+    goto unlocked;
+  }
+  if (rc != 0) return rc;
 
   pthread_mutex_lock(&metrics->lock);
   bool found;
   size_t at = family_search(metrics, name, &found);
   if (found) {
     hk_metric_t *m = metrics->families[at];
-    bool same = m->type == opts->type && m->flags == opts->flags &&
+    bool same = m->type == opts->type && m->flags == flags &&
                 m->label_count == opts->label_count && m->bucket_count == bucket_count;
     for (size_t i = 0; same && i < m->label_count; i++)
       same = strcmp(m->label_names[i], opts->labels[i]) == 0;
     for (size_t i = 0; same && i < bucket_count; i++)
       same = m->buckets[i] == buckets[i];
     if (same) {
+      /* An existing family is always returned, at the cap too: a reload registers it again. */
       if (out != NULL) *out = m;
       rc = 0;
     } else {
       char was[512], want[512];
       describe(was, sizeof was, m->type, m->flags, (const char *const *)m->label_names,
                m->label_count, m->buckets, m->bucket_count);
-      describe(want, sizeof want, opts->type, opts->flags, opts->labels, opts->label_count, buckets,
+      describe(want, sizeof want, opts->type, flags, opts->labels, opts->label_count, buckets,
                bucket_count);
       set_err(err, errsize, "metric %s already registered as %s; cannot register it as %s", name,
               was, want);
@@ -893,7 +952,7 @@ int hk_metrics_register(hk_metrics_t *metrics, const hk_metric_opts_t *opts, hk_
    * h_sum and h_count; an OpenMetrics counter x_total is the family x. */
   {
     char mine[4][NAME_MAX_LEN + 16];
-    size_t my_count = family_names(opts->type, opts->flags, name, mine);
+    size_t my_count = family_names(opts->type, flags, name, mine);
     for (size_t i = 0; i < my_count; i++) {
       const hk_metric_t *other = name_owner(metrics, mine[i]);
       if (other == NULL) continue;
@@ -903,6 +962,19 @@ int hk_metrics_register(hk_metrics_t *metrics, const hk_metric_opts_t *opts, hk_
       rc = -EEXIST;
       goto done;
     }
+  }
+
+  bool from_script = (opts->flags & HK_METRIC_SCRIPT) != 0;
+  if (from_script && metrics->script_families >= metrics->script_family_cap) {
+    set_err(err, errsize,
+            "metric %s not registered: scripts have registered %zu metric families, the limit "
+            "(counted in hancock_metric_families_refused_total)",
+            name, metrics->script_families);
+    reason = REFUSE_FAMILY_CAP;
+    limit = metrics->script_family_cap;
+    log_refused = count_refusal(metrics, reason);
+    rc = -ENOSPC;
+    goto done;
   }
 
   if (atomic_load_explicit(&metrics->family_count, memory_order_relaxed) == metrics->family_cap) {
@@ -926,6 +998,7 @@ int hk_metrics_register(hk_metrics_t *metrics, const hk_metric_opts_t *opts, hk_
   memmove(&metrics->families[at + 1], &metrics->families[at], (count - at) * sizeof(void *));
   metrics->families[at] = m;
   atomic_store_explicit(&metrics->family_count, count + 1, memory_order_release);
+  if (from_script) metrics->script_families++;
   if (metrics->dropped_family != NULL && metrics->count_family != NULL)
     attach_registry_series(metrics, m, &logs);
   if (out != NULL) *out = m;
@@ -933,7 +1006,16 @@ int hk_metrics_register(hk_metrics_t *metrics, const hk_metric_opts_t *opts, hk_
 done:
   pthread_mutex_unlock(&metrics->lock);
   log_drops(&logs);
+unlocked:
+  if (log_refused) log_refusal(name, reason, limit);
   return rc;
+}
+
+void hk_metrics_set_family_cap(hk_metrics_t *metrics, size_t cap) {
+  if (metrics == NULL) return;
+  pthread_mutex_lock(&metrics->lock);
+  metrics->script_family_cap = cap;
+  pthread_mutex_unlock(&metrics->lock);
 }
 
 hk_metric_t *hk_metrics_find(hk_metrics_t *metrics, const char *name) {
@@ -1007,21 +1089,42 @@ int hk_metrics_new(unsigned workers, hk_metrics_t **out) {
       .label_count = 1,
       .series_cap = INTERNAL_SERIES_CAP,
   };
+  static const char *const reason_label[] = {"reason"};
+  hk_metric_opts_t refused = {
+      .type = HK_METRIC_COUNTER,
+      .name = "hancock_metric_families_refused_total",
+      .help = "Metric families not registered: over the scripts' family cap (family_cap) or "
+              "with help text over the limit (help_too_long).",
+      .labels = reason_label,
+      .label_count = 1,
+  };
+  r->script_family_cap = HK_METRICS_DEFAULT_FAMILY_CAP;
   int rc = hk_metrics_register(r, &dropped, &r->dropped_family, NULL, 0);
   if (rc == 0) {
     /* One more cell than workers: the one drop_series writes under the lock. */
     r->dropped_family->cells_per_series = workers + 1;
     rc = hk_metrics_register(r, &count, &r->count_family, NULL, 0);
   }
-
+  drop_logs_t logs = {{NULL, NULL}, 0};
+  if (rc == 0) {
+    pthread_mutex_lock(&r->lock);
+    attach_registry_series(r, r->dropped_family, &logs);
+    attach_registry_series(r, r->count_family, &logs);
+    pthread_mutex_unlock(&r->lock);
+    /* Registered once the two above exist, so it gets its series in both like any family. */
+    rc = hk_metrics_register(r, &refused, &r->refused_family, NULL, 0);
+  }
   if (rc != 0) {
     hk_metrics_free(r);
     return rc;
   }
-  drop_logs_t logs = {{NULL, NULL}, 0};
+  /* The same extra cell, for count_refusal; one series per reason, at 0 from the start. */
+  r->refused_family->cells_per_series = workers + 1;
   pthread_mutex_lock(&r->lock);
-  attach_registry_series(r, r->dropped_family, &logs);
-  attach_registry_series(r, r->count_family, &logs);
+  for (size_t i = 0; i < REFUSE_REASONS; i++) {
+    hk_label_value_t v = {refuse_reason_names[i], strlen(refuse_reason_names[i])};
+    r->refused[i] = series_get_locked(r->refused_family, &v, hash_values(r->seed, &v, 1), &logs);
+  }
   pthread_mutex_unlock(&r->lock);
   assert(logs.count == 0);
   *out = r;
@@ -1054,18 +1157,48 @@ int hk_metrics_add_collector(hk_metrics_t *metrics, hk_metrics_collect_cb collec
   return rc;
 }
 
+/* The registry whose collectors this thread is running, so a collector that tries to remove a
+ * collector gets -EDEADLK instead of waiting for itself. */
+static _Thread_local const hk_metrics_t *collecting;
+
+int hk_metrics_remove_collector(hk_metrics_t *metrics, hk_metrics_collect_cb collect, void *data) {
+  if (metrics == NULL || collect == NULL) return -EINVAL;
+  if (collecting == metrics) return -EDEADLK;
+  /* collect_lock first, as hk_metrics_collect takes it: a collect running now finishes before
+   * the entry goes, and none that starts later sees it, so `data` may be freed on return. */
+  pthread_mutex_lock(&metrics->collect_lock);
+  pthread_mutex_lock(&metrics->lock);
+  size_t count = atomic_load_explicit(&metrics->collector_count, memory_order_relaxed);
+  int rc = -ENOENT;
+  for (size_t i = 0; i < count; i++) {
+    if (metrics->collectors[i].collect != collect || metrics->collectors[i].data != data) continue;
+    memmove(&metrics->collectors[i], &metrics->collectors[i + 1],
+            (count - i - 1) * sizeof metrics->collectors[0]);
+    atomic_store_explicit(&metrics->collector_count, count - 1, memory_order_release);
+    rc = 0;
+    break;
+  }
+  pthread_mutex_unlock(&metrics->lock);
+  pthread_mutex_unlock(&metrics->collect_lock);
+  return rc;
+}
+
 void hk_metrics_collect(hk_metrics_t *metrics) {
   if (metrics == NULL) return;
   /* Collectors run one at a time, so one that writes a cell of its own (a counter advanced to a
    * total read elsewhere) has a single writer even when two workers scrape at once. They run
-   * without the registry lock: they may register families or create series. The array is
-   * append-only and fixed in place, so the published count is all a reader needs. */
+   * without the registry lock: they may register families or create series. Entries only move
+   * under collect_lock (hk_metrics_remove_collector), and an append publishes the count after
+   * the entry, so the published count is all this needs. */
   pthread_mutex_lock(&metrics->collect_lock);
+  const hk_metrics_t *outer = collecting; /* a collector may collect another registry */
+  collecting = metrics;
   size_t count = atomic_load_explicit(&metrics->collector_count, memory_order_acquire);
   for (size_t i = 0; i < count; i++)
     metrics->collectors[i].collect(metrics, metrics->collectors[i].data);
   /* Last, so series that other collectors created on this run are counted. */
   collect_series_counts(metrics, NULL);
+  collecting = outer;
   pthread_mutex_unlock(&metrics->collect_lock);
 }
 

@@ -10,7 +10,10 @@
  *   load + store (single writer per cell: no read-modify-write shared between workers); a
  *   scrape sums the cells. Gauges are one shared atomic value (set/add), as they are rare.
  * - Families and series are never freed before hk_metrics_free, so pointers stay valid and a
- *   script reload keeps every value. */
+ *   script reload keeps every value. That is why script-registered families are capped
+ *   (HK_METRICS_DEFAULT_FAMILY_CAP) and help texts bounded (HK_METRICS_MAX_HELP): a script
+ *   naming families from request input would otherwise grow the registry and every scrape
+ *   without bound. */
 #ifndef HK_METRICS_H
 #define HK_METRICS_H
 
@@ -23,6 +26,8 @@
 #define HK_METRICS_MAX_WORKERS 64
 #define HK_METRICS_DEFAULT_SERIES_CAP 1000
 #define HK_METRICS_MAX_LABEL_VALUE 256 /* longer label values are truncated (bytes) */
+#define HK_METRICS_DEFAULT_FAMILY_CAP 1000 /* families registered with HK_METRIC_SCRIPT */
+#define HK_METRICS_MAX_HELP 1024 /* bytes of help text; longer is refused (-E2BIG) */
 
 typedef enum hk_metric_type_e {
   HK_METRIC_COUNTER,
@@ -35,6 +40,11 @@ enum {
    * service's hancock_requests_by_endpoint / _by_mode). Text format: TYPE counter; OpenMetrics:
    * TYPE unknown under the same name, since OpenMetrics counters must end in _total. */
   HK_METRIC_LEGACY_COUNTER_NAME = 1 << 0,
+  /* A registration option, not part of the family: registered on a script's behalf, so a new
+   * family counts against the registry's family cap (hk_metrics_set_family_cap). The core
+   * registers without it and is never refused by the cap, so its own families always fit. An
+   * existing family is returned whatever this flag says (re-registration ignores it). */
+  HK_METRIC_SCRIPT = 1 << 1,
 };
 
 typedef struct hk_metrics_s hk_metrics_t;
@@ -59,16 +69,23 @@ typedef struct hk_metric_opts_s {
 } hk_metric_opts_t;
 
 /* `workers` is the number of cells per series (1..HK_METRICS_MAX_WORKERS), else -EINVAL.
- * The new registry already holds its own two families, which every exposition shows:
+ * The new registry already holds its own three families, which every exposition shows:
  * hancock_metric_series_dropped_total{metric} (counter) and hancock_metric_series{metric}
  * (gauge, refreshed by a built-in collector), each with a series per registered family, created
- * at registration so both start at 0. Only the registry writes them. */
+ * at registration so both start at 0; and hancock_metric_families_refused_total{reason}
+ * (counter; reason is family_cap or help_too_long, both present from the start), counting
+ * registrations refused by the limits below. Only the registry writes them. */
 int hk_metrics_new(unsigned workers, hk_metrics_t **out);
 void hk_metrics_free(hk_metrics_t *metrics); /* NULL is a no-op */
 
 /* Registers a family, or returns the existing one when name, type, labels and buckets are the
  * same (help may differ; the first stays). A conflicting re-registration is -EEXIST, an invalid
  * name, label or bucket list -EINVAL; both write a sentence for the script author into err.
+ * Limits, each refusal counted in hancock_metric_families_refused_total{reason} and logged as a
+ * `metric_family_refused` warning the first time per reason: help text longer than
+ * HK_METRICS_MAX_HELP bytes is -E2BIG (reason help_too_long; also for an existing family's
+ * name), and a new family registered with HK_METRIC_SCRIPT once the registry holds its cap of
+ * such families is -ENOSPC (reason family_cap); err names the metric and the limit.
  * Also: names are at most 255 bytes (a render cursor holds one); help must be valid UTF-8;
  * HK_METRIC_LEGACY_COUNTER_NAME is for counters only; flags must match on re-registration,
  * series_cap need not (the first stays). A family whose exposition would reuse a name another
@@ -78,6 +95,10 @@ int hk_metrics_register(hk_metrics_t *metrics, const hk_metric_opts_t *opts, hk_
                         char *err, size_t errsize);
 
 hk_metric_t *hk_metrics_find(hk_metrics_t *metrics, const char *name);
+
+/* How many families registered with HK_METRIC_SCRIPT the registry accepts (default
+ * HK_METRICS_DEFAULT_FAMILY_CAP). Lowering it below the current count refuses new ones only. */
+void hk_metrics_set_family_cap(hk_metrics_t *metrics, size_t cap);
 
 /* The series for these label values (count must equal the family's label count), created on
  * first use. Returns NULL when the family is at its series cap — the values are not stored;
@@ -105,11 +126,17 @@ void hk_series_gauge_add(hk_series_t *series, double value);
 /* A collector runs before every render on the rendering thread: it refreshes gauges that are
  * read from elsewhere (resident memory, open connections, process metrics). */
 typedef void (*hk_metrics_collect_cb)(hk_metrics_t *metrics, void *data);
-/* At most 64 collectors (-ENOSPC after). They run without the registry lock, so they may
- * register families and create series, and one at a time: hk_metrics_collect serialises
+/* At most 64 collectors at a time (-ENOSPC after). They run without the registry lock, so they
+ * may register families and create series, and one at a time: hk_metrics_collect serialises
  * concurrent scrapes, so a collector may own a cell (e.g. index `workers - 1`) as its writer. A
  * collector must not call hk_metrics_collect (or render) itself. */
 int hk_metrics_add_collector(hk_metrics_t *metrics, hk_metrics_collect_cb collect, void *data);
+/* Removes the collector added with this callback and data (the first such, if added twice):
+ * 0, -ENOENT when there is none, -EINVAL for NULLs. It waits for a collect that is running to
+ * finish and no later collect calls it, so `data` may be freed once this returns — call it
+ * before freeing what a collector reads (a server that goes away before its registry). Called
+ * from a collector it would wait for itself: -EDEADLK. */
+int hk_metrics_remove_collector(hk_metrics_t *metrics, hk_metrics_collect_cb collect, void *data);
 void hk_metrics_collect(hk_metrics_t *metrics);
 
 /* Families in name order. The index is stable across calls (a family registered later may be

@@ -6,12 +6,13 @@
 #include <stdint.h>
 #include <sys/random.h>
 
+#include "hk_text.h"
+
 bool hk_reqid_is_valid(const char *value, size_t len) {
   if (len == 0 || len > HK_REQID_MAX) return false;
   for (size_t i = 0; i < len; i++) {
-    char c = value[i];
-    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-';
+    unsigned char c = (unsigned char)value[i];
+    bool ok = hk_text_is_alnum(c) || c == '.' || c == '_' || c == '-';
     if (!ok) return false;
   }
   return true;

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "hk_json.h"
+#include "hk_text.h"
 
 uint64_t hk_now_ns(void) {
   struct timespec ts;
@@ -29,17 +30,6 @@ int hk_response_set_error(hk_response_t *response, int status, const char *messa
   return rc;
 }
 
-static bool is_token(const char *s, size_t len) {
-  if (len == 0) return false;
-  for (size_t i = 0; i < len; i++) {
-    unsigned char c = (unsigned char)s[i];
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-    if (!ok) return false;
-  }
-  return true;
-}
-
 static bool reserved(const char *name, size_t len) {
   static const char *const names[] = {"content-length", "transfer-encoding", "connection", "date",
                                       "x-request-id"};
@@ -51,7 +41,7 @@ static bool reserved(const char *name, size_t len) {
 
 int hk_response_add_header(hk_response_t *response, const char *name, size_t name_len,
                            const char *value, size_t value_len) {
-  if (!is_token(name, name_len) || reserved(name, name_len)) return -EINVAL;
+  if (!hk_text_is_token(name, name_len) || reserved(name, name_len)) return -EINVAL;
   for (size_t i = 0; i < value_len; i++) {
     unsigned char c = (unsigned char)value[i];
     if (c == '\r' || c == '\n' || c == '\0') return -EINVAL;

@@ -14,7 +14,12 @@
 #include "hk_router.h"
 
 #define HK_MODE_MAX 64
+/* Streamed bodies: past HK_STREAM_BACKLOG bytes waiting for the client the request is
+ * congested (writers wait, outbound transfers feeding it pause) until it drops below
+ * HK_STREAM_LOW_WATER; HK_STREAM_HARD_LIMIT is refused outright (a writer that cannot wait). */
 #define HK_STREAM_BACKLOG (1024 * 1024)
+#define HK_STREAM_LOW_WATER (256 * 1024)
+#define HK_STREAM_HARD_LIMIT (8 * 1024 * 1024)
 
 /* A body produced in slices (large or unbounded responses such as /metrics): the server asks
  * for the next slice only when the previous one has been written, so memory stays bounded by
@@ -42,6 +47,8 @@ typedef struct hk_request_s {
   const char *endpoint; /* the route pattern, or "unmatched": a bounded label */
   char id[HK_REQID_SIZE];
   char mode[HK_MODE_MAX + 1]; /* from the JSON body's "mode", or set by the script */
+  const char *mode_label;     /* hancock_requests_by_mode's label: `mode` when the scripts
+                                 registered it, "other" when not, NULL without a mode */
   char remote_addr[64];
   int remote_port;
   uint64_t start_ns;
@@ -50,12 +57,16 @@ typedef struct hk_request_s {
   void *owner; /* the connection; NULL once the client has gone */
   struct hk_lua_task_s *task; /* the handler running for this request, if any */
   /* Streaming from a handler (server-sent events): stream_start sends the status line and
-   * headers from `response` with a chunked body; each stream_write sends one chunk. Both return
-   * 0, -EPIPE when the client has gone, or -EAGAIN when it is not reading fast enough (more
-   * than HK_STREAM_BACKLOG bytes waiting). Set by the server. */
+   * headers from `response` with a chunked body; each stream_write queues one chunk. Both return
+   * 0, -EPIPE when the client has gone, or -EAGAIN past HK_STREAM_HARD_LIMIT waiting. Set by the
+   * server. Past HK_STREAM_BACKLOG the server sets stream_congested; once the client has taken
+   * enough it clears it and calls on_stream_drained (set by hk_lua) — the writer waits in
+   * between, nothing is dropped. */
   int (*stream_start)(struct hk_request_s *req);
   int (*stream_write)(struct hk_request_s *req, const char *data, size_t len);
   bool stream_started;
+  bool stream_congested;
+  void (*on_stream_drained)(struct hk_request_s *req);
 } hk_request_t;
 
 /* Replaces the response with the JSON error body {"error": message, "request_id": id}. */

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hk_text.h"
+
 /* ---- data ----------------------------------------------------------------------------------
  *
  * A pattern "/v1/items/:id" is the chain root -> "v1" -> "items" -> :param. Each node has any
@@ -236,9 +238,8 @@ size_t hk_router_count(const hk_router_t *router) {
 
 static bool valid_param_name(const char *name, size_t len) {
   for (size_t i = 0; i < len; i++) {
-    char c = name[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
-      return false;
+    unsigned char c = (unsigned char)name[i];
+    if (!hk_text_is_alnum(c) && c != '_') return false;
   }
   return true;
 }

@@ -13,7 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <cJSON.h>
 #include <uv.h>
 #include <zlib.h>
 
@@ -56,6 +55,8 @@ typedef struct hk_conn_s {
   hk_http_parser_t parser;
   hk_request_t request;
   timer_phase_t phase;
+  uint64_t body_started_ms; /* loop time the body began arriving (PHASE_BODY) */
+  uint64_t body_bytes;      /* bytes read since */
   int handles_open;
   bool reading;
   bool in_flight;    /* a handler is running for `request` */
@@ -99,6 +100,9 @@ struct hk_worker_s {
   bool watching;
   hk_ratelimit_t *ratelimit; /* rate-limit buckets, kept across script reloads */
   hk_carry_t *carry;         /* what one generation hands the next */
+  uv_timer_t sample_timer;   /* process metrics sampled off the loop, read at scrape time */
+  uv_work_t sample_work;
+  bool sampling;
   hk_conn_t *conns; /* doubly-linked list of open connections */
   size_t conn_count;
   uint64_t conns_rejected;
@@ -125,6 +129,7 @@ static void log_request_completed(const hk_request_t *req);
 static void record_request(hk_worker_t *worker, const hk_request_t *req);
 static void conn_stream_pump(hk_conn_t *conn);
 static void conn_stop_waiting_reload(hk_conn_t *conn);
+static void conn_check_drained(hk_conn_t *conn);
 
 /* ---- connection lifetime ------------------------------------------------------------------ */
 
@@ -198,12 +203,30 @@ static void on_conn_timer(uv_timer_t *timer) {
 static void conn_set_phase(hk_conn_t *conn, timer_phase_t phase, bool restart) {
   if (conn->closing || (conn->phase == phase && !restart)) return;
   const hk_config_t *cfg = conn->worker->config;
+  bool entering_body = phase == PHASE_BODY && conn->phase != PHASE_BODY;
   conn->phase = phase;
   uint64_t ms = 0;
   switch (phase) {
     case PHASE_KEEPALIVE: ms = cfg->keepalive_timeout_ms; break;
     case PHASE_HEAD: ms = cfg->header_timeout_ms; break;
-    case PHASE_BODY: ms = cfg->body_timeout_ms; break;
+    case PHASE_BODY: {
+      /* Idle at most body_timeout between reads, and on the whole no slower than body_min_rate
+       * once body_timeout has passed (mod_reqtimeout's MinRate): a trickle of bytes each just
+       * inside the idle timeout cannot hold a connection for ever. */
+      uint64_t now = uv_now(&conn->worker->loop);
+      if (entering_body) {
+        conn->body_started_ms = now;
+        conn->body_bytes = 0;
+      }
+      ms = cfg->body_timeout_ms;
+      if (cfg->body_min_rate != 0) {
+        uint64_t allowed = cfg->body_timeout_ms + conn->body_bytes * 1000 / cfg->body_min_rate;
+        uint64_t elapsed = now - conn->body_started_ms;
+        uint64_t left = allowed > elapsed ? allowed - elapsed : 1;
+        if (left < ms) ms = left;
+      }
+      break;
+    }
     case PHASE_SEND: ms = cfg->send_timeout_ms; break;
     case PHASE_LINGER: ms = LINGER_MS; break;
     case PHASE_NONE: break;
@@ -247,6 +270,7 @@ static void on_write(uv_write_t *req, int status) {
   }
   if (conn->out.len > 0) {
     conn_flush(conn);
+    if (conn->in_flight) conn_check_drained(conn);
     return;
   }
   if (conn->streaming) {
@@ -256,6 +280,7 @@ static void on_write(uv_write_t *req, int status) {
   if (conn->in_flight) {
     /* A streaming handler writes more when it has more; until then no send timer runs. */
     conn_set_phase(conn, PHASE_NONE, false);
+    conn_check_drained(conn);
     return;
   }
   if (conn->close_after) {
@@ -473,14 +498,23 @@ static int handler_stream_write(hk_request_t *req, const char *data, size_t len)
   hk_conn_t *conn = req->owner;
   if (conn == NULL || conn->closing) return -EPIPE;
   if (len == 0) return 0;
-  if (conn->out.len + conn->writing.len > HK_STREAM_BACKLOG) return -EAGAIN;
+  if (conn->out.len + conn->writing.len > HK_STREAM_HARD_LIMIT) return -EAGAIN;
   int rc = 0;
   if (conn->stream_chunked) rc = hk_buf_appendf(&conn->out, "%zx\r\n", len);
   if (rc == 0) rc = hk_buf_append(&conn->out, data, len);
   if (rc == 0 && conn->stream_chunked) rc = hk_buf_append(&conn->out, "\r\n", 2);
   if (rc != 0) return rc;
   conn_flush(conn);
+  if (!conn->closing && conn->out.len + conn->writing.len > HK_STREAM_BACKLOG) req->stream_congested = true;
   return 0;
+}
+
+/* The client has taken enough of a congested streamed body: let its writer go on. */
+static void conn_check_drained(hk_conn_t *conn) {
+  hk_request_t *req = &conn->request;
+  if (!req->stream_congested || conn->closing || conn->out.len + conn->writing.len > HK_STREAM_LOW_WATER) return;
+  req->stream_congested = false;
+  if (req->on_stream_drained) req->on_stream_drained(req);
 }
 
 /* ---- requests ----------------------------------------------------------------------------- */
@@ -511,18 +545,14 @@ static void request_assign_id(hk_request_t *req) {
   }
 }
 
-/* The JSON body's top-level "mode", the default for req.mode: labels and log field. */
+/* The JSON body's top-level "mode": req.mode's default, for the request_started log line and
+ * the handler. A scan, not a parse (no allocation, the body is decoded once, by req:json()),
+ * and only for a matched route: what a client sends to a 404 labels nothing. The metric label
+ * is decided when the handler ends (hk_lua: registered modes only). */
 static void request_default_mode(hk_request_t *req) {
   const hk_buf_t *body = &req->http->body;
-  size_t i = 0;
-  while (i < body->len && (body->data[i] == ' ' || body->data[i] == '\n' || body->data[i] == '\r' || body->data[i] == '\t')) i++;
-  if (i == body->len || body->data[i] != '{') return;
-  cJSON *doc = cJSON_ParseWithLength(body->data, body->len);
-  if (doc == NULL) return;
-  const cJSON *mode = cJSON_GetObjectItemCaseSensitive(doc, "mode");
-  if (cJSON_IsString(mode) && mode->valuestring[0] != '\0')
-    snprintf(req->mode, sizeof req->mode, "%s", mode->valuestring);
-  cJSON_Delete(doc);
+  if (body->len == 0 || hk_json_scan_member(body->data, body->len, "mode", req->mode, sizeof req->mode) != 0)
+    req->mode[0] = '\0';
 }
 
 static void log_request_started(const hk_request_t *req) {
@@ -558,7 +588,7 @@ static void record_request(hk_worker_t *worker, const hk_request_t *req) {
   const hk_http_request_t *http = req->http;
   double seconds = (double)(hk_now_ns() - req->start_ns) / 1e9;
   hk_host_metrics_request(worker->metrics, worker->index, http ? http->method : "", http ? http->method_len : 0,
-                          req->endpoint ? req->endpoint : "unmatched", req->response.status, req->mode,
+                          req->endpoint ? req->endpoint : "unmatched", req->response.status, req->mode_label,
                           seconds);
 }
 
@@ -859,7 +889,6 @@ static void conn_dispatch(hk_conn_t *conn) {
   req->stream_start = handler_stream_start;
   req->stream_write = handler_stream_write;
   request_assign_id(req);
-  request_default_mode(req);
   conn->in_flight = true;
   conn_set_phase(conn, PHASE_NONE, false);
 
@@ -870,6 +899,7 @@ static void conn_dispatch(hk_conn_t *conn) {
   }
   char allow[128];
   int rc = hk_lua_route(worker->lua, req, allow, sizeof allow);
+  if (rc == 0) request_default_mode(req);
   log_request_started(req);
   if (rc == 0) {
     hk_lua_run(worker->lua, req, conn_finish_request);
@@ -993,7 +1023,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     conn_close(conn);
     return;
   }
-  if (conn->parser.state == HK_HTTP_STATE_BODY) conn_set_phase(conn, PHASE_BODY, true);
+  if (conn->parser.state == HK_HTTP_STATE_BODY) {
+    conn->body_bytes += (uint64_t)nread;
+    conn_set_phase(conn, PHASE_BODY, true);
+  }
   conn_process(conn);
 }
 
@@ -1131,6 +1164,7 @@ static void on_signal(uv_signal_t *handle, int signum) {
     worker->listener_open = false;
   }
   uv_timer_stop(&worker->debounce_timer);
+  uv_timer_stop(&worker->sample_timer);
   if (worker->watching) uv_fs_event_stop(&worker->watch);
   if (worker->reload == NULL) {
     answer_reload_waiters(worker->reload_next_waiters, false, worker->generation, "shutting down");
@@ -1146,6 +1180,29 @@ static void on_signal(uv_signal_t *handle, int signum) {
   }
   uv_timer_start(&worker->drain_timer, on_drain_timeout, worker->config->drain_timeout_ms, 0);
   worker_maybe_stop(worker);
+}
+
+/* ---- process metrics ---------------------------------------------------------------------- */
+
+/* /proc reads and the fd count run on the threadpool once a second; a scrape copies the
+ * snapshot, so its cost does not grow with open connections. */
+static void sample_process(uv_work_t *work) {
+  hk_worker_t *worker = work->data;
+  hk_host_metrics_sample(worker->metrics);
+}
+
+static void sample_done(uv_work_t *work, int status) {
+  (void)status;
+  hk_worker_t *worker = work->data;
+  worker->sampling = false;
+}
+
+static void on_sample(uv_timer_t *timer) {
+  hk_worker_t *worker = timer->data;
+  if (worker->sampling || worker->draining) return;
+  worker->sampling = true;
+  if (uv_queue_work(&worker->loop, &worker->sample_work, sample_process, sample_done) != 0)
+    worker->sampling = false;
 }
 
 /* ---- public ------------------------------------------------------------------------------- */
@@ -1194,13 +1251,15 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *m
   worker->lua = lua;
   worker->metrics = metrics;
   worker->index = 0;
-  hk_metrics_add_collector(metrics->registry, collect_connections, worker);
   int rc = uv_loop_init(&worker->loop);
   if (rc != 0) {
     snprintf(err, errsize, "cannot start the event loop: %s", uv_strerror(rc));
     free(server);
     return rc;
   }
+  hk_metrics_add_collector(metrics->registry, collect_connections, worker);
+  uv_timer_init(&worker->loop, &worker->sample_timer);
+  worker->sample_timer.data = worker->sample_work.data = worker;
   uv_signal_init(&worker->loop, &worker->sigterm);
   uv_signal_init(&worker->loop, &worker->sigint);
   uv_signal_init(&worker->loop, &worker->sighup);
@@ -1244,6 +1303,8 @@ int hk_server_run(hk_server_t *server) {
       hk_log_event(HK_LOG_WARNING, NULL, "watch_unavailable", "scripts directory not watched; reload with SIGHUP",
                    (hk_log_field_t[]){HK_LOG_S("dir", worker->config->scripts_dir)}, 1);
   }
+  uv_timer_start(&worker->sample_timer, on_sample, 0, HK_HOST_METRICS_SAMPLE_INTERVAL_MS);
+  uv_unref((uv_handle_t *)&worker->sample_timer);
   const hk_config_t *cfg = worker->config;
   hk_log_event(HK_LOG_INFO, NULL, "server_listening", "listening",
                (hk_log_field_t[]){HK_LOG_S("address", cfg->listen_host), HK_LOG_I("port", worker->port),
@@ -1262,6 +1323,8 @@ static void close_walk(uv_handle_t *handle, void *arg) {
 void hk_server_free(hk_server_t *server) {
   if (server == NULL) return;
   hk_worker_t *worker = &server->worker;
+  /* The registry outlives the server: nothing may call back into this worker from a scrape. */
+  hk_metrics_remove_collector(worker->metrics->registry, collect_connections, worker);
   worker->draining = true; /* a reload still building is dropped when it comes back */
   for (hk_conn_t *c = worker->conns; c != NULL; c = c->next) conn_close(c);
   hk_lua_cancel_all(worker->lua);

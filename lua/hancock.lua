@@ -178,6 +178,16 @@ end
 --- docs/monitoring.md): hk.alert("HancockHighErrorRate", {group, expr, threshold, ...}).
 hk.alert = require("hancock.rules").define
 
+--- Declares a specialist mode name: requests whose req.mode is `name` are counted under it in
+--- hancock_requests_by_mode, any other mode as "other" (so clients cannot mint series).
+--- llm.mode registers its modes itself.
+function hk.register_mode(name)
+  if type(name) ~= "string" then
+    error("hk.register_mode: name must be a string", 2)
+  end
+  core.register_mode(name)
+end
+
 --- Registers fn(event) to run on every log event: it may add, change or remove fields, and
 --- returning false drops the event.
 function hk.on_log(fn)

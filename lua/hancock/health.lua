@@ -5,7 +5,9 @@
 -- attaches it with `hk.health = require("hancock.health")(hk)`.
 --
 -- Every piece of state lives in the closure one call of the returned function builds, so each
--- Lua state (each script generation) has its own checks and nothing outlives a reload.
+-- Lua state (each script generation) has its own checks. The one exception is each check's last
+-- result, left in the core's carry map (core.carry_set) for the next generation, which adopts it
+-- when the check's definition is unchanged: a reload neither forgets a status nor logs it again.
 
 local core = require "hancock.core"
 
@@ -41,6 +43,11 @@ local THRESHOLD_NAMES = { warn_below_mb = true, error_below_mb = true, warn_abov
 
 local NO_STORE = { ["Cache-Control"] = "no-store" }
 
+-- Keys in the carry map: one result per check, and the names of the checks defined, so the next
+-- generation can drop the results of checks it no longer defines. Names cannot hold ':'.
+local CARRY_PREFIX = "health:"
+local CARRY_INDEX = "health.checks"
+
 -- ---- small helpers ------------------------------------------------------------------------
 
 local function clip(text)
@@ -62,6 +69,25 @@ end
 
 local function mib(bytes)
   return ("%d MiB"):format(bytes // MIB)
+end
+
+-- FNV-1a, 64 bits, as 16 hex digits: a short, fixed-size digest of a definition (Lua integers
+-- wrap on overflow, which is the arithmetic FNV wants).
+local function fnv1a(text)
+  local hash = 0xcbf29ce484222325
+  for i = 1, #text do
+    hash = (hash ~ text:byte(i)) * 0x100000001b3
+  end
+  return ("%016x"):format(hash)
+end
+
+-- A number as it goes into a fingerprint: 512 and 512.0 alike, and inf (which JSON cannot
+-- hold) as text.
+local function canonical(value)
+  if math.type(value) == "float" then
+    return math.tointeger(value) or ("%.17g"):format(value)
+  end
+  return value
 end
 
 -- A value as it reads in a detail: JSON, shortened.
@@ -429,9 +455,130 @@ return function(hk)
 
   local PROBES = { http = probe_http, memory = probe_memory, disk = probe_disk, lua = probe_lua }
 
+  -- ---- carrying results across a reload ---------------------------------------------------
+  --
+  -- The carry map is the worker's, and only the event loop may touch it: these functions run in
+  -- the probe tasks and handlers, never while the scripts load.
+
+  -- The check's whole definition as a digest, computed once the scripts have loaded (so that
+  -- thresholds set after the check count): any change of an option or of a threshold gives
+  -- another. Functions (validate, run) cannot be compared, so only their presence counts.
+  local function fingerprint(check)
+    if check.fingerprint then
+      return check.fingerprint
+    end
+    local definition = {
+      kind = check.kind,
+      interval_ms = check.interval_ms,
+      ttl_ms = check.ttl_ms,
+      timeout_ms = check.timeout_ms,
+      critical = check.critical,
+    }
+    for key in pairs(KINDS[check.kind]) do
+      local value = setting(check, key)
+      definition[key] = type(value) == "function" or canonical(value)
+    end
+    -- The expectations in their compiled form, so that 200 and { 200 } are one definition.
+    definition.expect_status = check.statuses and sorted_keys(check.statuses)
+    if check.expectations then
+      local expectations = {}
+      for i, expectation in ipairs(check.expectations) do
+        expectations[i] = { path = expectation.path, contains = canonical(expectation.contains),
+                            equals = canonical(expectation.equals) }
+      end
+      definition.expect_json = expectations
+    end
+    check.fingerprint = fnv1a(json.encode(definition))
+    return check.fingerprint
+  end
+
+  local carry_warned = false
+
+  -- core.carry_set, and one warning per generation when the map refuses (it holds 1024 keys).
+  -- A refused value drops the key (removing never fails), lest the next generation adopt the
+  -- value it was meant to replace.
+  local function carry(key, value)
+    local ok, message = core.carry_set(key, value)
+    if not ok then
+      core.carry_set(key, nil)
+    end
+    if not ok and not carry_warned then
+      carry_warned = true
+      hk.log.warn("health_carry_failed", {
+        message = "health results will not survive the next reload: " .. message,
+        key = key,
+        error = message,
+      })
+    end
+  end
+
+  -- Leaves the check's latest result for the next generation.
+  local function remember(check)
+    local result = check.result
+    carry(CARRY_PREFIX .. check.name, json.encode({
+      fingerprint = fingerprint(check),
+      status = result.status,
+      detail = result.detail,
+      latency_ms = result.latency_ms,
+      latency_seconds = result.seconds,
+      checked_at = result.at,
+    }))
+  end
+
+  local function carried_result(text)
+    local saved = text and json.decode(text)
+    if type(saved) == "table" and LEVELS[saved.status] and type(saved.checked_at) == "number"
+        and type(saved.latency_seconds) == "number" and type(saved.latency_ms) == "number"
+        and (saved.detail == nil or type(saved.detail) == "string") then
+      return saved
+    end
+    return nil
+  end
+
+  -- Adopts the result an earlier generation left for this same definition: it becomes the
+  -- cache, and the gauges say it again (it is no new probe: runs_total does not count it).
+  -- Returns the milliseconds until the probe the earlier generation would have run next, or
+  -- nil when there is nothing to adopt, after dropping a result of another definition.
+  local function resume(check)
+    local key = CARRY_PREFIX .. check.name
+    local text = core.carry_get(key)
+    local saved = carried_result(text)
+    if saved == nil or saved.fingerprint ~= fingerprint(check) then
+      if text ~= nil then
+        carry(key, nil)
+      end
+      return nil
+    end
+    check.result = {
+      status = saved.status,
+      detail = saved.detail,
+      latency_ms = saved.latency_ms,
+      seconds = saved.latency_seconds,
+      at = saved.checked_at,
+    }
+    local labels = { check = check.name }
+    metrics.status:set(labels, LEVELS[saved.status])
+    metrics.latency:set(labels, saved.latency_seconds)
+    local due_ms = (saved.checked_at - monotonic()) * 1000 + check.interval_ms
+    return math.max(0, math.min(check.interval_ms, due_ms))
+  end
+
+  -- Drops what an earlier generation left for checks this one no longer defines, and names
+  -- this one's for the next.
+  local function forget_removed()
+    local previous = json.decode(core.carry_get(CARRY_INDEX) or "[]")
+    for _, name in ipairs(type(previous) == "table" and previous or {}) do
+      if type(name) == "string" and checks[name] == nil then
+        carry(CARRY_PREFIX .. name, nil)
+      end
+    end
+    carry(CARRY_INDEX, #order > 0 and json.encode(order) or nil)
+  end
+
   -- ---- results ---------------------------------------------------------------------------
 
-  -- Stores a probe's result, updates the metrics and logs a change of status.
+  -- Stores a probe's result, updates the metrics, logs a change of status and leaves the
+  -- result for the next generation.
   local function record(check, status, detail, seconds)
     assert(LEVELS[status], "a probe returned an unknown status")
     local from = check.result and check.result.status or "pending"
@@ -439,12 +586,14 @@ return function(hk)
       status = status,
       detail = detail,
       latency_ms = math.floor(seconds * 100000 + 0.5) / 100,
+      seconds = seconds,
       at = monotonic(),
     }
     local labels = { check = check.name }
     metrics.status:set(labels, LEVELS[status])
     metrics.latency:set(labels, seconds)
     metrics.runs:inc({ check = check.name, result = status })
+    remember(check)
     if from ~= status then
       local log = status == "ok" and hk.log.info or status == "degraded" and hk.log.warn or hk.log.error
       log("health_changed", {
@@ -488,8 +637,15 @@ return function(hk)
     record(check, status, detail, seconds)
   end
 
-  -- The background task of one check: a probe every interval_ms, unless one is in flight.
+  -- The background task of one check: a probe every interval_ms, unless one is in flight. It
+  -- starts with the carried result when there is one, and probes when that result's next probe
+  -- was due. All of a generation's tasks take their first step in the loop turn after the
+  -- scripts load, before it serves a request, so /health never shows a carried check pending.
   local function keep_checking(check)
+    local wait_ms = check.result == nil and resume(check)
+    if wait_ms then
+      hk.sleep(wait_ms)
+    end
     while true do
       if not check.in_flight then
         check.in_flight = true
@@ -659,6 +815,7 @@ return function(hk)
   -- is up: from then on the definitions are fixed.
   hk.spawn(function()
     started = true
+    forget_removed()
     for _, name in ipairs(sorted_keys(tuned)) do
       if checks[name] == nil then
         hk.log.warn("health_threshold_unused", {

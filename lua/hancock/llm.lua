@@ -10,6 +10,7 @@
 -- times out or answers 5xx and OPENAI_API_KEY is set, the call is retried once against OpenAI.
 
 local hk = require "hancock"
+local core = require "hancock.core"
 
 local json = hk.json
 
@@ -122,6 +123,7 @@ end
 --- opts.description (one line for clients listing the modes).
 function llm.mode(name, opts)
   check_mode_options(name, opts)
+  core.register_mode(name)
   modes[name] = {
     name = name,
     system = opts.system,
@@ -247,10 +249,14 @@ local function stream_parser(on_delta)
   end
   function parser.feed(bytes)
     pending = pending .. bytes
-    for text, rest in pending:gmatch("([^\n]*)\r?\n()") do
-      line(text:gsub("\r$", ""))
-      pending = pending:sub(rest)
+    -- Positions from gmatch refer to the string it started on: cut the consumed lines once,
+    -- after the loop (cutting inside it dropped the partial line a chunk ends with).
+    local consumed = 1
+    for text, rest in pending:gmatch("([^\n]*)\n()") do
+      line((text:gsub("\r$", "")))
+      consumed = rest
     end
+    pending = pending:sub(consumed)
   end
   function parser.delivered()
     return #parts > 0

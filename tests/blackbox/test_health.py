@@ -5,7 +5,8 @@ waiting on probes or stampeding them, the health_changed log and the hancock_hea
 Fixtures: tests/blackbox/scripts_health/ (probes/: one HTTP check per outcome; rules/: a
 critical and a non-critical check; system/: memory and disk; lua/: checks written in Lua) and the
 repository's own scripts/health.lua. Intervals and timeouts come from the environment so the
-suite stays fast.
+suite stays fast. The reload tests write their checks as Lua (lua_checks) into a directory of
+their own and reload it through POST /admin/reload.
 """
 import json
 import os
@@ -16,6 +17,7 @@ import threading
 import time
 import unittest
 import urllib.request
+import uuid
 
 import harness
 from harness import metric_value
@@ -33,6 +35,30 @@ CLEAN_ENV = {name: "" for name in (
     "HANCOCK_LLM_BACKEND", "HANCOCK_HEALTH_INTERVAL_MS", "HANCOCK_HEALTH_TIMEOUT_MS",
     "OLLAMA_BASE_URL", "OLLAMA_MODEL", "OLLAMA_CODER_MODEL", "NVIDIA_BASE_URL", "NVIDIA_API_KEY",
     "NVIDIA_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL", "PROMETHEUS_URL")}
+
+
+ADMIN_TOKEN = "health-reload-token-0123456789"
+
+
+def lua_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)  # a JSON string of ASCII is a Lua string
+
+
+def lua_checks(checks, thresholds=None):
+    """A script defining one http check per name in `checks` ({name: {option: value}}, Python
+    values written as Lua), then hk.health.threshold(name, values) per entry of `thresholds`."""
+    lines = ['local hk = require "hancock"', ""]
+    for name, opts in checks.items():
+        fields = "".join(", %s = %s" % (k, lua_value(v)) for k, v in opts.items())
+        lines.append('hk.health.check("%s", { kind = "http"%s })' % (name, fields))
+    for name, values in (thresholds or {}).items():
+        fields = ", ".join("%s = %s" % (k, lua_value(v)) for k, v in values.items())
+        lines.append('hk.health.threshold("%s", { %s })' % (name, fields))
+    return "\n".join(lines) + "\n"
 
 
 # ---- a fake upstream: GET endpoints with scripted answers ------------------------------------
@@ -109,9 +135,65 @@ class HealthTest(harness.ServersTestCase):
         return server.wait_event("health_changed", timeout,
                                  lambda e: e["check"] == check and e["from"] == frm and e["to"] == to)
 
+    def wait_changes(self, server, check, count, timeout=10):
+        """Waits for the count-th health_changed event of `check`; returns them all as (from, to)."""
+        deadline = time.monotonic() + timeout
+        while len(self.changes(server, check)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError("%s: %d changes, not %d" % (check, len(self.changes(server, check)), count))
+            with server.cond:
+                server.cond.wait(0.1)
+        return self.changes(server, check)
+
     def wait_all_checked(self, server, names, timeout=10):
         for name in names:
             server.wait_event("health_changed", timeout, lambda e, n=name: e["check"] == n)
+
+    def reloadable(self, source, **env):
+        """A server on a scripts directory of its own (checks.lua = source) that reloads on
+        POST /admin/reload; returns (directory, server)."""
+        d = write_scripts({"checks.lua": source})
+        self.addCleanup(shutil.rmtree, d, True)
+        return d, self.serve(d, HANCOCK_ADMIN_TOKEN=ADMIN_TOKEN, **env)
+
+    def rewrite(self, directory, source, name="checks.lua"):
+        """Replaces a script (write, then rename, as editors do); None removes it. The change also
+        starts a file-watch reload of its own, which the tests must (and do) take in their stride."""
+        path = os.path.join(directory, name)
+        if source is None:
+            os.remove(path)
+            return
+        with open(path + ".tmp", "w") as f:
+            f.write(source)
+        os.rename(path + ".tmp", path)
+
+    def reload(self, server):
+        """Reloads the scripts; returns the new generation."""
+        status, _, body = request(server, "POST", "/admin/reload", body=b"",
+                                  headers={"Authorization": "Bearer " + ADMIN_TOKEN})
+        doc = json.loads(body)
+        self.assertEqual((status, doc["result"]), (200, "success"), doc)
+        return doc["generation"]
+
+    def sync_log(self, server):
+        """Returns once every line the server logged before this call has been read: a request's
+        request_completed comes after them on stdout."""
+        request_id = "sync-" + uuid.uuid4().hex
+        request(server, "GET", "/health/live", headers={"X-Request-Id": request_id})
+        server.wait_event("request_completed", predicate=lambda e: e["request_id"] == request_id)
+
+    def runs(self, server, check):
+        """Probes of `check` so far, whatever their result (hancock_health_check_runs_total)."""
+        text = self.metrics(server)
+        return sum(metric_value(text, "hancock_health_check_runs_total", check=check, result=result) or 0
+                   for result in ("ok", "degraded", "error"))
+
+    def wait_probed(self, server, check):
+        """Waits for a probe of `check` that ends after this call (so, after a reload, a probe of the
+        new generation), then for the log to be read up to it."""
+        before = self.runs(server, check)
+        self.wait_metric(server, lambda _: self.runs(server, check) > before, "a probe of " + check)
+        self.sync_log(server)
 
     def wait_metric(self, server, condition, what, timeout=10):
         """Scrapes until condition(exposition text) holds."""
@@ -404,6 +486,122 @@ class HealthTest(harness.ServersTestCase):
         self.assertEqual(metric_value(text, "hancock_health_check_runs_total", check="core", result="ok"), 1)
         self.assertEqual(metric_value(text, "hancock_health_check_runs_total", check="extra", result="error"), 1)
         self.assertIsNone(metric_value(text, "hancock_health_check_runs_total", check="extra", result="ok"))
+
+    # ---- reloads carry each check's state ------------------------------------------------
+
+    def test_reloads_carry_a_failing_check_without_logging_it_again(self):
+        fake = self.upstream({"/core": {"status": 500}})
+        _, server = self.reloadable(lua_checks({
+            "core": {"url": fake.url + "/core", "critical": True, "interval_ms": 200},
+            "extra": {"url": fake.url + "/extra", "interval_ms": 200},
+        }))
+        self.wait_change(server, "core", "error")
+        self.wait_change(server, "extra", "ok")
+        for i in range(10):
+            self.assertEqual(self.reload(server), i + 2)
+            # At once, before the new generation has probed: the carried results, not pending.
+            status, doc = self.get(server, "/health")
+            self.assertEqual((status, doc["status"]), (503, "error"), doc)
+            core = doc["checks"]["core"]
+            self.assertEqual((core["status"], core["detail"], sorted(core)),
+                             ("error", "HTTP 500", ["detail", "latency_ms", "status"]))
+            self.assertEqual(doc["checks"]["extra"]["status"], "ok")
+            self.assertEqual(self.get(server, "/health/ready"),
+                             (503, {"ready": False, "status": "error", "detail": "a critical check failed"}))
+        # The last generation probes, finds the same: nothing to log.
+        self.wait_probed(server, "core")
+        self.wait_probed(server, "extra")
+        self.assertEqual(self.changes(server, "core"), [("pending", "error")])
+        self.assertEqual(self.changes(server, "extra"), [("pending", "ok")])
+        self.assertEqual(metric_value(self.metrics(server), "hancock_health_check_status", check="core"), 2)
+
+        # A real change is logged once, from the carried status, whichever generation sees it.
+        fake.set("/core")
+        self.reload(server)
+        self.wait_change(server, "core", "ok", frm="error")
+        self.reload(server)
+        self.wait_probed(server, "core")
+        self.assertEqual(self.changes(server, "core"), [("pending", "error"), ("error", "ok")])
+        self.assertEqual(self.get(server, "/health/ready"), (200, {"ready": True, "status": "ok"}))
+        self.assertEqual(server.events("task_error"), [])
+
+    def test_a_changed_definition_starts_over(self):
+        fake = self.upstream({"/down": {"status": 500}})
+        checks = {
+            "core": {"url": fake.url + "/up", "critical": True, "interval_ms": 200},
+            "extra": {"url": fake.url + "/up", "interval_ms": 200},
+        }
+        d, server = self.reloadable(lua_checks(checks))
+        self.wait_change(server, "core", "ok")
+        self.wait_change(server, "extra", "ok")
+
+        # Another URL: core is pending again and logs its new result from there; extra carries on.
+        checks["core"]["url"] = fake.url + "/down"
+        self.rewrite(d, lua_checks(checks))
+        self.reload(server)
+        event = self.wait_change(server, "core", "error")
+        self.assertEqual(event["detail"], "HTTP 500")
+        self.wait_probed(server, "extra")
+        self.assertEqual(self.changes(server, "core"), [("pending", "ok"), ("pending", "error")])
+        self.assertEqual(self.changes(server, "extra"), [("pending", "ok")])
+
+        # A threshold is part of the definition too, set with hk.health.threshold or not.
+        self.rewrite(d, lua_checks(checks, thresholds={"extra": {"warn_above_ms": 0}}))
+        self.reload(server)
+        self.wait_change(server, "extra", "degraded")
+        self.wait_probed(server, "core")
+        self.assertEqual(self.changes(server, "extra"), [("pending", "ok"), ("pending", "degraded")])
+        self.assertEqual(self.changes(server, "core"), [("pending", "ok"), ("pending", "error")])
+        self.assertEqual(self.get(server, "/health")[1]["checks"]["extra"]["status"], "degraded")
+
+    def test_reloads_do_not_add_or_postpone_probes(self):
+        fake = self.upstream()
+        _, server = self.reloadable(lua_checks({
+            "rare": {"url": fake.url + "/rare", "interval_ms": 600000},
+            "often": {"url": fake.url + "/often", "interval_ms": 500},
+        }))
+        self.wait_change(server, "rare", "ok")
+        self.wait_change(server, "often", "ok")
+        for _ in range(10):
+            self.reload(server)
+        # Reloading without pause until often's next probe is due: a generation that started its
+        # schedule afresh would never get there.
+        probes = fake.count("/often")
+        deadline = time.monotonic() + 20
+        while fake.count("/often") == probes:
+            if time.monotonic() > deadline:
+                self.fail("reloads keep postponing the next probe")
+            self.reload(server)
+        # …by which time a probe that a reload had started would long have reached the fake.
+        self.assertEqual(fake.count("/rare"), 1)
+        self.sync_log(server)
+        text = self.metrics(server)
+        self.assertEqual(metric_value(text, "hancock_health_check_runs_total", check="rare", result="ok"), 1)
+        self.assertEqual(self.changes(server, "rare"), [("pending", "ok")])
+        self.assertEqual(self.changes(server, "often"), [("pending", "ok")])
+        self.assertEqual(self.get(server, "/health")[1]["checks"]["rare"]["status"], "ok")
+
+    def test_a_removed_check_is_gone_after_reload(self):
+        fake = self.upstream()
+        checks = {"core": {"url": fake.url + "/core", "interval_ms": 600000},
+                  "gone": {"url": fake.url + "/gone", "interval_ms": 600000}}
+        d, server = self.reloadable(lua_checks(checks))
+        self.wait_change(server, "core", "ok")
+        self.wait_change(server, "gone", "ok")
+
+        removed = dict(checks)
+        del removed["gone"]
+        self.rewrite(d, lua_checks(removed))
+        self.reload(server)
+        self.assertEqual(sorted(self.get(server, "/health")[1]["checks"]), ["core"])
+
+        # Its carried result went with it: defined again, it starts from pending.
+        self.rewrite(d, lua_checks(checks))
+        self.reload(server)
+        self.assertEqual(self.wait_changes(server, "gone", 2), [("pending", "ok"), ("pending", "ok")])
+        self.assertEqual(fake.count("/gone"), 2)
+        self.assertEqual(self.changes(server, "core"), [("pending", "ok")])
+        self.assertEqual(fake.count("/core"), 1)
 
     # ---- memory and disk ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import time
 import unittest
 
 import harness
+from fakes import FakeLLM
 from harness import Server
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts_hostile")
@@ -60,6 +61,45 @@ class HostileTest(harness.ServersTestCase):
         status, _, _ = harness.request(server, "GET", "/health/live")
         self.assertEqual(status, 200)
         self.assertIsNone(server.proc.poll())
+
+    def test_slow_reader_gets_every_streamed_delta(self):
+        # The model streams far more than the 1 MiB backlog while the client reads nothing: the
+        # relay must wait (pausing the backend transfer), never drop an event.
+        words = [f"w{i}-" + "x" * 200 for i in range(60000)]
+        llm = FakeLLM(reply=" ".join(words))
+        self.fakes.append(llm)
+        server = self.start(scripts=SHIPPED, env={"OLLAMA_BASE_URL": llm.url, "HANCOCK_RATE_LIMIT": "100000"})
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", server.port))
+        body = json.dumps({"message": "hi", "stream": True}).encode()
+        s.sendall(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        time.sleep(2)  # not reading: the backlog builds up (not an assertion)
+        s.settimeout(60)
+        pieces = []
+        while True:
+            piece = s.recv(1 << 20)
+            if not piece:
+                break
+            pieces.append(piece)
+        s.close()
+        head, _, chunked = b"".join(pieces).partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        raw, pos = [], 0
+        while True:  # de-chunk
+            eol = chunked.index(b"\r\n", pos)
+            size = int(chunked[pos:eol], 16)
+            if size == 0:
+                break
+            raw.append(chunked[eol + 2:eol + 2 + size])
+            pos = eol + 2 + size + 2
+        text = b"".join(raw).decode()
+        events = [json.loads(line[6:]) for line in text.split("\n\n") if line.startswith("data: ")]
+        deltas = [e["delta"] for e in events if "delta" in e]
+        self.assertEqual(len(deltas), len(words))
+        self.assertEqual("".join(deltas), " ".join(words))
+        self.assertTrue(events[-1].get("done"))
 
     # ---- errors and loops the hook cannot see -------------------------------------------------
 
@@ -152,6 +192,55 @@ class HostileTest(harness.ServersTestCase):
         self.assertEqual(status, 200, body)
         holder.close()
         self.assert_alive(server)
+
+    # ---- slow clients ---------------------------------------------------------------------------
+
+    def test_body_trickled_inside_the_idle_timeout_still_times_out(self):
+        server = self.start("--body-timeout", "1s", "--body-min-rate", "100")
+        s = server.connect()
+        s.sendall(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        s.settimeout(0.4)
+        sent, answer = 0, b""
+        while sent < 100 and not answer:  # 1 byte / 0.4 s: each pause inside the 1 s idle timeout
+            try:
+                s.sendall(b"x")
+                sent += 1
+                answer = s.recv(4096)
+            except socket.timeout:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        s.close()
+        self.assertIn(b"408", answer)
+        self.assertLess(sent, 100)  # old behaviour: held open until the client gave up
+        ev = server.wait_event("client_timeout")
+        self.assertEqual(ev["phase"], "body")
+        self.assert_alive(server)
+
+    # ---- metric labels --------------------------------------------------------------------------
+
+    def test_clients_control_no_mode_label(self):
+        scripts = harness.write_scripts({"modes.lua": """
+local hk = require "hancock"
+local llm = require "hancock.llm"
+llm.mode("soc", { system = "You triage alerts." })
+hk.route("POST", "/echo-mode", function(req)   -- leaves req.mode as the body gave it
+  return { mode = req.mode }
+end)
+"""})
+        server = self.start(scripts=scripts)
+        with server.connect() as s:
+            for i in range(300):
+                for path, mode in (("/echo-mode", f"made-up-{i}"), ("/no-such-route", f"x{i}"), ("/echo-mode", "soc")):
+                    body = json.dumps({"mode": mode}).encode()
+                    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+                    harness.recv_response(s)
+        started = server.wait_event("request_started", predicate=lambda e: e["endpoint"] == "/echo-mode")
+        self.assertEqual(started["mode"], "made-up-0")  # the log keeps what was sent; labels do not
+        _, _, text = harness.request(server, "GET", "/metrics")
+        modes = sorted(line for line in text.decode().splitlines() if line.startswith("hancock_requests_by_mode{"))
+        self.assertEqual(modes, ['hancock_requests_by_mode{mode="other"} 300', 'hancock_requests_by_mode{mode="soc"} 300'])
 
     # ---- the sandbox --------------------------------------------------------------------------
 

@@ -774,22 +774,23 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(exp.value("hancock_request_duration_seconds_count", method="DELETE", endpoint="/v1/ping",
                                    status_code="405"), 1)
 
-    def test_client_modes_stop_at_the_series_cap(self):
-        # The mode comes from the client's JSON body: the default cap (1000 series) bounds it.
+    def test_client_modes_count_as_other(self):
+        # The mode comes from the client's JSON body, but only modes the scripts registered label
+        # the counter: 1,005 made-up modes are one "other" series, and nothing reaches the cap.
         server = self.serve()
         with Conn(server) as conn:
             for i in range(1005):
                 res = conn.request("POST", "/v1/chat", body={"mode": "m%d" % i})
                 self.assertEqual(res.status, 200)
+            conn.request("POST", "/v1/chat", body={"mode": "soc"})
             last = conn.request("GET", "/v1/ping").headers["x-request-id"]
         _, exp = self.scrape(server)
         modes = exp.labelled("hancock_requests_by_mode", "mode")
-        self.assertEqual(modes, {"m%d" % i: 1 for i in range(1000)})
-        self.assertEqual(exp.value("hancock_metric_series_dropped_total", metric="hancock_requests_by_mode"), 5)
-        self.assertEqual(exp.value("hancock_requests_by_endpoint", endpoint="/v1/chat"), 1005)
+        self.assertEqual(modes, {"other": 1005, "soc": 1})
+        self.assertEqual(exp.value("hancock_metric_series_dropped_total", metric="hancock_requests_by_mode"), 0)
+        self.assertEqual(exp.value("hancock_requests_by_endpoint", endpoint="/v1/chat"), 1006)
         server.wait_event("request_completed", predicate=lambda e: e.get("request_id") == last)
-        events = server.events("metric_series_dropped")
-        self.assertEqual([(e.get("metric"), e.get("cap")) for e in events], [("hancock_requests_by_mode", 1000)])
+        self.assertEqual(server.events("metric_series_dropped"), [])
 
     # ---- formats, promtool, framing ------------------------------------------------------------
 

@@ -7,7 +7,8 @@
  * runs must report the same events (request lines, bodies, keep-alive, the error status), since
  * TCP segmentation must not change what the server does. Each accepted request is also checked
  * against the bytes it consumed: the head as copied, then exactly the announced body, a chunked
- * body being held to RFC 9112 by an oracle written here (llhttp 8 is lenient in places). The
+ * body being held to RFC 9112 and to the body limit (data, chunk extensions and trailers
+ * counted) by an oracle written here (llhttp 8 is lenient in places). The
  * spare room past the unconsumed input is poisoned under ASan, so over-reads are caught. */
 #include "hk_http.h"
 
@@ -130,9 +131,14 @@ static size_t skip_quoted(const char *p, size_t len, size_t i) {
 
 /* True when `raw` is exactly one well-formed chunked body (RFC 9112 §7.1: chunk-size, chunk-ext,
  * CRLF after the size line and after the data, a trailer section of field lines, the final CRLF)
- * whose data is `body`. Written independently of llhttp, which is lenient in places. */
-static bool chunked_is_strict(const char *p, size_t len, const hk_buf_t *body) {
+ * whose data is `body`. Written independently of llhttp, which is lenient in places. Also
+ * measures what hk_http.h holds to the limits: *counted, the bytes of data, chunk extensions and
+ * trailer field lines, and *longest_line, the longest chunk-size line without its CRLF. */
+static bool chunked_is_strict(const char *p, size_t len, const hk_buf_t *body, size_t *counted,
+                              size_t *longest_line) {
   size_t i = 0, out = 0;
+  *counted = 0;
+  *longest_line = 0;
   for (;;) {
     uint64_t size = 0;
     size_t start = i;
@@ -141,6 +147,7 @@ static bool chunked_is_strict(const char *p, size_t len, const hk_buf_t *body) {
       size = size * 16 + (uint64_t)digit;
     }
     if (i == start) return false;
+    size_t digits_end = i;
     for (;;) { /* chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ) */
       size_t j = skip_bws(p, len, i);
       if (j >= len || p[j] != ';') break;
@@ -157,17 +164,22 @@ static bool chunked_is_strict(const char *p, size_t len, const hk_buf_t *body) {
       }
     }
     if (!is_crlf(p, len, i)) return false;
+    *counted += i - digits_end;
+    if (i - start > *longest_line) *longest_line = i - start;
     i += 2;
     if (size == 0) break;
     if (len - i < size || body->len - out < size) return false;
     if (memcmp(body->data + out, p + i, size) != 0) return false;
     out += size;
+    *counted += size;
     i += size;
     if (!is_crlf(p, len, i)) return false;
     i += 2;
   }
+  size_t trailer_start = i;
   for (;;) { /* trailer-section = *( field-line CRLF ), then CRLF */
     if (is_crlf(p, len, i)) {
+      *counted += i - trailer_start;
       i += 2;
       break;
     }
@@ -228,7 +240,10 @@ static void check_request(const hk_http_parser_t *parser, const hk_buf_t *raw) {
   const char *body = raw->data + head->len;
   size_t body_len = raw->len - head->len;
   if (r->chunked) {
-    CHECK(chunked_is_strict(body, body_len, &r->body));
+    size_t counted, longest_line;
+    CHECK(chunked_is_strict(body, body_len, &r->body, &counted, &longest_line));
+    CHECK(counted <= MAX_BODY);
+    CHECK(longest_line <= HK_HTTP_MAX_CHUNK_LINE);
   } else {
     size_t expected = r->content_length < 0 ? 0 : (size_t)r->content_length;
     CHECK(r->body.len == expected);

@@ -1,9 +1,12 @@
 /* fuzz_json: libFuzzer target for hk_json. Decodes the input; when that succeeds, encodes the
  * value, decodes the encoding and encodes again, and requires the two encodings to match (the
  * encoder's output is canonical, so one round trip reaches a fixed point). It also checks that
- * hk_json_append_string always produces a JSON string that decodes, the same in both modes.
+ * hk_json_append_string always produces a JSON string that decodes, the same in both modes, and
+ * that hk_json_scan_member agrees with the decoder on every input, for a few keys and buffer
+ * sizes: the same verdict on validity, and the same string for the top-level member.
  * Built by tests/fuzz/CMakeLists.txt: as fuzz_json_replay (with replay_main.c, any compiler, run
  * on corpus/json/ by ctest) and, with -DHK_FUZZ=ON, as a libFuzzer binary. */
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,6 +54,42 @@ static void check_escaping(lua_State *L, const char *bytes, size_t len, int is_v
   hk_buf_free(&ascii);
 }
 
+/* hk_json_scan_member(key, out_size) must return what the decoder implies (hk_json.h): -EINVAL
+ * exactly when decoding fails, except for numbers out of a double's range, which the scanner
+ * does not check; otherwise 0 with the same bytes, or -EILSEQ, -ENOSPC or -ENOENT. */
+static void check_scan(lua_State *L, const uint8_t *data, size_t size, const char *key,
+                       size_t out_size) {
+  char err[128], out[64];
+  CHECK(out_size <= sizeof out);
+  int top = lua_gettop(L);
+  int rc = hk_json_scan_member((const char *)data, size, key, out, out_size);
+  CHECK(rc == 0 || out[0] == '\0');
+  if (hk_json_decode(L, (const char *)data, size, err, sizeof err) != 0) {
+    if (strstr(err, "number out of range") == NULL) CHECK(rc == -EINVAL);
+    CHECK(lua_gettop(L) == top);
+    return;
+  }
+  int expected = -ENOENT;
+  const char *value = NULL;
+  size_t value_len = 0;
+  if (lua_type(L, -1) == LUA_TTABLE && !lua_getmetatable(L, -1)) { /* an object, not an array */
+    lua_getfield(L, -1, key);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      value = lua_tolstring(L, -1, &value_len);
+      if (memchr(value, '\0', value_len) != NULL) expected = -EILSEQ;
+      else if (value_len >= out_size) expected = -ENOSPC;
+      else expected = 0;
+    }
+  }
+  if (rc != expected) {
+    fprintf(stderr, "scan for \"%s\" (%zu bytes) returned %d, the decoder implies %d\n", key,
+            out_size, rc, expected);
+    abort();
+  }
+  if (rc == 0) CHECK(strlen(out) == value_len && memcmp(out, value, value_len) == 0);
+  lua_settop(L, top);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   lua_State *L = state();
   char err[128];
@@ -93,6 +132,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   check_escaping(L, (const char *)data, size, valid);
   hk_buf_free(&quoted);
+
+  check_scan(L, data, size, "mode", 16);
+  check_scan(L, data, size, "a", 2);
+  check_scan(L, data, size, "", 64);
 
   hk_buf_free(&first);
   hk_buf_free(&second);

@@ -2,8 +2,9 @@
 """Writes the seed corpora of the fuzz targets: tests/fuzz/corpus/{http,json,router}/.
 
 Run it from anywhere (python3 tests/fuzz/make_corpus.py); it replaces every file in those three
-directories, so the committed seeds are exactly what this script produces. Add a seed here, not
-by hand. The input format of each target is described at the top of its fuzz_<name>.c:
+directories except regress_* (inputs a fuzzer found, committed as they were), so the other seeds
+are exactly what this script produces. Add a seed here, not by hand. The input format of each
+target is described at the top of its fuzz_<name>.c:
 
   http    byte 0 picks how the rest is split into feeds (high nibble: largest feed is
           1 << nibble bytes), the rest is what a client sends on one connection
@@ -44,6 +45,19 @@ def chunked(*chunks, trailers=b""):
 
 
 HOST = ("Host", "example.test")
+
+
+class Split(bytes):
+    """An HTTP seed with its own split byte, instead of the next one from SPLITS (so adding a
+    seed does not change the split byte of every seed sorted after it)."""
+
+    def __new__(cls, seed, data):
+        self = super().__new__(cls, data)
+        self.seed = seed
+        return self
+
+
+CHUNKED = ("Transfer-Encoding", "chunked")
 
 HTTP = {
     # ---- well-formed
@@ -143,6 +157,17 @@ HTTP = {
                                               ("Content-Length", "1")], b"x"),
     "connect": req("CONNECT example.test:443 HTTP/1.1", [HOST]),
     "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    # ---- chunk extensions and trailers count toward the body limit (fuzz_http's is 4096)
+    "limit_chunk_ext_and_trailer_ok": Split(0x32, req(
+        "POST / HTTP/1.1", [HOST, CHUNKED],
+        b"5;a=" + b"e" * 1000 + b"\r\nhello\r\n0;z\r\nX-T: " + b"t" * 1000 + b"\r\n\r\n")),
+    "limit_chunk_ext_over": Split(0x63, req(
+        "POST / HTTP/1.1", [HOST, CHUNKED],
+        b"".join(b"1;e=" + b"x" * 100 + b"\r\nd\r\n" for _ in range(50)) + b"0\r\n\r\n")),
+    "limit_chunk_line_too_long": Split(0x96, req(
+        "POST / HTTP/1.1", [HOST, CHUNKED], b"1;a=" + b"v" * 5000 + b"\r\nx\r\n0\r\n\r\n")),
+    "limit_trailers_over": Split(0x47, req(
+        "POST / HTTP/1.1", [HOST, CHUNKED], b"1\r\nx\r\n0\r\n" + b"X-T: yyy\r\n" * 600 + b"\r\n")),
 }
 
 # ---- json -------------------------------------------------------------------------------------
@@ -174,6 +199,18 @@ JSON = {
     "trailing_garbage": b'{} x',
     "bom": b'\xef\xbb\xbf{}',
     "number_array": ("[" + ", ".join(str(i * 7919 - 50000) for i in range(200)) + "]").encode(),
+    # ---- for hk_json_scan_member, which fuzz_json checks against the decoder for "mode"
+    "scan_mode_top_level": b'{"a": 1, "mode": "fast", "b": [true]}',
+    "scan_mode_nested_only": b'{"a": {"mode": "inner"}, "b": [{"mode": "x"}], "c": "mode"}',
+    "scan_mode_duplicates": b'{"mode": "first", "x": {}, "mode": "last"}',
+    "scan_mode_duplicate_not_string": b'{"mode": "first", "mode": 7}',
+    "scan_mode_escaped_name": b'{"mo\\u0064e": "caf\\u00e9 \\"q\\" \\\\ \\ud83d\\ude00"}',
+    "scan_mode_nul": b'{"mode": "a\\u0000b"}',
+    "scan_mode_too_long": b'{"mode": "0123456789abcdefghij"}',
+    "scan_mode_after_error": b'{"mode": "x", "b": [1 2]}',
+    "scan_mode_deep": b'{"a": ' + b"[" * 127 + b"]" * 127 + b', "mode": "deep"}',
+    "scan_mode_too_deep": b'{"a": ' + b"[" * 128 + b"]" * 128 + b', "mode": "deep"}',
+    "scan_mode_array_top": b'[{"mode": "x"}]',
 }
 
 # ---- router -----------------------------------------------------------------------------------
@@ -219,10 +256,17 @@ def write(kind, seeds, prefix=lambda i: b""):
     directory = os.path.join(CORPUS, kind)
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):
-        os.remove(os.path.join(directory, name))
-    for i, (name, data) in enumerate(sorted(seeds.items())):
+        if not name.startswith("regress_"):
+            os.remove(os.path.join(directory, name))
+    i = 0
+    for name, data in sorted(seeds.items()):
+        if isinstance(data, Split):
+            head = bytes([data.seed])
+        else:
+            head = prefix(i)
+            i += 1
         with open(os.path.join(directory, name), "wb") as f:
-            f.write(prefix(i) + data)
+            f.write(head + bytes(data))
     return len(seeds)
 
 

@@ -1,4 +1,6 @@
 /* Unit tests for hk_http: request framing and the strictness rules, fed raw bytes directly. */
+#include <pthread.h>
+
 #include "hk_http.h"
 #include "hk_test.h"
 
@@ -49,6 +51,34 @@ static void expect_error(const char *input, int status) {
   HK_ASSERT_INT_EQ(p.status, status);
   hk_http_parser_free(&parser);
 }
+
+/* Like expect_error with a body limit, whole and byte by byte. */
+static void expect_error_limit(const char *input, uint64_t max_body, int status) {
+  parsed_t p = parse_all(input, max_body);
+  if (p.event != HK_HTTP_ERROR) HK_FAIL_("expected %d, got event %d", status, p.event);
+  HK_ASSERT_INT_EQ(p.status, status);
+  hk_http_parser_free(&parser);
+  p = parse_bytewise(input, max_body);
+  if (p.event != HK_HTTP_ERROR) HK_FAIL_("bytewise: expected %d, got event %d", status, p.event);
+  HK_ASSERT_INT_EQ(p.status, status);
+  hk_http_parser_free(&parser);
+}
+
+/* Parses input whole and byte by byte; both must give one request with body `body`. */
+static void expect_body(const char *input, uint64_t max_body, const char *body) {
+  parsed_t p = parse_all(input, max_body);
+  if (p.event != HK_HTTP_REQUEST)
+    HK_FAIL_("expected a request, got event %d (status %d)", p.event, p.status);
+  HK_ASSERT_MEM_EQ(parser.request.body.data, parser.request.body.len, body, strlen(body));
+  hk_http_parser_free(&parser);
+  p = parse_bytewise(input, max_body);
+  if (p.event != HK_HTTP_REQUEST)
+    HK_FAIL_("bytewise: expected a request, got event %d (status %d)", p.event, p.status);
+  HK_ASSERT_MEM_EQ(parser.request.body.data, parser.request.body.len, body, strlen(body));
+  hk_http_parser_free(&parser);
+}
+
+#define CHUNKED_HEAD "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 HK_TEST(simple_get) {
   const char *in = "GET /v1/items/7?x=1 HTTP/1.1\r\nHost: a\r\nX-Thing:  spaced value \r\n\r\n";
@@ -311,6 +341,107 @@ HK_TEST(failed_parser_stays_failed) {
   hk_http_parser_free(&parser);
 }
 
+/* Chunk extensions are bytes the client makes us read: they count toward the body limit, or a
+ * tiny body could carry gigabytes of them. */
+HK_TEST(chunk_extensions_count_toward_body_limit) {
+  hk_buf_t in = HK_BUF_INIT;
+  /* One extension: data 1 byte + extension ";" + 99 bytes = 101 > 100. */
+  hk_buf_append_str(&in, CHUNKED_HEAD "1;");
+  for (int i = 0; i < 99; i++) hk_buf_append_char(&in, 'a');
+  hk_buf_append_str(&in, "\r\nx\r\n0\r\n\r\n");
+  expect_error_limit(in.data, 100, 413);
+  expect_body(in.data, 101, "x"); /* exactly at the limit */
+  /* Many short extensions add up: 20 chunks of 1 byte, each with ";ext=1" (6 bytes). */
+  hk_buf_reset(&in);
+  hk_buf_append_str(&in, CHUNKED_HEAD);
+  for (int i = 0; i < 20; i++) hk_buf_append_str(&in, "1;ext=1\r\nx\r\n");
+  hk_buf_append_str(&in, "0\r\n\r\n");
+  expect_error_limit(in.data, 139, 413); /* 20 + 20 * 6 = 140 */
+  expect_body(in.data, 140, "xxxxxxxxxxxxxxxxxxxx");
+  /* The last chunk's extensions count too, with no data at all. */
+  hk_buf_reset(&in);
+  hk_buf_append_str(&in, CHUNKED_HEAD "0;");
+  for (int i = 0; i < 200; i++) hk_buf_append_char(&in, 'a');
+  hk_buf_append_str(&in, "\r\n\r\n");
+  expect_error_limit(in.data, 100, 413);
+  /* The ';' belongs to the extension: ";a" is 2 bytes, with 3 of data. */
+  expect_error_limit(CHUNKED_HEAD "3;a\r\nabc\r\n0\r\n\r\n", 4, 413);
+  expect_body(CHUNKED_HEAD "3;a\r\nabc\r\n0\r\n\r\n", 5, "abc");
+  hk_buf_free(&in);
+}
+
+HK_TEST(trailers_count_toward_body_limit) {
+  hk_buf_t in = HK_BUF_INIT;
+  /* "X-T: " + 100 bytes + CRLF = 107 bytes of trailer section, 3 of data. */
+  hk_buf_append_str(&in, CHUNKED_HEAD "3\r\nabc\r\n0\r\nX-T: ");
+  for (int i = 0; i < 100; i++) hk_buf_append_char(&in, 'v');
+  hk_buf_append_str(&in, "\r\n\r\n");
+  expect_error_limit(in.data, 109, 413);
+  expect_body(in.data, 110, "abc");
+  /* An endless trailer section of short lines reaches the limit too. */
+  hk_buf_reset(&in);
+  hk_buf_append_str(&in, CHUNKED_HEAD "0\r\n");
+  for (int i = 0; i < 1000; i++) hk_buf_append_str(&in, "X: y\r\n");
+  hk_buf_append_str(&in, "\r\n");
+  expect_error_limit(in.data, 1024, 413);
+  /* The chunk-size digits and CRLFs are not counted: data exactly at the limit still fits. */
+  expect_body(CHUNKED_HEAD "6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n", 11, "hello world");
+  hk_buf_free(&in);
+}
+
+/* One chunk-size line is capped whatever the body limit, so no line is buffered or scanned
+ * without bound. */
+HK_TEST(chunk_line_length_capped) {
+  hk_buf_t in = HK_BUF_INIT;
+  hk_buf_append_str(&in, CHUNKED_HEAD "1;a=");
+  while (in.len - strlen(CHUNKED_HEAD) < HK_HTTP_MAX_CHUNK_LINE) hk_buf_append_char(&in, 'v');
+  size_t at_limit = in.len;
+  hk_buf_append_str(&in, "\r\nx\r\n0\r\n\r\n");
+  expect_body(in.data, 1 << 20, "x"); /* a line of exactly HK_HTTP_MAX_CHUNK_LINE bytes */
+  in.len = at_limit;
+  hk_buf_append_str(&in, "v\r\nx\r\n0\r\n\r\n");
+  expect_error_limit(in.data, 1 << 20, 400);
+  /* Refused at the byte that crosses the cap, before the line ends. */
+  in.len = at_limit + 1;
+  in.data[in.len] = '\0';
+  expect_error_limit(in.data, 1 << 20, 400);
+  hk_buf_free(&in);
+}
+
+/* The settings llhttp calls back through are shared by every parser; creating parsers on many
+ * threads at once must be safe and each must parse correctly. */
+#define THREADS 8
+#define ROUNDS 200
+
+static pthread_barrier_t start_line;
+
+static void *parse_on_thread(void *arg) {
+  (void)arg;
+  static const char in[] = CHUNKED_HEAD "5\r\nhello\r\n0\r\n\r\n";
+  hk_http_parser_t *p = malloc(sizeof *p);
+  HK_ASSERT(p != NULL);
+  pthread_barrier_wait(&start_line); /* all threads create their first parser together */
+  for (int round = 0; round < ROUNDS; round++) {
+    hk_http_parser_init(p, 1024);
+    size_t used = 0;
+    HK_ASSERT_INT_EQ(hk_http_parse(p, in, sizeof in - 1, &used), HK_HTTP_REQUEST);
+    HK_ASSERT_INT_EQ(used, sizeof in - 1);
+    HK_ASSERT_MEM_EQ(p->request.body.data, p->request.body.len, "hello", 5);
+    hk_http_parser_free(p);
+  }
+  free(p);
+  return NULL;
+}
+
+HK_TEST(parsers_on_many_threads) {
+  pthread_t threads[THREADS];
+  HK_ASSERT_INT_EQ(pthread_barrier_init(&start_line, NULL, THREADS), 0);
+  for (int i = 0; i < THREADS; i++)
+    HK_ASSERT_INT_EQ(pthread_create(&threads[i], NULL, parse_on_thread, NULL), 0);
+  for (int i = 0; i < THREADS; i++) HK_ASSERT_INT_EQ(pthread_join(threads[i], NULL), 0);
+  pthread_barrier_destroy(&start_line);
+}
+
 HK_TEST(reason_phrases) {
   HK_ASSERT_STR_EQ(hk_http_reason(404), "Not Found");
   HK_ASSERT_STR_EQ(hk_http_reason(431), "Request Header Fields Too Large");
@@ -324,4 +455,6 @@ HK_TEST_MAIN(HK_CASE(simple_get), HK_CASE(bytewise_equals_whole), HK_CASE(chunke
              HK_CASE(versions_and_host), HK_CASE(too_many_headers), HK_CASE(size_limits),
              HK_CASE(body_limits), HK_CASE(bad_chunk_lines), HK_CASE(failed_parser_stays_failed), HK_CASE(chunked_framing_is_strict),
              HK_CASE(last_message_closes), HK_CASE(limits_do_not_depend_on_reads),
-             HK_CASE(reason_phrases))
+             HK_CASE(chunk_extensions_count_toward_body_limit),
+             HK_CASE(trailers_count_toward_body_limit), HK_CASE(chunk_line_length_capped),
+             HK_CASE(parsers_on_many_threads), HK_CASE(reason_phrases))

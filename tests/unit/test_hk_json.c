@@ -594,6 +594,237 @@ HK_TEST(c_api_keeps_stack_and_buffer) {
   hk_buf_free(&buf);
 }
 
+/* ---- hk_json_scan_member -------------------------------------------------------------------- */
+
+/* Scans a copy of json[0..len) in a buffer of exactly len bytes (so ASan catches a read past the
+ * end) for `key` with an out buffer of out_size bytes; out must be "" on every error. */
+static int scan_len(const char *json, size_t len, const char *key, char *out, size_t out_size) {
+  char *copy = malloc(len > 0 ? len : 1);
+  HK_ASSERT(copy != NULL);
+  memcpy(copy, json, len);
+  memset(out, 'X', out_size);
+  int rc = hk_json_scan_member(copy, len, key, out, out_size);
+  if (rc != 0) HK_ASSERT_STR_EQ(out, "");
+  free(copy);
+  return rc;
+}
+
+static int scan(const char *json, char out[64]) {
+  return scan_len(json, strlen(json), "mode", out, 64);
+}
+
+/* Expects `json` to give the value `expected` for "mode". */
+static void check_scan(const char *json, const char *expected) {
+  char out[64];
+  int rc = scan(json, out);
+  if (rc != 0) HK_FAIL_("scan %s: %d", json, rc);
+  HK_ASSERT_STR_EQ(out, expected);
+}
+
+static void check_scan_error(const char *json, int expected) {
+  char out[64];
+  int rc = scan(json, out);
+  if (rc != expected) HK_FAIL_("scan %s: %d, want %d", json, rc, expected);
+}
+
+/* The scanner's contract: 0 exactly when hk_json_decode gives a table whose "mode" is a string
+ * (without NUL, short enough), -ENOENT when it decodes otherwise, -EINVAL when it does not. */
+static void check_agrees_with_decoder(const char *json, size_t len) {
+  lua_State *L = new_state();
+  char err[128], out[16];
+  int expected;
+  const char *value = NULL;
+  size_t value_len = 0;
+  if (hk_json_decode(L, json, len, err, sizeof err) != 0) {
+    expected = -EINVAL;
+  } else {
+    expected = -ENOENT;
+    if (lua_istable(L, -1) && !lua_getmetatable(L, -1)) {
+      lua_getfield(L, -1, "mode");
+      if (lua_type(L, -1) == LUA_TSTRING) {
+        value = lua_tolstring(L, -1, &value_len);
+        expected = memchr(value, '\0', value_len) ? -EILSEQ : value_len >= sizeof out ? -ENOSPC : 0;
+      }
+    }
+  }
+  int rc = scan_len(json, len, "mode", out, sizeof out);
+  if (rc != expected) HK_FAIL_("scan %.*s: %d, decoder says %d", (int)len, json, rc, expected);
+  if (rc == 0) HK_ASSERT_MEM_EQ(out, strlen(out), value, value_len);
+  lua_settop(L, 0);
+  close_state(L);
+}
+
+HK_TEST(scan_member_finds_top_level_string) {
+  check_scan("{\"mode\":\"fast\"}", "fast");
+  check_scan(" \n\t{ \"a\" : 1 , \"b\":[1,2,{}], \"mode\" : \"x y\" }\r\n ", "x y");
+  check_scan("{\"mode\":\"\"}", "");
+  check_scan("{\"modes\":\"no\",\"mod\":\"no\",\"Mode\":\"no\",\"mode\":\"yes\"}", "yes");
+  check_scan("{\"mode\":\"caf\xc3\xa9 \xf0\x9f\x98\x80\"}", "caf\xc3\xa9 \xf0\x9f\x98\x80");
+  char out[8];
+  HK_ASSERT_INT_EQ(scan_len("{\"\":\"empty\"}", 12, "", out, sizeof out), 0);
+  HK_ASSERT_STR_EQ(out, "empty");
+}
+
+HK_TEST(scan_member_ignores_nested_and_values) {
+  check_scan_error("{\"a\":{\"mode\":\"inner\"}}", -ENOENT);
+  check_scan_error("{\"a\":[{\"mode\":\"inner\"}],\"b\":\"mode\"}", -ENOENT);
+  check_scan_error("{\"a\":\"mode\",\"b\":[\"mode\",\"x\"]}", -ENOENT);
+  check_scan("{\"a\":{\"mode\":\"inner\",\"b\":{\"mode\":1}},\"mode\":\"outer\"}", "outer");
+  check_scan("{\"a\":{\"x\":[[{\"mode\":\"deep\"}]]},\"mode\":\"top\",\"z\":{\"mode\":\"after\"}}",
+             "top");
+  /* Strings that look like structure do not confuse it. */
+  check_scan("{\"a\":\"}\\\",\\\"mode\\\":\\\"fake\",\"mode\":\"real\"}", "real");
+  check_scan_error("{\"a\":\"\\\"mode\\\":\\\"fake\\\"\"}", -ENOENT);
+  /* A valid top level that is not an object has no members. */
+  check_scan_error("[{\"mode\":\"x\"}]", -ENOENT);
+  check_scan_error("\"mode\"", -ENOENT);
+  check_scan_error("42", -ENOENT);
+  check_scan_error("null", -ENOENT);
+  check_scan_error("{}", -ENOENT);
+}
+
+HK_TEST(scan_member_non_string_values) {
+  const char *docs[] = {"{\"mode\":1}", "{\"mode\":-1.5e3}", "{\"mode\":true}", "{\"mode\":false}",
+                        "{\"mode\":null}", "{\"mode\":{}}", "{\"mode\":[\"x\"]}",
+                        "{\"mode\":{\"mode\":\"x\"}}"};
+  for (size_t i = 0; i < sizeof docs / sizeof docs[0]; i++) check_scan_error(docs[i], -ENOENT);
+}
+
+HK_TEST(scan_member_escapes) {
+  check_scan("{\"mode\":\"a\\\"b\\\\c\\/d\\u00e9\\n\\t\"}", "a\"b\\c/d\xc3\xa9\n\t");
+  check_scan("{\"mode\":\"\\ud83d\\ude00\"}", "\xf0\x9f\x98\x80");
+  /* Names are compared unescaped. */
+  check_scan("{\"mo\\u0064e\":\"escaped name\"}", "escaped name");
+  check_scan("{\"\\u006d\\u006F\\u0064\\u0065\":\"all escaped\"}", "all escaped");
+  check_scan_error("{\"mo\\\"de\":\"x\"}", -ENOENT);
+  check_scan_error("{\"mode\\u0000\":\"x\"}", -ENOENT); /* a longer name, not "mode" */
+  check_scan_error("{\"mod\":\"x\",\"mode \":\"y\"}", -ENOENT);
+  char out[16];
+  HK_ASSERT_INT_EQ(scan_len("{\"a\\\"b\":\"q\"}", 12, "a\"b", out, sizeof out), 0);
+  HK_ASSERT_STR_EQ(out, "q");
+  HK_ASSERT_INT_EQ(scan_len("{\"caf\\u00e9\":\"u\"}", 17, "caf\xc3\xa9", out, sizeof out), 0);
+  HK_ASSERT_STR_EQ(out, "u");
+  /* U+0000 cannot be in a C string. */
+  check_scan_error("{\"mode\":\"a\\u0000b\"}", -EILSEQ);
+}
+
+HK_TEST(scan_member_duplicate_keys_last_wins) {
+  check_scan("{\"mode\":\"first\",\"mode\":\"last\"}", "last");
+  check_scan("{\"mode\":1,\"mode\":\"last\"}", "last");
+  check_scan_error("{\"mode\":\"first\",\"mode\":1}", -ENOENT);
+  check_scan_error("{\"mode\":\"first\",\"mode\":{\"mode\":\"x\"}}", -ENOENT);
+  char out[6];
+  const char *long_then_short = "{\"mode\":\"much too long\",\"mode\":\"short\"}";
+  const char *short_then_long = "{\"mode\":\"short\",\"mode\":\"much too long\"}";
+  HK_ASSERT_INT_EQ(scan_len(long_then_short, 39, "mode", out, sizeof out), 0);
+  HK_ASSERT_STR_EQ(out, "short");
+  HK_ASSERT_INT_EQ(scan_len(short_then_long, 39, "mode", out, sizeof out), -ENOSPC);
+  /* The same as the decoder, whose duplicates also keep the last value. */
+  const char *doc = "{\"mode\":\"a\",\"x\":1,\"mode\":\"b\"}";
+  check_agrees_with_decoder(doc, strlen(doc));
+}
+
+HK_TEST(scan_member_output_size) {
+  char out[6];
+  HK_ASSERT_INT_EQ(scan_len("{\"mode\":\"12345\"}", 16, "mode", out, sizeof out), 0);
+  HK_ASSERT_STR_EQ(out, "12345");
+  HK_ASSERT_INT_EQ(scan_len("{\"mode\":\"123456\"}", 17, "mode", out, sizeof out), -ENOSPC);
+  /* Escapes count as what they decode to. */
+  HK_ASSERT_INT_EQ(scan_len("{\"mode\":\"\\u00e9\\u00e9x\"}", 24, "mode", out, sizeof out), 0);
+  HK_ASSERT_STR_EQ(out, "\xc3\xa9\xc3\xa9x");
+  HK_ASSERT_INT_EQ(scan_len("{\"mode\":\"\\u00e9\\u00e9\\u00e9\"}", 29, "mode", out, sizeof out),
+                   -ENOSPC);
+  /* NUL is reported before size. */
+  HK_ASSERT_INT_EQ(scan_len("{\"mode\":\"123456\\u0000\"}", 23, "mode", out, sizeof out), -EILSEQ);
+  char one[1];
+  HK_ASSERT_INT_EQ(scan_len("{\"mode\":\"\"}", 11, "mode", one, sizeof one), 0);
+  HK_ASSERT_STR_EQ(one, "");
+  HK_ASSERT_INT_EQ(scan_len("{\"mode\":\"x\"}", 12, "mode", one, sizeof one), -ENOSPC);
+  /* Misuse. */
+  HK_ASSERT_INT_EQ(hk_json_scan_member("{}", 2, "mode", out, 0), -EINVAL);
+  HK_ASSERT_INT_EQ(hk_json_scan_member("{}", 2, NULL, out, sizeof out), -EINVAL);
+  HK_ASSERT_INT_EQ(hk_json_scan_member("{}", 2, "mode", NULL, 8), -EINVAL);
+  HK_ASSERT_INT_EQ(hk_json_scan_member(NULL, 0, "mode", out, sizeof out), -EINVAL);
+}
+
+HK_TEST(scan_member_invalid_json) {
+  const char *docs[] = {
+      "", "   ", "{", "{\"mode\"", "{\"mode\":", "{\"mode\":\"x\"", "{\"mode\":\"x\",}",
+      "{\"mode\":\"x\"} x", "{\"mode\":\"x\"}{}", "{mode:\"x\"}", "{'mode':'x'}",
+      "{\"mode\" \"x\"}", "{\"mode\":\"x\" \"a\":1}", "{\"a\":[1,]}", "{\"a\":01,\"mode\":\"x\"}",
+      "{\"a\":1.,\"mode\":\"x\"}", "{\"a\":-,\"mode\":\"x\"}", "{\"a\":1e,\"mode\":\"x\"}",
+      "{\"a\":tru,\"mode\":\"x\"}", "{\"a\":nul}", "{\"a\":+1}", "{\"mode\":\"\\x\"}",
+      "{\"mode\":\"\\u12\"}", "{\"mode\":\"\\ud800\"}", "{\"mode\":\"\\udc00\"}",
+      "{\"mode\":\"a\x01\"}", "{\"mode\":\"\xc3\"}", "{\"mode\":\"\xed\xa0\x80\"}",
+      "\xef\xbb\xbf{\"mode\":\"bom\"}", "{\"a\":[}", "{\"a\":{]}", "{\"mode\":\"x\"]", "]",
+      /* an error after the member still counts: the whole text is checked */
+      "{\"mode\":\"x\",\"b\":\"\xff\"}", "{\"mode\":\"x\",\"b\":[1 2]}",
+  };
+  for (size_t i = 0; i < sizeof docs / sizeof docs[0]; i++) {
+    check_scan_error(docs[i], -EINVAL);
+    check_agrees_with_decoder(docs[i], strlen(docs[i]));
+  }
+}
+
+/* Every proper prefix of an object is invalid, and the scan reads none of the bytes after it. */
+HK_TEST(scan_member_truncated_input) {
+  const char *doc = "{\"a\":[1,{\"b\":\"c\\\"\"},-2.5e1,true,null],\"mode\":\"caf\\u00e9\"}";
+  size_t len = strlen(doc);
+  char out[64];
+  for (size_t cut = 0; cut < len; cut++) {
+    int rc = scan_len(doc, cut, "mode", out, sizeof out);
+    if (rc != -EINVAL) HK_FAIL_("prefix of %zu bytes: %d", cut, rc);
+  }
+  HK_ASSERT_INT_EQ(scan_len(doc, len, "mode", out, sizeof out), 0);
+  HK_ASSERT_STR_EQ(out, "caf\xc3\xa9");
+}
+
+HK_TEST(scan_member_depth_limit) {
+  /* {"a": + 127 arrays: 128 levels, the decoder's limit; one more is refused by both. */
+  for (int extra = 0; extra <= 1; extra++) {
+    int arrays = HK_JSON_MAX_DEPTH - 1 + extra;
+    hk_buf_t doc = HK_BUF_INIT;
+    hk_buf_append_str(&doc, "{\"a\":");
+    for (int i = 0; i < arrays; i++) hk_buf_append_char(&doc, '[');
+    for (int i = 0; i < arrays; i++) hk_buf_append_char(&doc, ']');
+    hk_buf_append_str(&doc, ",\"mode\":\"deep\"}");
+    char out[64];
+    HK_ASSERT_INT_EQ(scan_len(doc.data, doc.len, "mode", out, sizeof out), extra ? -EINVAL : 0);
+    check_agrees_with_decoder(doc.data, doc.len);
+    hk_buf_free(&doc);
+  }
+  /* Far deeper input is refused without recursion. */
+  char *very_deep = nested("[", "]", 1000000);
+  char out[8];
+  HK_ASSERT_INT_EQ(scan_len(very_deep, strlen(very_deep), "mode", out, sizeof out), -EINVAL);
+  free(very_deep);
+  char *deep_objects = nested("{\"mode\":", "}", 200);
+  HK_ASSERT_INT_EQ(scan_len(deep_objects, strlen(deep_objects), "mode", out, sizeof out), -EINVAL);
+  free(deep_objects);
+}
+
+/* Number syntax is the decoder's; only range differs (documented in hk_json.h). */
+HK_TEST(scan_member_numbers) {
+  const char *docs[] = {"{\"n\":0,\"mode\":\"a\"}", "{\"n\":-0,\"mode\":\"a\"}",
+                        "{\"n\":12.50e-3,\"mode\":\"a\"}", "{\"n\":1E+2,\"mode\":\"a\"}",
+                        "{\"n\":9223372036854775808,\"mode\":\"a\"}", "{\"n\":00}", "{\"n\":.5}",
+                        "{\"n\":1.5.}", "{\"n\":-01}", "{\"n\":1e+}"};
+  for (size_t i = 0; i < sizeof docs / sizeof docs[0]; i++)
+    check_agrees_with_decoder(docs[i], strlen(docs[i]));
+  check_scan("{\"n\":1e400,\"mode\":\"range is not checked\"}", "range is not checked");
+}
+
+HK_TEST(scan_member_agrees_with_decoder) {
+  const char *docs[] = {
+      "{\"mode\":\"x\"}", " { \"mode\" : \"x\" } ", "{\"mode\":\"0123456789abcdef\"}",
+      "{\"mode\":\"0123456789abcde\"}", "{\"mode\":\"\\u0000\"}", "{\"a\":{\"mode\":\"x\"}}",
+      "[\"mode\"]", "{\"mode\":[]}", "{\"mode\":\"a\",\"mode\":\"b\"}", "{}", "[]", "\"\"",
+      "{\"mode\":\"\\ud83d\\ude00\"}", "{\"mo\\u0064e\":\"x\"}",
+  };
+  for (size_t i = 0; i < sizeof docs / sizeof docs[0]; i++)
+    check_agrees_with_decoder(docs[i], strlen(docs[i]));
+}
+
 HK_TEST_MAIN(HK_CASE(null_round_trip), HK_CASE(empty_array_and_object_round_trip),
              HK_CASE(nested_values_round_trip), HK_CASE(object_keys_sorted),
              HK_CASE(duplicate_keys_last_wins), HK_CASE(plain_sequence_encodes_as_array),
@@ -607,4 +838,9 @@ HK_TEST_MAIN(HK_CASE(null_round_trip), HK_CASE(empty_array_and_object_round_trip
              HK_CASE(decode_depth_limit), HK_CASE(encode_depth_limit), HK_CASE(large_document),
              HK_CASE(unencodable_values_rejected), HK_CASE(mixed_key_tables_rejected),
              HK_CASE(lua_module_api), HK_CASE(encode_ignores_metamethods),
-             HK_CASE(c_api_keeps_stack_and_buffer))
+             HK_CASE(c_api_keeps_stack_and_buffer), HK_CASE(scan_member_finds_top_level_string),
+             HK_CASE(scan_member_ignores_nested_and_values), HK_CASE(scan_member_non_string_values),
+             HK_CASE(scan_member_escapes), HK_CASE(scan_member_duplicate_keys_last_wins),
+             HK_CASE(scan_member_output_size), HK_CASE(scan_member_invalid_json),
+             HK_CASE(scan_member_truncated_input), HK_CASE(scan_member_depth_limit),
+             HK_CASE(scan_member_numbers), HK_CASE(scan_member_agrees_with_decoder))

@@ -1,6 +1,9 @@
-/* Unit tests for hk_log: line format, escaping, redaction, levels, and the writer thread. */
+/* Unit tests for hk_log: line format, escaping, redaction, levels, and the writer thread —
+ * including a stop that must end although stdout is never read, and a stdout whose reader left. */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -113,5 +116,120 @@ HK_TEST(slow_stdout_drops_instead_of_blocking) {
   HK_ASSERT_INT_EQ(WEXITSTATUS(status), 0);
 }
 
+HK_TEST(append_key_redacts) {
+  hk_buf_t line = HK_BUF_INIT;
+  bool redacted = true;
+  HK_ASSERT_INT_EQ(hk_log_append_key(&line, "status", 6, &redacted), 0);
+  HK_ASSERT(!redacted);
+  HK_ASSERT_INT_EQ(hk_log_append_key(&line, "x_token", 7, &redacted), 0);
+  HK_ASSERT(redacted);
+  HK_ASSERT_STR_EQ(line.data, ",\"status\":,\"x_token\":\"[redacted]\"");
+  hk_buf_free(&line);
+  HK_ASSERT(hk_log_key_is_reserved("timestamp", 9));
+  HK_ASSERT(hk_log_key_is_reserved("message", 7));
+  HK_ASSERT(!hk_log_key_is_reserved("messages", 8));
+  HK_ASSERT(!hk_log_key_is_reserved("time", 4));
+}
+
+/* Logs until the pipe behind fds[1] is full, so the writer is (or is about to be) blocked in
+ * write(2) for good: waits on the pipe's fill level, not on the clock. */
+static void fill_pipe(const int fds[2]) {
+  int capacity = fcntl(fds[1], F_GETPIPE_SZ);
+  HK_ASSERT(capacity > 0);
+  for (;;) {
+    int queued = 0;
+    HK_ASSERT_INT_EQ(ioctl(fds[0], FIONREAD, &queued), 0);
+    if (queued >= capacity) break;
+    hk_log_event(HK_LOG_INFO, NULL, "filler", "fills the pipe", NULL, 0);
+  }
+}
+
+/* The bug: SIGTERM with a stdout nobody reads never finished, stuck joining the writer. Now a
+ * stop gives up after its bound, counts what it abandons, says so on stderr, and nothing
+ * logged afterwards blocks. The alarm turns a hang (the old behaviour) into a failure. */
+HK_TEST(stop_is_bounded_when_stdout_is_never_read) {
+  signal(SIGPIPE, SIG_IGN);
+  alarm(60);
+  int out[2], err[2];
+  HK_ASSERT_INT_EQ(pipe(out), 0);
+  HK_ASSERT_INT_EQ(pipe(err), 0);
+  fcntl(out[1], F_SETPIPE_SZ, 4096);
+  HK_ASSERT_INT_EQ(hk_log_start(out[1], 1 << 20), 0);
+  fill_pipe(out);
+  /* The writer is blocked in write(2); it must not hold the lock there, or these block. */
+  for (int i = 0; i < 1000; i++) hk_log_event(HK_LOG_INFO, NULL, "queued", "stuck behind", NULL, 0);
+  uint64_t dropped_before = hk_log_dropped();
+
+  int saved_stderr = dup(2);
+  dup2(err[1], 2);
+  int rc = hk_log_stop_within(50);
+  dup2(saved_stderr, 2);
+  close(saved_stderr);
+  close(err[1]);
+  HK_ASSERT_INT_EQ(rc, -ETIMEDOUT);
+  /* At least the 1,000 lines queued behind the blocked batch were abandoned and counted. */
+  HK_ASSERT(hk_log_dropped() >= dropped_before + 1000);
+  char note[512];
+  ssize_t n = read(err[0], note, sizeof note - 1);
+  close(err[0]);
+  HK_ASSERT(n > 0);
+  note[n] = '\0';
+  HK_ASSERT(strncmp(note, "{\"timestamp\":\"", 14) == 0);
+  HK_ASSERT(strstr(note, "\"level\":\"WARNING\",\"request_id\":null,\"event\":\"log_abandoned\"") != NULL);
+  HK_ASSERT(strstr(note, ",\"timeout_ms\":100}\n") != NULL); /* the floor */
+  long long abandoned = -1;
+  const char *count = strstr(note, "\"abandoned\":");
+  HK_ASSERT(count != NULL && sscanf(count, "\"abandoned\":%lld", &abandoned) == 1);
+  HK_ASSERT(abandoned >= 1000);
+  HK_ASSERT_INT_EQ(hk_log_dropped() - dropped_before, abandoned);
+
+  /* After the abandon, logging drops (counted) instead of writing through to the full pipe. */
+  uint64_t dropped = hk_log_dropped();
+  hk_log_event(HK_LOG_INFO, NULL, "after_stop", NULL, NULL, 0);
+  HK_ASSERT_INT_EQ(hk_log_dropped(), dropped + 1);
+  HK_ASSERT_INT_EQ(hk_log_stop_within(50), 0); /* not running: a no-op */
+
+  /* A new writer on a healthy descriptor works, and the old one never writes to it. */
+  int next[2];
+  HK_ASSERT_INT_EQ(pipe(next), 0);
+  HK_ASSERT_INT_EQ(hk_log_start(next[1], 1 << 20), 0);
+  hk_log_event(HK_LOG_INFO, NULL, "second_writer", NULL, NULL, 0);
+  /* The reader of the first pipe goes away: the disowned writer gets EPIPE and leaves. */
+  close(out[0]);
+  HK_ASSERT_INT_EQ(hk_log_stop_within(HK_LOG_STOP_DEFAULT_MS), 0);
+  char got[4096];
+  n = read(next[0], got, sizeof got - 1);
+  HK_ASSERT(n > 0);
+  got[n] = '\0';
+  HK_ASSERT(strstr(got, "\"event\":\"second_writer\"") != NULL);
+  HK_ASSERT(strstr(got, "filler") == NULL && strstr(got, "queued") == NULL);
+  close(next[0]);
+  close(next[1]);
+  close(out[1]);
+  alarm(0);
+}
+
+/* A stdout whose reader left: every line that did not get out is counted as dropped, and the
+ * writer stops writing to it (one failed write, not one per batch). */
+HK_TEST(closed_stdout_counts_every_lost_line) {
+  signal(SIGPIPE, SIG_IGN);
+  alarm(60);
+  int fds[2];
+  HK_ASSERT_INT_EQ(pipe(fds), 0);
+  close(fds[0]);
+  uint64_t before = hk_log_dropped();
+  HK_ASSERT_INT_EQ(hk_log_start(fds[1], 1 << 20), 0);
+  for (int i = 0; i < 5000; i++) hk_log_event(HK_LOG_INFO, NULL, "lost", "nobody reads", NULL, 0);
+  HK_ASSERT_INT_EQ(hk_log_stop_within(10000), 0);
+  HK_ASSERT_INT_EQ(hk_log_dropped() - before, 5000);
+  /* Still broken after the stop: dropped, not written through. */
+  hk_log_event(HK_LOG_INFO, NULL, "lost", NULL, NULL, 0);
+  HK_ASSERT_INT_EQ(hk_log_dropped() - before, 5001);
+  close(fds[1]);
+  alarm(0);
+}
+
 HK_TEST_MAIN(HK_CASE(line_format), HK_CASE(level_filter), HK_CASE(level_names),
-             HK_CASE(secret_names), HK_CASE(slow_stdout_drops_instead_of_blocking))
+             HK_CASE(secret_names), HK_CASE(slow_stdout_drops_instead_of_blocking),
+             HK_CASE(append_key_redacts), HK_CASE(stop_is_bounded_when_stdout_is_never_read),
+             HK_CASE(closed_stdout_counts_every_lost_line))

@@ -557,6 +557,68 @@ HK_TEST(series_cap_from_lua_drops_counts_and_logs_once) {
   fixture_free(&f);
 }
 
+/* ---- registry limits ----------------------------------------------------------------------- */
+
+/* Registers 1,000 gauges hk_unit_f0001..hk_unit_f1000: the scripts' whole family budget. */
+#define FILL_THE_CAP                                                                               \
+  "local hk = require \"hancock\"\n"                                                              \
+  "for i = 1, 1000 do hk.metrics.gauge((\"hk_unit_f%04d\"):format(i), \"From input.\") end\n"
+
+/* The bug: families named from request input grew without bound. Past the cap a script's
+ * registration raises an error naming the metric and the limit; a script may pcall it and go
+ * on; a reload re-registering its families at the cap still works; refusals are counted. */
+HK_TEST(family_cap_from_lua_raises_naming_metric_and_limit) {
+  fixture_t f;
+  fixture_init(&f);
+  size_t core = hk_metrics_family_count(f.registry);
+  write_script(&f, "a.lua",
+               FILL_THE_CAP
+               "local ok, err = pcall(hk.metrics.counter, \"hk_unit_from_input_total\", \"h\")\n"
+               "assert(not ok and err:find(\"hk_unit_from_input_total\", 1, true), err)\n"
+               "assert(err:find(\"1000 metric families, the limit\", 1, true), err)\n"
+               "hk.metrics.get(\"hk_unit_f0001\"):set(1)\n");
+  hk_lua_t *first = load_ok(&f);
+  HK_ASSERT_INT_EQ(hk_metrics_family_count(f.registry), core + 1000);
+  HK_ASSERT(value(&f, "hk_unit_f0001", NO_LABELS) == 1); /* the script went on after pcall */
+  HK_ASSERT(value(&f, "hancock_metric_families_refused_total", LABELS("family_cap")) == 1);
+  HK_ASSERT(hk_metrics_find(f.registry, "hk_unit_from_input_total") == NULL);
+
+  /* A reload registers the same 1,000 again: existing families are returned at the cap. */
+  hk_lua_t *second = load_ok(&f);
+  HK_ASSERT_INT_EQ(hk_metrics_family_count(f.registry), core + 1000);
+  HK_ASSERT(value(&f, "hancock_metric_families_refused_total", LABELS("family_cap")) == 2);
+  hk_lua_free(second);
+
+  /* Unprotected, the refusal is an ordinary script error with file:line. */
+  write_script(&f, "a.lua",
+               FILL_THE_CAP "hk.metrics.counter(\"hk_unit_one_too_many_total\", \"Over the cap.\")\n");
+  const char *msg = load_fails(&f);
+  fprintf(stderr, "  -> %s\n", msg);
+  assert_location(&f, msg, "a.lua", 3);
+  ASSERT_CONTAINS(msg, "metric hk_unit_one_too_many_total not registered: scripts have "
+                       "registered 1000 metric families, the limit");
+  HK_ASSERT(value(&f, "hancock_metric_families_refused_total", LABELS("family_cap")) == 3);
+  hk_lua_free(first);
+  fixture_free(&f);
+}
+
+HK_TEST(help_cap_from_lua_raises) {
+  fixture_t f;
+  fixture_init(&f);
+  size_t families = hk_metrics_family_count(f.registry);
+  write_script(&f, "a.lua",
+               "local hk = require \"hancock\"\n"
+               "hk.metrics.gauge(\"hk_unit_ok_help\", string.rep(\"h\", 1024))\n"
+               "hk.metrics.gauge(\"hk_unit_long_help\", string.rep(\"h\", 100 * 1024))\n");
+  const char *msg = load_fails(&f);
+  assert_location(&f, msg, "a.lua", 3);
+  ASSERT_CONTAINS(msg, "metric hk_unit_long_help: help text is 102400 bytes, more than the "
+                       "limit of 1024");
+  HK_ASSERT_INT_EQ(hk_metrics_family_count(f.registry), families + 1);
+  HK_ASSERT(value(&f, "hancock_metric_families_refused_total", LABELS("help_too_long")) == 1);
+  fixture_free(&f);
+}
+
 HK_TEST_MAIN(HK_CASE(reload_keeps_script_values), HK_CASE(reload_leaves_host_metrics_alone),
              HK_CASE(identical_registration_shares_the_family),
              HK_CASE(scripts_share_the_core_families),
@@ -564,4 +626,6 @@ HK_TEST_MAIN(HK_CASE(reload_keeps_script_values), HK_CASE(reload_leaves_host_met
              HK_CASE(invalid_registration_names_the_metric),
              HK_CASE(misuse_at_load_names_the_metric),
              HK_CASE(time_returns_results_and_observes_errors),
-             HK_CASE(series_cap_from_lua_drops_counts_and_logs_once))
+             HK_CASE(series_cap_from_lua_drops_counts_and_logs_once),
+             HK_CASE(family_cap_from_lua_raises_naming_metric_and_limit),
+             HK_CASE(help_cap_from_lua_raises))

@@ -56,21 +56,30 @@ static double value_of(hk_metrics_t *r, const char *family, const char *label_va
 
 HK_TEST(new_registers_own_families) {
   hk_metrics_t *r = new_registry(2);
-  HK_ASSERT_INT_EQ(hk_metrics_family_count(r), 2);
-  HK_ASSERT_STR_EQ(hk_metric_name(hk_metrics_family_at(r, 0)), "hancock_metric_series");
-  HK_ASSERT_STR_EQ(hk_metric_name(hk_metrics_family_at(r, 1)),
+  HK_ASSERT_INT_EQ(hk_metrics_family_count(r), 3);
+  HK_ASSERT_STR_EQ(hk_metric_name(hk_metrics_family_at(r, 0)),
+                   "hancock_metric_families_refused_total");
+  HK_ASSERT_STR_EQ(hk_metric_name(hk_metrics_family_at(r, 1)), "hancock_metric_series");
+  HK_ASSERT_STR_EQ(hk_metric_name(hk_metrics_family_at(r, 2)),
                    "hancock_metric_series_dropped_total");
-  HK_ASSERT(hk_metrics_family_at(r, 2) == NULL);
+  HK_ASSERT(hk_metrics_family_at(r, 3) == NULL);
   hk_metric_t *dropped = hk_metrics_find(r, "hancock_metric_series_dropped_total");
   HK_ASSERT_INT_EQ(hk_metric_type(dropped), HK_METRIC_COUNTER);
   HK_ASSERT_STR_EQ(hk_metric_label_name(dropped, 0), "metric");
   /* Both start with a zero series per family, so increase() sees the first drop. */
-  HK_ASSERT_INT_EQ(hk_metric_series_count(dropped), 2);
-  HK_ASSERT(value_of(r, "hancock_metric_series_dropped_total", "hancock_metric_series") == 0);
-  hk_metrics_collect(r);
-  HK_ASSERT(value_of(r, "hancock_metric_series", "hancock_metric_series_dropped_total") == 2);
-  reg(r, HK_METRIC_GAUGE, "hancock_g", NULL, 0);
   HK_ASSERT_INT_EQ(hk_metric_series_count(dropped), 3);
+  HK_ASSERT(value_of(r, "hancock_metric_series_dropped_total", "hancock_metric_series") == 0);
+  /* The refusals counter starts with both reasons at 0. */
+  hk_metric_t *refused = hk_metrics_find(r, "hancock_metric_families_refused_total");
+  HK_ASSERT_STR_EQ(hk_metric_label_name(refused, 0), "reason");
+  HK_ASSERT_INT_EQ(hk_metric_series_count(refused), 2);
+  HK_ASSERT(value_of(r, "hancock_metric_families_refused_total", "family_cap") == 0);
+  HK_ASSERT(value_of(r, "hancock_metric_families_refused_total", "help_too_long") == 0);
+  hk_metrics_collect(r);
+  HK_ASSERT(value_of(r, "hancock_metric_series", "hancock_metric_series_dropped_total") == 3);
+  HK_ASSERT(value_of(r, "hancock_metric_series", "hancock_metric_families_refused_total") == 2);
+  reg(r, HK_METRIC_GAUGE, "hancock_g", NULL, 0);
+  HK_ASSERT_INT_EQ(hk_metric_series_count(dropped), 4);
   hk_metrics_free(r);
   hk_metrics_free(NULL);
   hk_metrics_t *bad = (hk_metrics_t *)&bad;
@@ -303,7 +312,7 @@ HK_TEST(reregistration) {
   h.buckets = b1;
   HK_ASSERT_INT_EQ(hk_metrics_register(r, &h, &second, NULL, 0), 0);
   HK_ASSERT(first == second);
-  HK_ASSERT_INT_EQ(hk_metrics_family_count(r), 4);
+  HK_ASSERT_INT_EQ(hk_metrics_family_count(r), 5);
   hk_metrics_free(r);
 }
 
@@ -510,6 +519,117 @@ HK_TEST(registry_families_capped) {
   hk_metrics_free(r);
 }
 
+static int refusal_events;
+static char refusal_fields[512];
+
+static bool count_refusals(void *data, hk_log_level_t level, const char *request_id,
+                           const char *event, const char *message, const hk_log_field_t *fields,
+                           size_t field_count) {
+  (void)data;
+  (void)request_id;
+  (void)message;
+  if (strcmp(event, "metric_family_refused") != 0) return false;
+  HK_ASSERT_INT_EQ(level, HK_LOG_WARNING);
+  HK_ASSERT_INT_EQ(field_count, 3);
+  snprintf(refusal_fields, sizeof refusal_fields, "%s=%.*s %s=%.*s %s=%lld", fields[0].key,
+           (int)fields[0].len, fields[0].str, fields[1].key, (int)fields[1].len, fields[1].str,
+           fields[2].key, fields[2].i);
+  refusal_events++;
+  return true;
+}
+
+static int register_script_gauge(hk_metrics_t *r, const char *name, hk_metric_t **out, char *err,
+                                 size_t errsize) {
+  hk_metric_opts_t o = {.type = HK_METRIC_GAUGE, .name = name, .help = "From a script.",
+                        .flags = HK_METRIC_SCRIPT};
+  return hk_metrics_register(r, &o, out, err, errsize);
+}
+
+/* The bug: a script naming families from request input made thousands of families. Scripts'
+ * families are capped; refusals are counted and logged once; the core is never refused. */
+HK_TEST(script_family_cap) {
+  hk_log_set_enricher(count_refusals, NULL);
+  refusal_events = 0;
+  hk_metrics_t *r = new_registry(2);
+  hk_metric_t *first = NULL, *m = NULL;
+  char name[64], err[512];
+  for (int i = 0; i < HK_METRICS_DEFAULT_FAMILY_CAP; i++) {
+    snprintf(name, sizeof name, "hk_script_%04d", i);
+    HK_ASSERT_INT_EQ(register_script_gauge(r, name, i == 0 ? &first : &m, err, sizeof err), 0);
+  }
+  HK_ASSERT_INT_EQ(hk_metric_flags(first), 0); /* the option is not part of the family */
+  HK_ASSERT_INT_EQ(refusal_events, 0);
+
+  m = (hk_metric_t *)&m;
+  HK_ASSERT_INT_EQ(register_script_gauge(r, "hk_script_from_request", &m, err, sizeof err), -ENOSPC);
+  HK_ASSERT(m == NULL);
+  HK_ASSERT_STR_EQ(err, "metric hk_script_from_request not registered: scripts have registered "
+                        "1000 metric families, the limit (counted in "
+                        "hancock_metric_families_refused_total)");
+  HK_ASSERT(hk_metrics_find(r, "hk_script_from_request") == NULL);
+  HK_ASSERT(value_of(r, "hancock_metric_families_refused_total", "family_cap") == 1);
+  HK_ASSERT_INT_EQ(refusal_events, 1);
+  HK_ASSERT_STR_EQ(refusal_fields, "metric=hk_script_from_request reason=family_cap limit=1000");
+  HK_ASSERT_INT_EQ(register_script_gauge(r, "hk_script_again", &m, NULL, 0), -ENOSPC);
+  HK_ASSERT(value_of(r, "hancock_metric_families_refused_total", "family_cap") == 2);
+  HK_ASSERT_INT_EQ(refusal_events, 1); /* logged once */
+
+  /* At the cap: an existing family is still returned (a reload registers it again), ... */
+  HK_ASSERT_INT_EQ(register_script_gauge(r, "hk_script_0000", &m, NULL, 0), 0);
+  HK_ASSERT(m == first);
+  /* ... and the core's registrations are not counted, so they always fit. */
+  reg(r, HK_METRIC_GAUGE, "hancock_core_later", NULL, 0);
+  HK_ASSERT_INT_EQ(hk_metrics_family_count(r), 3 + HK_METRICS_DEFAULT_FAMILY_CAP + 1);
+  /* A script re-registering a core family gets it too. */
+  HK_ASSERT_INT_EQ(register_script_gauge(r, "hancock_core_later", &m, NULL, 0), 0);
+  HK_ASSERT(m == hk_metrics_find(r, "hancock_core_later"));
+  /* Conflicts still say what conflicts rather than that the cap is reached. */
+  hk_metric_opts_t counter = {.type = HK_METRIC_COUNTER, .name = "hk_script_0001",
+                              .help = "h", .flags = HK_METRIC_SCRIPT | HK_METRIC_LEGACY_COUNTER_NAME};
+  expect_register_error(r, &counter, -EEXIST, "already registered as a gauge", true);
+
+  /* A raised cap admits more; the refusals stay counted. */
+  hk_metrics_set_family_cap(r, HK_METRICS_DEFAULT_FAMILY_CAP + 1);
+  HK_ASSERT_INT_EQ(register_script_gauge(r, "hk_script_from_request", &m, NULL, 0), 0);
+  HK_ASSERT_INT_EQ(register_script_gauge(r, "hk_script_one_more", &m, NULL, 0), -ENOSPC);
+  HK_ASSERT(value_of(r, "hancock_metric_families_refused_total", "family_cap") == 3);
+  HK_ASSERT(value_of(r, "hancock_metric_families_refused_total", "help_too_long") == 0);
+  hk_metrics_collect(r);
+  HK_ASSERT(value_of(r, "hancock_metric_series", "hancock_metric_families_refused_total") == 2);
+  hk_log_set_enricher(NULL, NULL);
+  hk_metrics_free(r);
+}
+
+/* The bug: 300 families with 100 KB of help made a 30 MB scrape. Help is bounded, for everyone. */
+HK_TEST(help_length_cap) {
+  hk_log_set_enricher(count_refusals, NULL);
+  refusal_events = 0;
+  hk_metrics_t *r = new_registry(1);
+  char help[HK_METRICS_MAX_HELP + 2];
+  memset(help, 'h', sizeof help);
+  help[HK_METRICS_MAX_HELP] = '\0';
+  hk_metric_opts_t o = {.type = HK_METRIC_GAUGE, .name = "hk_long_help", .help = help};
+  hk_metric_t *m = NULL;
+  HK_ASSERT_INT_EQ(hk_metrics_register(r, &o, &m, NULL, 0), 0); /* exactly the limit */
+  HK_ASSERT_INT_EQ(strlen(hk_metric_help(m)), HK_METRICS_MAX_HELP);
+  help[HK_METRICS_MAX_HELP] = 'h';
+  help[HK_METRICS_MAX_HELP + 1] = '\0';
+  o.name = "hk_too_long_help";
+  expect_register_error(r, &o, -E2BIG,
+                        "metric hk_too_long_help: help text is 1025 bytes, more than the limit of "
+                        "1024",
+                        false);
+  HK_ASSERT(hk_metrics_find(r, "hk_too_long_help") == NULL);
+  o.flags = HK_METRIC_SCRIPT;
+  expect_register_error(r, &o, -E2BIG, "more than the limit of 1024", true);
+  HK_ASSERT(value_of(r, "hancock_metric_families_refused_total", "help_too_long") == 2);
+  HK_ASSERT(value_of(r, "hancock_metric_families_refused_total", "family_cap") == 0);
+  HK_ASSERT_INT_EQ(refusal_events, 1);
+  HK_ASSERT_STR_EQ(refusal_fields, "metric=hk_too_long_help reason=help_too_long limit=1024");
+  hk_log_set_enricher(NULL, NULL);
+  hk_metrics_free(r);
+}
+
 HK_TEST(label_value_truncation) {
   hk_metrics_t *r = new_registry(1);
   const char *labels[] = {"path"};
@@ -676,7 +796,7 @@ HK_TEST(family_order) {
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     reg(r, HK_METRIC_GAUGE, names[i], NULL, 0);
   size_t count = hk_metrics_family_count(r);
-  HK_ASSERT_INT_EQ(count, 10);
+  HK_ASSERT_INT_EQ(count, 8 + 3); /* and the registry's own */
   for (size_t i = 1; i < count; i++)
     HK_ASSERT(strcmp(hk_metric_name(hk_metrics_family_at(r, i - 1)),
                      hk_metric_name(hk_metrics_family_at(r, i))) < 0);
@@ -718,6 +838,105 @@ HK_TEST(collectors) {
     added++;
   HK_ASSERT(added >= 16);
   HK_ASSERT_INT_EQ(hk_metrics_add_collector(r, collector, g), -ENOSPC);
+  hk_metrics_free(r);
+}
+
+static int removable_calls;
+
+static void removable(hk_metrics_t *metrics, void *data) {
+  (void)metrics;
+  (void)data;
+  removable_calls++;
+}
+
+static void removes_itself(hk_metrics_t *metrics, void *data) {
+  (void)data;
+  HK_ASSERT_INT_EQ(hk_metrics_remove_collector(metrics, removes_itself, NULL), -EDEADLK);
+}
+
+/* The bug: the server added a collector pointing at its worker and never removed it, so a
+ * registry outliving the server called into freed memory. */
+HK_TEST(remove_collector) {
+  hk_metrics_t *r = new_registry(1);
+  int a = 0, b = 0;
+  HK_ASSERT_INT_EQ(hk_metrics_add_collector(r, removable, &a), 0);
+  HK_ASSERT_INT_EQ(hk_metrics_add_collector(r, removable, &b), 0);
+  hk_metrics_collect(r);
+  HK_ASSERT_INT_EQ(removable_calls, 2);
+  /* Matched by callback and data: removing a's leaves b's. */
+  HK_ASSERT_INT_EQ(hk_metrics_remove_collector(r, removable, &a), 0);
+  HK_ASSERT_INT_EQ(hk_metrics_remove_collector(r, removable, &a), -ENOENT);
+  HK_ASSERT_INT_EQ(hk_metrics_remove_collector(r, collector, &b), -ENOENT);
+  HK_ASSERT_INT_EQ(hk_metrics_remove_collector(r, NULL, &b), -EINVAL);
+  HK_ASSERT_INT_EQ(hk_metrics_remove_collector(NULL, removable, &b), -EINVAL);
+  hk_metrics_collect(r);
+  HK_ASSERT_INT_EQ(removable_calls, 3);
+  HK_ASSERT_INT_EQ(hk_metrics_remove_collector(r, removable, &b), 0);
+  hk_metrics_collect(r);
+  HK_ASSERT_INT_EQ(removable_calls, 3);
+  /* Removal frees the slot. */
+  int added = 0;
+  while (hk_metrics_add_collector(r, removable, &a) == 0)
+    added++;
+  HK_ASSERT_INT_EQ(hk_metrics_remove_collector(r, removable, &a), 0);
+  HK_ASSERT_INT_EQ(hk_metrics_add_collector(r, removable, &b), 0);
+  HK_ASSERT_INT_EQ(hk_metrics_add_collector(r, removable, &b), -ENOSPC);
+  while (hk_metrics_remove_collector(r, removable, &a) == 0)
+    added--;
+  HK_ASSERT_INT_EQ(added, 1);
+  /* From inside a collector it would wait for itself. */
+  HK_ASSERT_INT_EQ(hk_metrics_add_collector(r, removes_itself, NULL), 0);
+  hk_metrics_collect(r);
+  hk_metrics_free(r);
+}
+
+/* A collector's data, marked dead as soon as removal returns: a collect still running it then
+ * would see the mark (the server frees its worker at that point). */
+typedef struct owner_s {
+  atomic_bool alive;
+  atomic_int calls;
+} owner_t;
+
+static void check_owner(hk_metrics_t *metrics, void *data) {
+  (void)metrics;
+  owner_t *owner = data;
+  HK_ASSERT(atomic_load(&owner->alive));
+  for (volatile int spin = 0; spin < 200; spin++) {
+  }
+  HK_ASSERT(atomic_load(&owner->alive)); /* still alive at the end of the call */
+  atomic_fetch_add(&owner->calls, 1);
+}
+
+static atomic_bool scraping;
+
+static void *scrape_loop(void *p) {
+  hk_metrics_t *r = p;
+  while (atomic_load(&scraping))
+    hk_metrics_collect(r);
+  return NULL;
+}
+
+HK_TEST(remove_collector_waits_for_a_running_collect) {
+  hk_metrics_t *r = new_registry(1);
+  atomic_store(&scraping, true);
+  pthread_t scraper;
+  HK_ASSERT_INT_EQ(pthread_create(&scraper, NULL, scrape_loop, r), 0);
+  owner_t owner;
+  for (int i = 0; i < 2000; i++) {
+    atomic_store(&owner.alive, true);
+    atomic_store(&owner.calls, 0);
+    HK_ASSERT_INT_EQ(hk_metrics_add_collector(r, check_owner, &owner), 0);
+    while (atomic_load(&owner.calls) == 0) { /* the scraper is running it: an event, not time */
+    }
+    HK_ASSERT_INT_EQ(hk_metrics_remove_collector(r, check_owner, &owner), 0);
+    atomic_store(&owner.alive, false);
+    int calls = atomic_load(&owner.calls);
+    /* Nothing calls it after removal. */
+    hk_metrics_collect(r);
+    HK_ASSERT_INT_EQ(atomic_load(&owner.calls), calls);
+  }
+  atomic_store(&scraping, false);
+  pthread_join(scraper, NULL);
   hk_metrics_free(r);
 }
 
@@ -873,7 +1092,9 @@ HK_TEST(threads_series_creation) {
 HK_TEST_MAIN(HK_CASE(new_registers_own_families), HK_CASE(name_validation),
              HK_CASE(label_validation), HK_CASE(bucket_validation), HK_CASE(reregistration),
              HK_CASE(exposition_name_collisions), HK_CASE(series_lookup), HK_CASE(series_cap),
-             HK_CASE(registry_families_capped), HK_CASE(label_value_truncation),
+             HK_CASE(registry_families_capped), HK_CASE(script_family_cap),
+             HK_CASE(help_length_cap), HK_CASE(label_value_truncation),
              HK_CASE(label_value_invalid_utf8), HK_CASE(histogram_buckets),
              HK_CASE(counter_and_gauge_values), HK_CASE(family_order), HK_CASE(collectors),
+             HK_CASE(remove_collector), HK_CASE(remove_collector_waits_for_a_running_collect),
              HK_CASE(threads_exact_sums), HK_CASE(threads_series_creation))

@@ -205,12 +205,19 @@ static hk_metrics_t *small_registry(void) {
   return r;
 }
 
-/* The registry's own families, as they read for small_registry(). */
-#define OWN_FAMILIES(dropped_family)                                                               \
+/* The registry's own families, as they read for small_registry(); the counters' family names
+ * differ by format. */
+#define OWN_FAMILIES(refused_family, dropped_family)                                               \
+  "# HELP " refused_family " Metric families not registered: over the scripts' family cap "        \
+  "(family_cap) or with help text over the limit (help_too_long).\n"                               \
+  "# TYPE " refused_family " counter\n"                                                            \
+  "hancock_metric_families_refused_total{reason=\"family_cap\"} 0\n"                               \
+  "hancock_metric_families_refused_total{reason=\"help_too_long\"} 0\n"                            \
   "# HELP hancock_metric_series Series (label sets) stored per metric.\n"                          \
   "# TYPE hancock_metric_series gauge\n"                                                           \
-  "hancock_metric_series{metric=\"hancock_metric_series_dropped_total\"} 7\n"                      \
-  "hancock_metric_series{metric=\"hancock_metric_series\"} 7\n"                                    \
+  "hancock_metric_series{metric=\"hancock_metric_series_dropped_total\"} 8\n"                      \
+  "hancock_metric_series{metric=\"hancock_metric_series\"} 8\n"                                    \
+  "hancock_metric_series{metric=\"hancock_metric_families_refused_total\"} 2\n"                    \
   "hancock_metric_series{metric=\"hancock_requests_by_mode\"} 1\n"                                 \
   "hancock_metric_series{metric=\"hancock_requests_total\"} 1\n"                                   \
   "hancock_metric_series{metric=\"hancock_latency_seconds\"} 1\n"                                  \
@@ -220,6 +227,7 @@ static hk_metrics_t *small_registry(void) {
   "# TYPE " dropped_family " counter\n"                                                            \
   "hancock_metric_series_dropped_total{metric=\"hancock_metric_series_dropped_total\"} 0\n"        \
   "hancock_metric_series_dropped_total{metric=\"hancock_metric_series\"} 0\n"                      \
+  "hancock_metric_series_dropped_total{metric=\"hancock_metric_families_refused_total\"} 0\n"      \
   "hancock_metric_series_dropped_total{metric=\"hancock_requests_by_mode\"} 0\n"                   \
   "hancock_metric_series_dropped_total{metric=\"hancock_requests_total\"} 0\n"                     \
   "hancock_metric_series_dropped_total{metric=\"hancock_latency_seconds\"} 0\n"                    \
@@ -243,7 +251,7 @@ HK_TEST(text_exact) {
             "hancock_latency_seconds_bucket{mode=\"x\",le=\"+Inf\"} 3\n"
             "hancock_latency_seconds_sum{mode=\"x\"} 20.6\n"
             "hancock_latency_seconds_count{mode=\"x\"} 3\n" OWN_FAMILIES(
-                "hancock_metric_series_dropped_total") "# HELP hancock_requests_by_mode Requests "
+                "hancock_metric_families_refused_total", "hancock_metric_series_dropped_total") "# HELP hancock_requests_by_mode Requests "
                                                        "by mode.\n"
                                                        "# TYPE hancock_requests_by_mode counter\n"
                                                        "hancock_requests_by_mode{mode="
@@ -274,7 +282,7 @@ HK_TEST(openmetrics_exact) {
       "hancock_latency_seconds_bucket{mode=\"x\",le=\"+Inf\"} 3\n"
       "hancock_latency_seconds_sum{mode=\"x\"} 20.6\n"
       "hancock_latency_seconds_count{mode=\"x\"} 3\n" OWN_FAMILIES(
-          "hancock_metric_series_dropped") "# HELP hancock_requests_by_mode Requests by mode.\n"
+          "hancock_metric_families_refused", "hancock_metric_series_dropped") "# HELP hancock_requests_by_mode Requests by mode.\n"
                                            "# TYPE hancock_requests_by_mode unknown\n"
                                            "hancock_requests_by_mode{mode=\"a\\\"b\\\\c\\nd "
                                            "\xC3\xA9\"} 3\n"
@@ -883,7 +891,7 @@ HK_TEST(render_while_writing) {
   HK_ASSERT_INT_EQ(hk_metric_series_count(h), BUSY_SERIES);
   HK_ASSERT(sample(&s, "hancock_busy_seconds_count{id=s5999}") == 2);
   HK_ASSERT(sample(&s, "hancock_z_299") == 299);
-  HK_ASSERT_INT_EQ(count_occurrences(text, "# TYPE "), 303);
+  HK_ASSERT_INT_EQ(count_occurrences(text, "# TYPE "), 304); /* 300 + h + the registry's 3 */
   HK_ASSERT(atomic_load(&scrapes) >= 29);
   fprintf(stderr, "%zu scrapes while writing\n", atomic_load(&scrapes));
   free(s.items);

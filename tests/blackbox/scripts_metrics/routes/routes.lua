@@ -21,6 +21,11 @@ local limited = hk.metrics.counter("hancock_rate_limit_exceeded_total", "Refused
 -- A mode with every character the exposition must escape in a label value.
 local ESCAPED_MODE = 'back\\slash "quoted"\nnext line'
 
+-- Only registered modes label hancock_requests_by_mode; anything else counts as "other".
+for _, mode in ipairs { "soc", "pentest", "code", ESCAPED_MODE } do
+  hk.register_mode(mode)
+end
+
 -- ---- traffic -----------------------------------------------------------------------------------
 
 hk.route("GET", "/v1/ping", function()
