@@ -641,6 +641,7 @@ typedef struct encoder_s {
   size_t errsize;
   int string_flags; /* passed to hk_json_append_string for keys and values */
   bool (*redact_key)(const char *key, size_t len);
+  size_t max_bytes; /* 0: no limit */
   int array_mt; /* stack index of the array marker metatable */
   int scratch;  /* stack index of the userdata holding keys[] once it outgrew inline_keys */
   /* Object keys waiting to be sorted and written, used as a stack: each object being written
@@ -805,6 +806,11 @@ static int encode_value(encoder_t *e, int idx, int depth) {
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
+      /* Checked before the append: the output lives outside any Lua cap until it becomes a Lua
+       * string, so a table holding one large string many times must fail early, not after
+       * allocating all of it. */
+      if (e->max_bytes != 0 && (len > e->max_bytes || e->buf->len > e->max_bytes - len))
+        return encode_fail(e, -E2BIG, "%s", "encoded JSON would not fit in the Lua memory limit");
       return hk_json_append_string(e->buf, s, len, e->string_flags);
     }
     case LUA_TLIGHTUSERDATA:
@@ -833,6 +839,7 @@ int hk_json_encode_opts(lua_State *L, int idx, hk_buf_t *buf, const hk_json_enco
   e.errsize = errsize;
   e.string_flags = opts ? opts->string_flags : 0;
   e.redact_key = opts ? opts->redact_key : NULL;
+  e.max_bytes = opts ? opts->max_bytes : 0;
   e.keys = e.inline_keys;
   e.keys_used = 0;
   e.keys_cap = sizeof e.inline_keys / sizeof e.inline_keys[0];
@@ -868,11 +875,13 @@ static int buffer_gc(lua_State *L) {
  * owned by Lua, so an error raised mid-way leaks nothing. [-0, +1, v] */
 static int l_encode(lua_State *L) {
   hk_buf_t *buf = lua_touserdata(L, lua_upvalueindex(1));
+  const size_t *limit = lua_touserdata(L, lua_upvalueindex(2));
+  hk_json_encode_opts_t opts = {0, NULL, limit ? *limit : 0};
   char err[128];
   luaL_checkany(L, 1);
   lua_settop(L, 1);
   hk_buf_reset(buf);
-  int rc = hk_json_encode(L, 1, buf, err, sizeof err);
+  int rc = hk_json_encode_opts(L, 1, buf, &opts, err, sizeof err);
   if (rc == 0) lua_pushlstring(L, buf->data, buf->len);
   if (buf->cap > KEEP_BUFFER_BYTES) hk_buf_free(buf);
   else hk_buf_reset(buf);
@@ -923,7 +932,9 @@ static int l_is_array(lua_State *L) {
   return 1;
 }
 
-int hk_json_open(lua_State *L) {
+int hk_json_open(lua_State *L) { return hk_json_open_limited(L, NULL); }
+
+int hk_json_open_limited(lua_State *L, const size_t *max_output) {
   hk_json_init(L);
   lua_createtable(L, 0, 5);
 
@@ -934,7 +945,8 @@ int hk_json_open(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
-  lua_pushcclosure(L, l_encode, 1);
+  lua_pushlightuserdata(L, (void *)max_output);
+  lua_pushcclosure(L, l_encode, 2);
   lua_setfield(L, -2, "encode");
 
   lua_pushcfunction(L, l_decode);

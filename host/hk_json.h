@@ -83,6 +83,7 @@ int hk_json_encode(lua_State *L, int idx, hk_buf_t *buf, char *err, size_t errsi
 typedef struct hk_json_encode_opts_s {
   int string_flags;
   bool (*redact_key)(const char *key, size_t len);
+  size_t max_bytes; /* fail (-E2BIG) before the output would pass this; 0: no limit */
 } hk_json_encode_opts_t;
 
 int hk_json_encode_opts(lua_State *L, int idx, hk_buf_t *buf, const hk_json_encode_opts_t *opts,
@@ -92,5 +93,8 @@ int hk_json_encode_opts(lua_State *L, int idx, hk_buf_t *buf, const hk_json_enco
  * returns a string or raises; decode(s) returns the value or nil, msg (invalid input is an
  * expected failure). [-0, +1, m] */
 int hk_json_open(lua_State *L);
+/* The same, with encode's output bounded by *max_output bytes (read at each call; 0: none) —
+ * the state's memory cap, since a larger result could never become a Lua string. */
+int hk_json_open_limited(lua_State *L, const size_t *max_output);
 
 #endif

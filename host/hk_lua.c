@@ -79,7 +79,7 @@ struct hk_lua_s {
 };
 
 /* What a suspended task waits on: a timer, an outbound call, or a congested client. */
-typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP, OP_DRAIN } task_op_t;
+typedef enum task_op_e { OP_NONE, OP_SLEEP, OP_HTTP, OP_DRAIN, OP_STATFS } task_op_t;
 
 struct hk_lua_task_s {
   hk_lua_t *lua;
@@ -92,6 +92,7 @@ struct hk_lua_task_s {
   task_op_t op;
   uv_timer_t *timer;      /* OP_SLEEP; freed in its close callback */
   hk_client_call_t *call; /* OP_HTTP */
+  uv_fs_t *statfs;        /* OP_STATFS: on the threadpool; orphaned (data NULL) if cancelled */
   int on_chunk_ref;       /* OP_HTTP with on_chunk */
   bool chunks_paused;     /* OP_HTTP: on_chunk's transfer paused until the client drains */
   int timer_nargs;        /* values on the coroutine for the resume when the timer fires */
@@ -433,7 +434,7 @@ static int append_lua_value(lua_State *L, int idx, hk_buf_t *line, const hk_log_
     case LUA_TTABLE: {
       char err[128];
       size_t mark = line->len;
-      static const hk_json_encode_opts_t log_opts = {HK_JSON_ASCII, hk_log_key_is_secret};
+      static const hk_json_encode_opts_t log_opts = {HK_JSON_ASCII, hk_log_key_is_secret, 1024 * 1024};
       if (hk_json_encode_opts(L, idx, line, &log_opts, err, sizeof err) == 0) return 0;
       line->len = mark;
       return hk_json_append_string(line, err, strlen(err), HK_JSON_ASCII);
@@ -911,6 +912,9 @@ static void create_metatables(lua_State *L) {
 
 static int core_sleep(lua_State *L);
 static int core_http_request(lua_State *L);
+static hk_lua_task_t *waiting_task(lua_State *L);
+static void task_abort(hk_lua_task_t *task, const char *why);
+static void task_resume(hk_lua_task_t *task, int nargs);
 static int core_spawn(lua_State *L);
 static void task_start_timer(hk_lua_task_t *task);
 
@@ -942,21 +946,84 @@ static int core_meminfo(lua_State *L) {
   return 1;
 }
 
-/* core.disk(path) -> {total = bytes, free = bytes} | nil, message (statvfs; free is what an
- * unprivileged user may use)  [-1, +(1|2), m] */
+static void push_disk(lua_State *L, uint64_t blocks, uint64_t available, uint64_t block_size) {
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)(blocks * block_size));
+  lua_setfield(L, -2, "total");
+  lua_pushinteger(L, (lua_Integer)(available * block_size));
+  lua_setfield(L, -2, "free");
+}
+
+typedef struct statfs_result_s {
+  hk_lua_task_t *task;
+  const uv_fs_t *fs;
+  int nres;
+} statfs_result_t;
+
+/* Builds disk()'s results on the main thread and moves them to the coroutine.  [-0, +0, m] */
+static int push_statfs_result(lua_State *L) {
+  statfs_result_t *r = lua_touserdata(L, 1);
+  const uv_fs_t *fs = r->fs;
+  if (fs->result < 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot stat %s: %s", fs->path ? fs->path : "?", uv_strerror((int)fs->result));
+    r->nres = 2;
+  } else {
+    const uv_statfs_t *st = fs->ptr;
+    push_disk(L, st->f_blocks, st->f_bavail, st->f_bsize);
+    r->nres = 1;
+  }
+  if (!lua_checkstack(r->task->co, r->nres)) return luaL_error(L, "not enough memory");
+  lua_xmove(L, r->task->co, r->nres);
+  return 0;
+}
+
+static void on_statfs_done(uv_fs_t *fs) {
+  hk_lua_task_t *task = fs->data;
+  if (task != NULL) {
+    task->statfs = NULL;
+    task->op = OP_NONE;
+    lua_State *L = task->lua->L;
+    statfs_result_t r = {task, fs, 0};
+    int top = lua_gettop(L);
+    int status = run_protected(L, push_statfs_result, &r);
+    lua_settop(L, top);
+    if (status != LUA_OK) task_abort(task, "not enough memory for disk()'s result");
+    else task_resume(task, r.nres);
+  }
+  uv_fs_req_cleanup(fs);
+  free(fs);
+}
+
+/* core.disk(path) -> {total = bytes, free = bytes} | nil, message (free is what an
+ * unprivileged user may use). In a handler or background task statfs runs on the threadpool
+ * (a hung network mount must not hold the loop) and the task waits; at load time it is
+ * direct.  [-1, +(1|2), m] — may yield */
 static int core_disk(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  hk_lua_task_t *task = waiting_task(L);
+  if (task != NULL) {
+    uv_fs_t *fs = calloc(1, sizeof *fs);
+    if (fs == NULL) return luaL_error(L, "hk.system.disk: out of memory");
+    fs->data = task;
+    int rc = uv_fs_statfs(task->lua->loop, fs, path, on_statfs_done);
+    if (rc != 0) {
+      free(fs);
+      lua_pushnil(L);
+      lua_pushfstring(L, "cannot stat %s: %s", path, uv_strerror(rc));
+      return 2;
+    }
+    task->op = OP_STATFS;
+    task->statfs = fs;
+    return lua_yield(L, 0);
+  }
   struct statvfs st;
   if (statvfs(path, &st) != 0) {
     lua_pushnil(L);
     lua_pushfstring(L, "cannot stat %s: %s", path, strerror(errno));
     return 2;
   }
-  lua_createtable(L, 0, 2);
-  lua_pushinteger(L, (lua_Integer)((unsigned long long)st.f_blocks * st.f_frsize));
-  lua_setfield(L, -2, "total");
-  lua_pushinteger(L, (lua_Integer)((unsigned long long)st.f_bavail * st.f_frsize));
-  lua_setfield(L, -2, "free");
+  push_disk(L, st.f_blocks, st.f_bavail, st.f_frsize);
   return 1;
 }
 
@@ -1096,9 +1163,9 @@ static int open_core(lua_State *L) {
   };
   hk_lua_t *lua = context_of(L);
   luaL_newlib(L, functions);
-  hk_lua_metrics_open(L, lua->metrics, lua->worker);
+  hk_lua_metrics_open(L, lua->metrics, &lua->worker);
   lua_setfield(L, -2, "metrics");
-  hk_json_open(L);
+  hk_json_open_limited(L, &lua->memory_limit);
   lua_setfield(L, -2, "json");
   lua_pushstring(L, HK_VERSION);
   lua_setfield(L, -2, "version");
@@ -1504,6 +1571,8 @@ void hk_lua_free(hk_lua_t *lua) {
 
 size_t hk_lua_route_count(const hk_lua_t *lua) { return hk_router_count(lua->router); }
 
+void hk_lua_set_cell(hk_lua_t *lua, unsigned cell) { lua->worker = cell; }
+
 int hk_lua_render(hk_lua_t *lua, const char *module, const char *function, char **out, char **err) {
   lua_State *L = lua->L;
   int top = lua_gettop(L);
@@ -1618,7 +1687,11 @@ static void task_stop_op(hk_lua_task_t *task) {
     uv_close((uv_handle_t *)task->timer, on_timer_closed);
   } else if (task->op == OP_HTTP && task->call != NULL) {
     hk_client_cancel(task->call);
+  } else if (task->op == OP_STATFS && task->statfs != NULL) {
+    task->statfs->data = NULL; /* its callback frees it; the threadpool cannot be stopped */
+    uv_cancel((uv_req_t *)task->statfs);
   }
+  task->statfs = NULL;
   if (task->on_chunk_ref != LUA_NOREF) luaL_unref(task->lua->L, LUA_REGISTRYINDEX, task->on_chunk_ref);
   task->on_chunk_ref = LUA_NOREF;
   task->timer = NULL;

@@ -53,6 +53,10 @@ void hk_lua_set_limits(hk_lua_t *lua, uint64_t instructions, size_t memory_bytes
 
 size_t hk_lua_route_count(const hk_lua_t *lua);
 
+/* Moves the state's metric updates to another cell: a generation built on a loader thread
+ * writes the loader's cell until its worker takes it over (one writer per cell). */
+void hk_lua_set_cell(hk_lua_t *lua, unsigned cell);
+
 /* Calls require(module)[function]() in the loaded state and returns its string result in *out
  * (malloc'ed), for generators such as `hancock rules`. On failure *err holds the message. */
 int hk_lua_render(hk_lua_t *lua, const char *module, const char *function, char **out, char **err);

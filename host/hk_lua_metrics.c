@@ -14,7 +14,7 @@
 
 typedef struct metric_box_s {
   hk_metric_t *metric;
-  unsigned worker;
+  const unsigned *cell; /* the metric cell this state writes: read at each update */
 } metric_box_t;
 
 static metric_box_t *check_metric(lua_State *L, int idx) {
@@ -104,7 +104,7 @@ static int metric_inc(lua_State *L) {
   if (type == HK_METRIC_COUNTER && n < 0)
     return luaL_error(L, "metric %s: a counter cannot decrease (inc by %f)", hk_metric_name(box->metric), n);
   hk_series_t *series = series_for(L, box, at == 2 ? 0 : 2);
-  if (type == HK_METRIC_COUNTER) hk_series_add(series, box->worker, n);
+  if (type == HK_METRIC_COUNTER) hk_series_add(series, *box->cell, n);
   else hk_series_gauge_add(series, n);
   return 0;
 }
@@ -137,7 +137,7 @@ static int metric_observe(lua_State *L) {
   int at = amount_index(L, box);
   if (lua_isnoneornil(L, at)) return luaL_error(L, "metric %s: observe needs a value", hk_metric_name(box->metric));
   double v = check_amount(L, at, 0, box);
-  hk_series_observe(series_for(L, box, at == 2 ? 0 : 2), box->worker, v);
+  hk_series_observe(series_for(L, box, at == 2 ? 0 : 2), *box->cell, v);
   return 0;
 }
 
@@ -163,7 +163,7 @@ static int metric_tostring(lua_State *L) {
 /* register(type, name, help, labels, opts) -> metric  [-5, +1, e] */
 static int metrics_register(lua_State *L) {
   hk_metrics_t *registry = lua_touserdata(L, lua_upvalueindex(1));
-  unsigned worker = (unsigned)lua_tointeger(L, lua_upvalueindex(2));
+  const unsigned *cell = lua_touserdata(L, lua_upvalueindex(2));
   static const char *const types[] = {"counter", "gauge", "histogram", NULL};
   hk_metric_opts_t opts = {0};
   opts.flags = HK_METRIC_SCRIPT;
@@ -214,7 +214,7 @@ static int metrics_register(lua_State *L) {
   if (hk_metrics_register(registry, &opts, &metric, err, sizeof err) != 0) return luaL_error(L, "%s", err);
   metric_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->metric = metric;
-  box->worker = worker;
+  box->cell = cell;
   luaL_setmetatable(L, METRIC_MT);
   return 1;
 }
@@ -222,7 +222,7 @@ static int metrics_register(lua_State *L) {
 /* find(name) -> metric | nil  [-1, +1, m] */
 static int metrics_find(lua_State *L) {
   hk_metrics_t *registry = lua_touserdata(L, lua_upvalueindex(1));
-  unsigned worker = (unsigned)lua_tointeger(L, lua_upvalueindex(2));
+  const unsigned *cell = lua_touserdata(L, lua_upvalueindex(2));
   hk_metric_t *metric = hk_metrics_find(registry, luaL_checkstring(L, 1));
   if (metric == NULL) {
     lua_pushnil(L);
@@ -230,12 +230,12 @@ static int metrics_find(lua_State *L) {
   }
   metric_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->metric = metric;
-  box->worker = worker;
+  box->cell = cell;
   luaL_setmetatable(L, METRIC_MT);
   return 1;
 }
 
-int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, unsigned worker) {
+int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, const unsigned *cell) {
   if (luaL_newmetatable(L, METRIC_MT)) {
     lua_pushcfunction(L, metric_index), lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, metric_tostring), lua_setfield(L, -2, "__tostring");
@@ -244,11 +244,11 @@ int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, unsigned worker) {
   lua_pop(L, 1);
   lua_createtable(L, 0, 1);
   lua_pushlightuserdata(L, registry);
-  lua_pushinteger(L, worker);
+  lua_pushlightuserdata(L, (void *)cell);
   lua_pushcclosure(L, metrics_register, 2);
   lua_setfield(L, -2, "register");
   lua_pushlightuserdata(L, registry);
-  lua_pushinteger(L, worker);
+  lua_pushlightuserdata(L, (void *)cell);
   lua_pushcclosure(L, metrics_find, 2);
   lua_setfield(L, -2, "find");
   return 1;

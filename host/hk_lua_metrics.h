@@ -8,8 +8,10 @@
 
 #include "hk_metrics.h"
 
-/* Pushes the table {register = fn, find = fn} bound to the registry and the worker cell that this state's
- * updates write. Registers the hancock.Metric metatable. [-0, +1, m] */
-int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, unsigned worker);
+/* Pushes the table {register = fn, find = fn} bound to the registry and to *cell, the metric
+ * cell this state's updates write (borrowed; read at every update, so the owner can move a
+ * state from the cell its loader thread writes to its worker's). Registers the hancock.Metric
+ * metatable. [-0, +1, m] */
+int hk_lua_metrics_open(lua_State *L, hk_metrics_t *registry, const unsigned *cell);
 
 #endif

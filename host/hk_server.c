@@ -417,30 +417,54 @@ static void conn_stream_pump(hk_conn_t *conn) {
   conn_write_out(conn, false);
 }
 
+/* A response body already in memory, handed out in slices. */
+typedef struct buffer_stream_s {
+  hk_buf_t body;
+  size_t offset;
+} buffer_stream_t;
+
+static int buffer_produce(void *state, hk_buf_t *out, bool *done) {
+  buffer_stream_t *bs = state;
+  size_t n = bs->body.len - bs->offset < METRICS_SLICE ? bs->body.len - bs->offset : METRICS_SLICE;
+  int rc = hk_buf_append(out, bs->body.data + bs->offset, n);
+  if (rc == 0) bs->offset += n;
+  *done = bs->offset == bs->body.len;
+  return rc;
+}
+
+static void buffer_release(void *state) {
+  buffer_stream_t *bs = state;
+  hk_buf_free(&bs->body);
+  free(bs);
+}
+
+/* Moves res->body into a stream of slices (res->body is left empty). */
+static int buffer_stream_start(hk_response_t *res) {
+  buffer_stream_t *bs = calloc(1, sizeof *bs);
+  if (bs == NULL) return -ENOMEM;
+  bs->body = res->body;
+  hk_buf_init(&res->body);
+  res->stream = (hk_body_stream_t){buffer_produce, buffer_release, bs};
+  return 0;
+}
+
 /* Serialises req->response onto conn->out; a streamed body is started, not produced. */
 static int conn_queue_response(hk_conn_t *conn, hk_request_t *req, bool keep_alive) {
   hk_response_t *res = &req->response;
   const hk_http_request_t *http = req->http;
   bool head = http && http->method_len == 4 && memcmp(http->method, "HEAD", 4) == 0;
   bool no_body = res->status == 204 || res->status == 304 || (res->status >= 100 && res->status < 200);
+  /* A body to compress goes out in slices like any streamed one, so compressing a large body
+   * never holds the loop for more than one slice. */
+  if (res->gzip && res->stream.produce == NULL && !no_body && res->body.len > 0 &&
+      buffer_stream_start(res) != 0)
+    return -ENOMEM;
   /* HEAD gets the headers GET would get (chunked, no length), but the body is not produced. */
   bool streamed = res->stream.produce != NULL && !no_body;
   bool stream = streamed && !head;
   bool chunked = streamed && http && http->version_minor == 1;
   if (streamed && !chunked) keep_alive = false; /* HTTP/1.0: the body ends with the connection */
   int rc = 0;
-  if (res->gzip && !stream && !no_body && res->body.len > 0) {
-    z_stream *z = gzip_new();
-    hk_buf_t compressed = HK_BUF_INIT;
-    rc = z ? gzip_append(z, res->body.data, res->body.len, true, &compressed) : -ENOMEM;
-    gzip_free(z);
-    if (rc != 0) {
-      hk_buf_free(&compressed);
-      return rc;
-    }
-    hk_buf_free(&res->body);
-    res->body = compressed;
-  }
   hk_buf_t *out = &conn->out;
   rc = hk_buf_reserve(out, 320 + res->headers.len + res->body.len);
   if (rc != 0) return rc;
@@ -739,6 +763,7 @@ static void reload_done(uv_work_t *work, int status) {
       r->next = worker->retired;
       worker->retired = r;
       worker->lua = job->fresh;
+      hk_lua_set_cell(job->fresh, worker->index);
       hk_lua_bind_loop(job->fresh, &worker->loop, worker->client, worker->ratelimit, worker->carry);
       hk_lua_attach_log(job->fresh);
       hk_lua_retire(old, on_generation_idle, r);
@@ -787,7 +812,8 @@ static void reload_start(hk_worker_t *worker, const char *trigger) {
   job->worker = worker;
   snprintf(job->trigger, sizeof job->trigger, "%s", trigger);
   job->started_ns = hk_now_ns();
-  hk_lua_opts_from_config(&job->opts, cfg, worker->metrics->registry, worker->index);
+  /* The loader writes its own cell: the worker's is written by the loop thread meanwhile. */
+  hk_lua_opts_from_config(&job->opts, cfg, worker->metrics->registry, worker->metrics->collector_cell + 1);
   worker->reload = job;
   worker->reload_waiters = worker->reload_next_waiters;
   worker->reload_next_waiters = NULL;

@@ -68,8 +68,9 @@ static int load_config(hk_config_t *cfg, int argc, char **argv, int first, unsig
  * conflicting metrics fail in `check` exactly as they would in `serve`. */
 static int metrics_new(unsigned workers, hk_metrics_t **registry, hk_host_metrics_t *host) {
   char err[256];
-  /* One cell per worker, plus one for the collector (hk_host_metrics). */
-  if (hk_metrics_new(workers + 1, registry) != 0) {
+  /* One cell per worker, one for the collector (hk_host_metrics), one for the reload loader
+   * (a generation's top level runs on a threadpool thread). */
+  if (hk_metrics_new(workers + 2, registry) != 0) {
     fprintf(stderr, "hancock: out of memory\n");
     return -1;
   }

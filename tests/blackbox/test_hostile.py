@@ -165,6 +165,76 @@ class HostileTest(harness.ServersTestCase):
         self.assertIn("shutdown_forced", server.stderr)
         s.close()
 
+    def test_json_encode_stops_at_the_memory_cap(self):
+        server = self.start("--lua-memory-limit", "48m")
+        self.assert_500(server, "/encode-bomb", "would not fit in the Lua memory limit")
+        self.assert_alive(server)
+
+    def test_on_chunk_error_in_a_background_task(self):
+        llm = FakeLLM(reply="one two three")
+        self.fakes.append(llm)
+        server = self.start(env={"HK_TEST_UPSTREAM": llm.url})
+        status, headers, _ = harness.request(server, "GET", "/spawn-chunk-error")
+        self.assertEqual(status, 200)
+        ev = server.wait_event("handler_error", predicate=lambda e: "boom in on_chunk" in e.get("error", ""))
+        self.assertEqual(ev["request_id"], headers["x-request-id"])  # the parent's id
+        self.assert_alive(server)
+
+    # ---- every entry into Lua is bounded -------------------------------------------------------
+
+    def test_looping_log_hook_is_bounded(self):
+        scripts = harness.write_scripts({"hook.lua": """
+local hk = require "hancock"
+hk.on_log(function(ev)
+  if ev.event == "request_started" then
+    while true do end -- luacheck: ignore 512
+  end
+end)
+hk.route("GET", "/ok", function() return { ok = true } end)
+"""})
+        server = self.start(scripts=scripts)
+        self.assert_alive(server)
+        ev = server.wait_event("log_hook_error")
+        self.assertIn("instruction budget exceeded", ev["error"])
+        self.assert_alive(server)
+
+    def test_looping_script_dropped_in_is_refused_by_the_reload(self):
+        scripts = harness.write_scripts({"ok.lua": 'local hk = require "hancock"\n'
+                                                   'hk.route("GET", "/ok", function() return { ok = true } end)\n'})
+        server = self.start(scripts=scripts)
+        with open(os.path.join(scripts, "zz_loop.lua"), "w") as f:
+            f.write("while true do end -- luacheck: ignore 512\n")
+        ev = server.wait_event("reload_failed", timeout=20)
+        self.assertIn("instruction budget exceeded", ev["error"])
+        self.assertIn("zz_loop.lua:1:", ev["error"])
+        self.assert_alive(server)
+
+    def test_reload_runs_off_the_loop(self):
+        # A slow (bounded) top level: requests sent while the reload builds are answered before
+        # it is done, since the new generation is built on another thread.
+        scripts = harness.write_scripts({"ok.lua": 'local hk = require "hancock"\n'
+                                                   'hk.route("GET", "/ok", function() return { ok = true } end)\n'})
+        server = self.start("--lua-instruction-limit", "0", scripts=scripts)
+        with open(os.path.join(scripts, "slow.lua"), "w") as f:
+            f.write("local t0 = os.clock()\nwhile os.clock() - t0 < 1.0 do end\n")
+        server.proc.send_signal(signal.SIGHUP)
+        status, headers, _ = harness.request(server, "GET", "/ok")
+        self.assertEqual(status, 200)
+        server.wait_event("reload_succeeded", timeout=20)
+        names = [(e.get("event"), e.get("request_id")) for e in server.events()]
+        answered = names.index(("request_completed", headers["x-request-id"]))
+        reloaded = [n for n, _ in names].index("reload_succeeded")
+        self.assertLess(answered, reloaded)
+
+    def test_memory_limit_holds_while_scripts_load(self):
+        scripts = harness.write_scripts({"big.lua": 'local big = string.rep("m", 48 * 1024 * 1024)\n'
+                                                    'return #big\n'})
+        server = Server(scripts=scripts, args=("--lua-memory-limit", "32m"), wait=False)
+        code = server.proc.wait(timeout=30)
+        server.stop()
+        self.assertEqual(code, 1)
+        self.assertIn("not enough memory", server.stderr)
+
     # ---- responses ----------------------------------------------------------------------------
 
     def test_informational_status_is_not_a_final_response(self):

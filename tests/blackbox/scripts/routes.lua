@@ -1,6 +1,9 @@
 -- Fixture routes for the black-box tests.
 local hk = require "hancock"
 
+-- The specialist modes requests may be counted under (others count as "other").
+hk.register_mode("soc")
+
 hk.route("POST", "/v1/chat", function(req)
   local body = req:json()
   if type(body) ~= "table" or type(body.message) ~= "string" or body.message == "" then

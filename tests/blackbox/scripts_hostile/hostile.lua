@@ -108,3 +108,30 @@ hk.route("GET", "/sandbox", function()
   doors.own_module = require("helper_module").answer == 42
   return doors
 end)
+
+-- Ten references to one large string: the encoder must stop at the state's cap, not allocate
+-- ten times the string outside it.
+hk.route("GET", "/encode-bomb", function()
+  local big = string.rep("j", 8 * 1024 * 1024)
+  local many = {}
+  for i = 1, 10 do
+    many[i] = big
+  end
+  return many
+end)
+
+-- A background task whose on_chunk fails: logged with the request that spawned it.
+hk.route("GET", "/spawn-chunk-error", function()
+  hk.spawn(function()
+    hk.http.request {
+      method = "POST",
+      url = hk.env("HK_TEST_UPSTREAM", "http://127.0.0.1:9") .. "/v1/chat/completions",
+      headers = { ["Content-Type"] = "application/json" },
+      body = '{"stream": true, "messages": []}',
+      on_chunk = function()
+        error("boom in on_chunk")
+      end,
+    }
+  end)
+  return { spawned = true }
+end)
