@@ -3,6 +3,8 @@
  * Entry points: hk_metrics_new, hk_metrics_register, hk_metric_series, hk_series_add/observe. */
 #include "hk_metrics.h"
 
+#include "hk_text.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
@@ -176,44 +178,6 @@ const char *hk_metric_type_name(hk_metric_type_t type) {
   return "metric";
 }
 
-/* Length of the valid UTF-8 sequence at s (at most `len` bytes available), 0 when invalid:
- * no overlong forms, no surrogates, nothing above U+10FFFF. */
-static size_t utf8_sequence(const unsigned char *s, size_t len) {
-  unsigned char c = s[0];
-  if (c < 0x80) return 1;
-  if (c < 0xC2) return 0;
-  if (c < 0xE0) return len >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
-  if (c < 0xF0) {
-    if (len < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
-    if (c == 0xE0 && s[1] < 0xA0) return 0;  /* overlong */
-    if (c == 0xED && s[1] >= 0xA0) return 0; /* surrogate */
-    return 3;
-  }
-  if (c < 0xF5) {
-    if (len < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
-      return 0;
-    if (c == 0xF0 && s[1] < 0x90) return 0;  /* overlong */
-    if (c == 0xF4 && s[1] >= 0x90) return 0; /* above U+10FFFF */
-    return 4;
-  }
-  return 0;
-}
-
-static bool utf8_valid(const char *str, size_t len) {
-  const unsigned char *s = (const unsigned char *)str;
-  size_t i = 0;
-  while (i < len) {
-    if (s[i] < 0x80) {
-      i++;
-      continue;
-    }
-    size_t n = utf8_sequence(s + i, len - i);
-    if (n == 0) return false;
-    i += n;
-  }
-  return true;
-}
-
 /* Makes one label value what the registry stores: at most HK_METRICS_MAX_LABEL_VALUE bytes, cut
  * on a character boundary, and valid UTF-8 (each invalid byte becomes U+FFFD), because one
  * invalid value makes Prometheus reject the whole scrape. Uses `scratch` only when it must
@@ -228,7 +192,7 @@ static void normalize_value(hk_label_value_t in, char *scratch, hk_label_value_t
     for (int i = 0; i < 3 && cut > 0 && ((unsigned char)str[cut] & 0xC0) == 0x80; i++)
       cut--;
   }
-  if (utf8_valid(str, cut)) {
+  if (hk_text_utf8_valid(str, cut)) {
     out->str = str;
     out->len = cut;
     return;
@@ -236,7 +200,9 @@ static void normalize_value(hk_label_value_t in, char *scratch, hk_label_value_t
   const unsigned char *s = (const unsigned char *)str;
   size_t o = 0;
   for (size_t i = 0; i < len;) {
-    size_t n = utf8_sequence(s + i, len - i);
+    uint32_t cp;
+    int decoded = hk_text_utf8_decode(s + i, len - i, &cp);
+    size_t n = decoded > 0 ? (size_t)decoded : 0; /* each invalid byte becomes one U+FFFD */
     const char *piece = n > 0 ? str + i : "\xEF\xBF\xBD";
     size_t piece_len = n > 0 ? n : 3;
     if (o + piece_len > HK_METRICS_MAX_LABEL_VALUE) break;
@@ -555,26 +521,20 @@ void hk_series_gauge_add(hk_series_t *series, double value) {
 
 /* ---- registration ------------------------------------------------------------------------- */
 
-static bool valid_metric_name(const char *s) {
-  if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_' || *s == ':'))
-    return false;
+/* Prometheus names: [a-zA-Z_:][a-zA-Z0-9_:]* for metrics, no colon for labels. */
+static bool valid_name(const char *s, bool colon) {
+  unsigned char c = (unsigned char)*s;
+  if (!(hk_text_is_alpha(c) || c == '_' || (colon && c == ':'))) return false;
   for (s++; *s; s++) {
-    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-          *s == '_' || *s == ':'))
-      return false;
+    c = (unsigned char)*s;
+    if (!(hk_text_is_alnum(c) || c == '_' || (colon && c == ':'))) return false;
   }
   return true;
 }
 
-static bool valid_label_name(const char *s) {
-  if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_')) return false;
-  for (s++; *s; s++) {
-    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-          *s == '_'))
-      return false;
-  }
-  return true;
-}
+static bool valid_metric_name(const char *s) { return valid_name(s, true); }
+
+static bool valid_label_name(const char *s) { return valid_name(s, false); }
 
 /* Checks everything about opts that needs no registry; resolves the bucket list. */
 static int validate(const hk_metric_opts_t *o, const double **buckets, size_t *bucket_count,
@@ -620,7 +580,7 @@ static int validate(const hk_metric_opts_t *o, const double **buckets, size_t *b
             help_len, HK_METRICS_MAX_HELP);
     return -E2BIG;
   }
-  if (!utf8_valid(o->help, help_len)) {
+  if (!hk_text_utf8_valid(o->help, help_len)) {
     set_err(err, errsize, "metric %s: help text is not valid UTF-8", n);
     return -EINVAL;
   }
