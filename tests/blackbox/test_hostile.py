@@ -226,6 +226,32 @@ hk.route("GET", "/ok", function() return { ok = true } end)
         reloaded = [n for n, _ in names].index("reload_succeeded")
         self.assertLess(answered, reloaded)
 
+    def test_many_generations_may_finish_requests_at_once(self):
+        # Each reload leaves the previous generation finishing one slow request: more than the
+        # 64 the host once had room for, all freed once their requests end.
+        server = self.start(env={"HK_TEST_SLOW_MS": "3000"})
+        waiting = []
+        for i in range(80):
+            s = server.connect()
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            server.wait_event("request_started", predicate=lambda e, n=i + 1: len(server.events("request_started")) >= n)
+            waiting.append(s)
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_event("reload_succeeded", predicate=lambda e, g=i + 2: e["generation"] == g)
+        self.assertEqual(server.events("reload_failed"), [])
+        for s in waiting:
+            s.settimeout(30)
+            status, _, _ = harness.recv_response(s)
+            self.assertEqual(status, 200)
+            s.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the reaper runs right after the last task ends
+            _, _, text = harness.request(server, "GET", "/metrics")
+            if harness.metric_value(text.decode(), "hancock_lua_memory_bytes", generation="retiring") == 0:
+                break
+            time.sleep(0.1)
+        self.assertEqual(harness.metric_value(text.decode(), "hancock_lua_memory_bytes", generation="retiring"), 0)
+
     def test_memory_limit_holds_while_scripts_load(self):
         scripts = harness.write_scripts({"big.lua": 'local big = string.rep("m", 48 * 1024 * 1024)\n'
                                                     'return #big\n'})

@@ -135,3 +135,8 @@ hk.route("GET", "/spawn-chunk-error", function()
   end)
   return { spawned = true }
 end)
+
+hk.route("GET", "/slow", function()
+  hk.sleep(tonumber(hk.env("HK_TEST_SLOW_MS", "2000")))
+  return { slow = true }
+end)
