@@ -330,6 +330,22 @@ static void install_searchers(lua_State *L) {
 
 /* ---- hancock.core: registration --------------------------------------------------------- */
 
+/* Where each route was registered (handler ref -> "file:line"), to name both files when a
+ * second script registers the same route. */
+#define ROUTE_ORIGINS "hancock.route_origins"
+
+/* The script line that called hk.route: the first frame outside the runtime. */
+static void push_script_location(lua_State *L) {
+  lua_Debug ar;
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0) continue;
+    if (strncmp(ar.source, "=lua/", 5) == 0) continue;
+    lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+    return;
+  }
+  lua_pushliteral(L, "?");
+}
+
 /* core.route(method, pattern, handler)  [-3, +0, e] */
 static int core_route(lua_State *L) {
   hk_lua_t *lua = context_of(L);
@@ -341,48 +357,22 @@ static int core_route(lua_State *L) {
   if (len == 0 || len >= sizeof upper) return luaL_error(L, "hk.route: invalid method '%s'", method);
   for (size_t i = 0; i <= len; i++) upper[i] = (char)(method[i] >= 'a' && method[i] <= 'z' ? method[i] - 32 : method[i]);
   if (strcmp(upper, "ANY") == 0) strcpy(upper, "*");
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, ROUTE_ORIGINS);
+  int origins = lua_gettop(L);
   lua_pushvalue(L, 3);
   int ref = luaL_ref(L, LUA_REGISTRYINDEX);
   const char *err = NULL;
-  int rc = hk_router_add(lua->router, upper, pattern, ref, &err);
+  int conflict = LUA_NOREF;
+  int rc = hk_router_add_ex(lua->router, upper, pattern, ref, &conflict, &err);
   if (rc != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    if (rc == -EEXIST && lua_rawgeti(L, origins, conflict) == LUA_TSTRING)
+      return luaL_error(L, "hk.route(%s, %s): already registered at %s", method, pattern, lua_tostring(L, -1));
     return luaL_error(L, "hk.route(%s, %s): %s", method, pattern, err ? err : "out of memory");
   }
+  push_script_location(L);
+  lua_rawseti(L, origins, ref);
   return 0;
-}
-
-#define MAX_MODES 256
-
-/* core.register_mode(name): a value hancock_requests_by_mode may carry (llm.mode calls it), so
- * the label is bounded by the scripts, never by what clients send.  [-1, +0, e] */
-static int core_register_mode(lua_State *L) {
-  hk_lua_t *lua = context_of(L);
-  size_t len;
-  const char *name = luaL_checklstring(L, 1, &len);
-  if (len == 0 || len > HK_MODE_MAX) return luaL_error(L, "mode names are 1 to %d bytes", HK_MODE_MAX);
-  for (size_t i = 0; i < lua->mode_count; i++) {
-    if (strcmp(lua->modes[i], name) == 0) return 0;
-  }
-  if (lua->mode_count == MAX_MODES) return luaL_error(L, "too many modes (at most %d)", MAX_MODES);
-  if (lua->mode_count % 16 == 0) {
-    char **grown = realloc(lua->modes, (lua->mode_count + 16) * sizeof *grown);
-    if (grown == NULL) return luaL_error(L, "not enough memory");
-    lua->modes = grown;
-  }
-  if ((lua->modes[lua->mode_count] = strdup(name)) == NULL) return luaL_error(L, "not enough memory");
-  lua->mode_count++;
-  return 0;
-}
-
-/* The requests_by_mode label for a request: its mode when registered, "other" when not, NULL
- * when it has none. */
-static const char *mode_label(const hk_lua_t *lua, const hk_request_t *req) {
-  if (req->mode[0] == '\0') return NULL;
-  for (size_t i = 0; i < lua->mode_count; i++) {
-    if (strcmp(lua->modes[i], req->mode) == 0) return req->mode;
-  }
-  return "other";
 }
 
 /* core.on_log(fn)  [-1, +0, e] */

@@ -305,6 +305,11 @@ static route_t *route_new(const char *method, bool store_method, const char *pat
 
 int hk_router_add(hk_router_t *router, const char *method, const char *pattern, int handler,
                   const char **err) {
+  return hk_router_add_ex(router, method, pattern, handler, NULL, err);
+}
+
+int hk_router_add_ex(hk_router_t *router, const char *method, const char *pattern, int handler,
+                     int *conflict, const char **err) {
   const char *message = NULL;
   int rc = -EINVAL;
   route_t *route = NULL;
@@ -356,6 +361,8 @@ int hk_router_add(hk_router_t *router, const char *method, const char *pattern, 
   }
   if (*place != NULL) {
     message = "route already registered for this method and pattern";
+    if (conflict != NULL) *conflict = (*place)->handler;
+    rc = -EEXIST;
     goto fail;
   }
   *place = route;
