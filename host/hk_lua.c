@@ -366,13 +366,46 @@ static int core_route(lua_State *L) {
   int rc = hk_router_add_ex(lua->router, upper, pattern, ref, &conflict, &err);
   if (rc != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    if (rc == -EEXIST && lua_rawgeti(L, origins, conflict) == LUA_TSTRING)
+    if (conflict != LUA_NOREF && lua_rawgeti(L, origins, conflict) == LUA_TSTRING)
       return luaL_error(L, "hk.route(%s, %s): already registered at %s", method, pattern, lua_tostring(L, -1));
     return luaL_error(L, "hk.route(%s, %s): %s", method, pattern, err ? err : "out of memory");
   }
   push_script_location(L);
   lua_rawseti(L, origins, ref);
   return 0;
+}
+
+#define MAX_MODES 256
+
+/* core.register_mode(name): a value hancock_requests_by_mode may carry (llm.mode calls it), so
+ * the label is bounded by the scripts, never by what clients send.  [-1, +0, e] */
+static int core_register_mode(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  if (len == 0 || len > HK_MODE_MAX) return luaL_error(L, "mode names are 1 to %d bytes", HK_MODE_MAX);
+  for (size_t i = 0; i < lua->mode_count; i++) {
+    if (strcmp(lua->modes[i], name) == 0) return 0;
+  }
+  if (lua->mode_count == MAX_MODES) return luaL_error(L, "too many modes (at most %d)", MAX_MODES);
+  if (lua->mode_count % 16 == 0) {
+    char **grown = realloc(lua->modes, (lua->mode_count + 16) * sizeof *grown);
+    if (grown == NULL) return luaL_error(L, "not enough memory");
+    lua->modes = grown;
+  }
+  if ((lua->modes[lua->mode_count] = strdup(name)) == NULL) return luaL_error(L, "not enough memory");
+  lua->mode_count++;
+  return 0;
+}
+
+/* The requests_by_mode label for a request: its mode when registered, "other" when not, NULL
+ * when it has none. */
+static const char *mode_label(const hk_lua_t *lua, const hk_request_t *req) {
+  if (req->mode[0] == '\0') return NULL;
+  for (size_t i = 0; i < lua->mode_count; i++) {
+    if (strcmp(lua->modes[i], req->mode) == 0) return req->mode;
+  }
+  return "other";
 }
 
 /* core.on_log(fn)  [-1, +0, e] */

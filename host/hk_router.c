@@ -362,7 +362,6 @@ int hk_router_add_ex(hk_router_t *router, const char *method, const char *patter
   if (*place != NULL) {
     message = "route already registered for this method and pattern";
     if (conflict != NULL) *conflict = (*place)->handler;
-    rc = -EEXIST;
     goto fail;
   }
   *place = route;

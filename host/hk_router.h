@@ -58,13 +58,13 @@ void hk_router_free(hk_router_t *router); /* NULL is a no-op */
  * every method. Errors (-EINVAL, message in *err, a static string): bad method, pattern not
  * starting with '/', empty or invalid parameter name, wildcard not last, more than
  * HK_ROUTER_MAX_PARAMS parameters, duplicate parameter names, the same method and pattern shape
- * registered twice ("/a/:x" and "/a/:y" are the same shape; -EEXIST). -ENOMEM on allocation failure
+ * registered twice ("/a/:x" and "/a/:y" are the same shape). -ENOMEM on allocation failure
  * ("out of memory" in *err). A failed call leaves the router exactly as it was. err may be NULL.
  * The router copies `method` and `pattern`. */
 int hk_router_add(hk_router_t *router, const char *method, const char *pattern, int handler,
                   const char **err);
-/* The same; a duplicate returns -EEXIST and, when conflict is not NULL, the handler int of the
- * route already registered in *conflict (so the caller can say where that one came from). */
+/* The same; for a duplicate, when conflict is not NULL, the handler int of the route already
+ * registered goes to *conflict (so the caller can say where that one came from). */
 int hk_router_add_ex(hk_router_t *router, const char *method, const char *pattern, int handler,
                      int *conflict, const char **err);
 
