@@ -1,8 +1,10 @@
-/* hk_carry: a small bounded string map. Lookups are linear: it holds a few entries per health
+/* hk_carry: a small bounded string map under one mutex. Lookups are linear: it holds a few entries per health
  * check and is read when a generation starts and written once per probe, never per request. */
 #include "hk_carry.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,13 +16,16 @@ typedef struct entry_s {
 } entry_t;
 
 struct hk_carry_s {
+  pthread_mutex_t lock; /* shared by every worker */
   entry_t *entries;
   size_t count, cap;
 };
 
 int hk_carry_new(hk_carry_t **out) {
   *out = calloc(1, sizeof **out);
-  return *out ? 0 : -ENOMEM;
+  if (*out == NULL) return -ENOMEM;
+  pthread_mutex_init(&(*out)->lock, NULL);
+  return 0;
 }
 
 void hk_carry_free(hk_carry_t *carry) {
@@ -30,6 +35,7 @@ void hk_carry_free(hk_carry_t *carry) {
     free(carry->entries[i].value);
   }
   free(carry->entries);
+  pthread_mutex_destroy(&carry->lock);
   free(carry);
 }
 
@@ -49,10 +55,21 @@ static char *copy_bytes(const char *bytes, size_t len) {
   return copy;
 }
 
+static int set_locked(hk_carry_t *carry, const char *key, size_t key_len, const char *value,
+                      size_t value_len);
+
 int hk_carry_set(hk_carry_t *carry, const char *key, size_t key_len, const char *value,
                  size_t value_len) {
   if (key_len == 0 || key_len > HK_CARRY_MAX_KEY || (value && value_len > HK_CARRY_MAX_VALUE))
     return -EINVAL;
+  pthread_mutex_lock(&carry->lock);
+  int rc = set_locked(carry, key, key_len, value, value_len);
+  pthread_mutex_unlock(&carry->lock);
+  return rc;
+}
+
+static int set_locked(hk_carry_t *carry, const char *key, size_t key_len, const char *value,
+                      size_t value_len) {
   entry_t *e = find(carry, key, key_len);
   if (value == NULL) {
     if (e != NULL) {
@@ -89,12 +106,37 @@ fail:
   return rc;
 }
 
-const char *hk_carry_get(const hk_carry_t *carry, const char *key, size_t key_len,
-                         size_t *value_len) {
+int hk_carry_get(hk_carry_t *carry, const char *key, size_t key_len, char *out, size_t out_size,
+                 size_t *value_len) {
+  pthread_mutex_lock(&carry->lock);
   const entry_t *e = find(carry, key, key_len);
-  if (e == NULL) return NULL;
-  *value_len = e->value_len;
-  return e->value;
+  int rc = -ENOENT;
+  if (e != NULL && e->value_len > out_size) {
+    rc = -ENOSPC;
+  } else if (e != NULL) {
+    memcpy(out, e->value, e->value_len);
+    *value_len = e->value_len;
+    rc = 0;
+  }
+  pthread_mutex_unlock(&carry->lock);
+  return rc;
 }
 
-size_t hk_carry_count(const hk_carry_t *carry) { return carry->count; }
+bool hk_carry_claim(hk_carry_t *carry, const char *key, size_t key_len, uint64_t now_ms, uint64_t hold_ms) {
+  if (key_len == 0 || key_len > HK_CARRY_MAX_KEY) return false;
+  pthread_mutex_lock(&carry->lock);
+  const entry_t *e = find(carry, key, key_len);
+  bool free_now = e == NULL || strtoull(e->value, NULL, 10) <= now_ms;
+  char until[24];
+  int n = snprintf(until, sizeof until, "%llu", (unsigned long long)(now_ms + hold_ms));
+  bool claimed = free_now && set_locked(carry, key, key_len, until, (size_t)n) == 0;
+  pthread_mutex_unlock(&carry->lock);
+  return claimed;
+}
+
+size_t hk_carry_count(hk_carry_t *carry) {
+  pthread_mutex_lock(&carry->lock);
+  size_t count = carry->count;
+  pthread_mutex_unlock(&carry->lock);
+  return count;
+}

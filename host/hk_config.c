@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include <arpa/inet.h>
+#include <unistd.h>
 
 typedef enum {
   KIND_LISTEN,
@@ -47,8 +48,8 @@ static const option_t options[] = {
      "Address and port to listen on: 0.0.0.0:5000, 127.0.0.1:0 (any free port), [::1]:8080."},
     {"scripts", "HANCOCK_SCRIPTS", "./scripts", KIND_PATH, OFF(scripts_dir), 0, 0, SERVE | SCRIPTS,
      "Directory of operator scripts: every *.lua in it runs at start, in name order."},
-    {"workers", "HANCOCK_WORKERS", "1", KIND_INT, OFF(workers), 1, 1, SERVE,
-     "Worker event loops. Only 1 is supported in this version."},
+    {"workers", "HANCOCK_WORKERS", "0", KIND_INT, OFF(workers), 0, HK_CONFIG_MAX_WORKERS, SERVE,
+     "Worker threads, each with its own event loop, listening socket and script generation (0: one per CPU)."},
     {"max-body", "HANCOCK_MAX_BODY", "1m", KIND_SIZE, OFF(max_body_bytes), 0, 1ULL << 30, SERVE,
      "Largest request body accepted (bytes; k/m suffixes); larger bodies get 413."},
     {"max-connections", "HANCOCK_MAX_CONNECTIONS", "10000", KIND_INT, OFF(max_connections), 1,
@@ -283,6 +284,10 @@ int hk_config_load(hk_config_t *cfg, int argc, char **argv, int first, unsigned 
       fail_value(err, errsize, source, opt, value);
       return -EINVAL;
     }
+  }
+  if (cfg->workers == 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->workers = cpus < 1 ? 1 : cpus > HK_CONFIG_MAX_WORKERS ? HK_CONFIG_MAX_WORKERS : (int)cpus;
   }
   return 0;
 }

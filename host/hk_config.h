@@ -11,6 +11,10 @@
 
 #include "hk_log.h"
 
+/* Each worker writes a metric cell of its own and the registry has at most 64 (three more are
+ * the collector's, the control thread's and the reload loader's). */
+#define HK_CONFIG_MAX_WORKERS 60
+
 typedef struct hk_config_s {
   char listen_host[64]; /* numeric IPv4 or IPv6 address */
   int port;             /* 0 asks the OS for a free port (tests) */

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,6 @@ struct hk_lua_s {
   lua_State *L;
   hk_metrics_t *metrics;
   unsigned worker;
-  hk_series_t *memory_series; /* hancock_lua_memory_bytes{generation} */
   hk_router_t *router;
   char *scripts_dir;
   int respond_ref;        /* hancock._respond: shapes a handler's return values */
@@ -63,7 +63,8 @@ struct hk_lua_s {
   hk_client_t *client;
   hk_ratelimit_t *ratelimit; /* the worker's buckets: they outlive script generations */
   hk_carry_t *carry;          /* values handed to the next generation (health results) */
-  size_t memory_used;         /* bytes the state holds, counted by limited_alloc */
+  _Atomic size_t memory_used; /* bytes the state holds: written by the owning thread only,
+                                 read by the scrape-time collector on any thread */
   size_t memory_limit;        /* 0: unlimited */
   uint64_t instruction_limit; /* per request (and per background-task resume); 0: unlimited */
   budget_t *budget;           /* the outermost entry's budget while Lua runs, else NULL */
@@ -74,6 +75,7 @@ struct hk_lua_s {
   char **env_names;           /* hk.env's allow-list beyond the documented rule */
   size_t env_name_count;
   bool retired;               /* replaced by a reload: finishing its requests, then freed */
+  bool worker_copy;           /* a worker's copy: background tasks run in the control's */
   hk_lua_idle_cb on_idle;     /* retired: called when its last task has ended */
   void *on_idle_data;
 };
@@ -1097,11 +1099,14 @@ static void task_free(hk_lua_task_t *task);
  * [-1, +1, m] */
 static int core_carry_get(lua_State *L) {
   hk_lua_t *lua = context_of(L);
-  size_t key_len, value_len;
+  size_t key_len, value_len = 0;
   const char *key = luaL_checklstring(L, 1, &key_len);
-  const char *value = lua->carry ? hk_carry_get(lua->carry, key, key_len, &value_len) : NULL;
-  if (value == NULL) lua_pushnil(L);
-  else lua_pushlstring(L, value, value_len);
+  /* The buffer first (a raise here holds nothing), then the copy under the lock. */
+  char *area = lua_newuserdatauv(L, HK_CARRY_MAX_VALUE, 0);
+  if (lua->carry == NULL || hk_carry_get(lua->carry, key, key_len, area, HK_CARRY_MAX_VALUE, &value_len) != 0)
+    lua_pushnil(L);
+  else
+    lua_pushlstring(L, area, value_len);
   return 1;
 }
 
@@ -1158,6 +1163,27 @@ static int core_env(lua_State *L) {
   return 1;
 }
 
+/* core.role() -> "worker" in a worker's copy of the scripts (it serves requests; background
+ * tasks spawned at load run elsewhere), "control" otherwise (the copy that runs them, and
+ * one-shot commands)  [-0, +1, -] */
+static int core_role(lua_State *L) {
+  lua_pushstring(L, context_of(L)->worker_copy ? "worker" : "control");
+  return 1;
+}
+
+/* core.carry_claim(key, hold_ms) -> boolean: the key for this thread until hold_ms from now
+ * (or a carry_set(key, nil)), across every worker; true without a server  [-2, +1, e] */
+static int core_carry_claim(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  size_t key_len;
+  const char *key = luaL_checklstring(L, 1, &key_len);
+  lua_Integer hold = luaL_checkinteger(L, 2);
+  if (hold < 0) return luaL_error(L, "carry_claim: hold_ms must not be negative");
+  lua_pushboolean(L, lua->carry == NULL ||
+                         hk_carry_claim(lua->carry, key, key_len, hk_now_ns() / 1000000u, (uint64_t)hold));
+  return 1;
+}
+
 /* core.monotonic() -> seconds on a monotonic clock  [-0, +1, -] */
 static int core_monotonic(lua_State *L) {
   lua_pushnumber(L, (double)hk_now_ns() / 1e9);
@@ -1179,8 +1205,10 @@ static int open_core(lua_State *L) {
       {"verify_signature", core_verify_signature},
       {"ratelimit_take", core_ratelimit_take},
       {"env", core_env},
+      {"role", core_role},
       {"register_mode", core_register_mode},
       {"carry_get", core_carry_get},
+      {"carry_claim", core_carry_claim},
       {"carry_set", core_carry_set},
       {NULL, NULL},
   };
@@ -1239,25 +1267,6 @@ static int load_scripts(hk_lua_t *lua, char **err) {
   return rc;
 }
 
-/* Scripts' Lua memory, per generation, as a gauge (one generation until reloads exist). */
-static void register_memory_gauge(hk_lua_t *lua) {
-  static const char *const labels[] = {"generation"};
-  hk_metric_opts_t opts = {HK_METRIC_GAUGE, "hancock_lua_memory_bytes",
-                           "Memory held by the Lua state of a script generation.", labels, 1,
-                           NULL, 0, 0, 0};
-  hk_metric_t *metric = NULL;
-  char err[256];
-  const char *generation = "current";
-  if (hk_metrics_register(lua->metrics, &opts, &metric, err, sizeof err) == 0)
-    lua->memory_series = hk_metric_series_str(metric, &generation, 1);
-}
-
-static void update_memory_gauge(hk_lua_t *lua) {
-  if (lua->memory_series == NULL || lua->retired) return; /* the serving generation's gauge */
-  double bytes = (double)lua_gc(lua->L, LUA_GCCOUNT, 0) * 1024 + lua_gc(lua->L, LUA_GCCOUNTB, 0);
-  hk_series_gauge_set(lua->memory_series, bytes);
-}
-
 /* ---- limits: memory, instructions, a trimmed standard library ---------------------------- */
 
 #define DEFAULT_MEMORY_LIMIT (256u * 1024 * 1024)
@@ -1268,16 +1277,17 @@ static void update_memory_gauge(hk_lua_t *lua) {
 static void *limited_alloc(void *data, void *ptr, size_t osize, size_t nsize) {
   hk_lua_t *lua = data;
   size_t old = ptr != NULL ? osize : 0;
+  /* One writer (the thread running this state): plain relaxed loads and stores, no RMW. */
+  size_t used = atomic_load_explicit(&lua->memory_used, memory_order_relaxed);
   if (nsize == 0) {
     free(ptr);
-    lua->memory_used -= old;
+    atomic_store_explicit(&lua->memory_used, used - old, memory_order_relaxed);
     return NULL;
   }
-  if (nsize > old && lua->memory_limit != 0 && lua->memory_used - old + nsize > lua->memory_limit)
-    return NULL;
+  if (nsize > old && lua->memory_limit != 0 && used - old + nsize > lua->memory_limit) return NULL;
   void *block = realloc(ptr, nsize);
   if (block == NULL) return nsize <= old ? ptr : NULL; /* a shrink must never fail */
-  lua->memory_used = lua->memory_used - old + nsize;
+  atomic_store_explicit(&lua->memory_used, used - old + nsize, memory_order_relaxed);
   return block;
 }
 
@@ -1562,8 +1572,6 @@ int hk_lua_new_opts(const hk_lua_opts_t *opts, hk_lua_t **out, char **err) {
   lua_pop(L, 1);
 
   if (load_scripts(lua, err) != 0) goto fail;
-  register_memory_gauge(lua);
-  update_memory_gauge(lua);
   *out = lua;
   return 0;
 oom:
@@ -1851,7 +1859,6 @@ static void task_resume(hk_lua_task_t *task, int nargs) {
   lua_settop(L, top);
   hk_lua_done_cb done = task->done;
   task_free(task);
-  update_memory_gauge(lua);
   if (req) {
     req->mode_label = mode_label(lua, req);
     done(req);
@@ -1950,7 +1957,18 @@ void hk_lua_retire(hk_lua_t *lua, hk_lua_idle_cb on_idle, void *data) {
 
 bool hk_lua_busy(const hk_lua_t *lua) { return lua->tasks != NULL; }
 
-size_t hk_lua_memory(const hk_lua_t *lua) { return lua->memory_used; }
+size_t hk_lua_memory(const hk_lua_t *lua) {
+  return atomic_load_explicit(&((hk_lua_t *)lua)->memory_used, memory_order_relaxed);
+}
+
+void hk_lua_drop_background(hk_lua_t *lua) {
+  lua->worker_copy = true;
+  hk_lua_task_t *next;
+  for (hk_lua_task_t *task = lua->tasks; task != NULL; task = next) {
+    next = task->next;
+    if (task->req == NULL && !task->started && task->op == OP_NONE && task->running == 0) task_free(task);
+  }
+}
 
 void hk_lua_cancel_all(hk_lua_t *lua) {
   size_t background = 0;

@@ -82,7 +82,11 @@ void hk_lua_cancel(hk_lua_t *lua, hk_request_t *req);
 typedef void (*hk_lua_idle_cb)(hk_lua_t *lua, void *data);
 void hk_lua_retire(hk_lua_t *lua, hk_lua_idle_cb on_idle, void *data);
 bool hk_lua_busy(const hk_lua_t *lua);
-size_t hk_lua_memory(const hk_lua_t *lua); /* bytes held by the state */
+size_t hk_lua_memory(const hk_lua_t *lua); /* bytes held by the state; any thread may ask */
+
+/* Drops the background tasks the scripts spawned while loading, before they start: with several
+ * workers they run once per process, in the control thread's generation. */
+void hk_lua_drop_background(hk_lua_t *lua);
 
 /* Cancels every handler and background task (shutdown); their timers close on the loop, which
  * must run once more. Requests' done callbacks are not called. */

@@ -104,6 +104,7 @@ static int metric_inc(lua_State *L) {
   if (type == HK_METRIC_COUNTER && n < 0)
     return luaL_error(L, "metric %s: a counter cannot decrease (inc by %f)", hk_metric_name(box->metric), n);
   hk_series_t *series = series_for(L, box, at == 2 ? 0 : 2);
+  if (*box->cell == HK_LUA_METRICS_SILENT) return 0;
   if (type == HK_METRIC_COUNTER) hk_series_add(series, *box->cell, n);
   else hk_series_gauge_add(series, n);
   return 0;
@@ -126,7 +127,8 @@ static int metric_set(lua_State *L) {
   int at = amount_index(L, box);
   if (lua_isnoneornil(L, at)) return luaL_error(L, "metric %s: set needs a value", hk_metric_name(box->metric));
   double v = check_amount(L, at, 0, box);
-  hk_series_gauge_set(series_for(L, box, at == 2 ? 0 : 2), v);
+  hk_series_t *series = series_for(L, box, at == 2 ? 0 : 2);
+  if (*box->cell != HK_LUA_METRICS_SILENT) hk_series_gauge_set(series, v);
   return 0;
 }
 
@@ -137,7 +139,8 @@ static int metric_observe(lua_State *L) {
   int at = amount_index(L, box);
   if (lua_isnoneornil(L, at)) return luaL_error(L, "metric %s: observe needs a value", hk_metric_name(box->metric));
   double v = check_amount(L, at, 0, box);
-  hk_series_observe(series_for(L, box, at == 2 ? 0 : 2), *box->cell, v);
+  hk_series_t *series = series_for(L, box, at == 2 ? 0 : 2);
+  if (*box->cell != HK_LUA_METRICS_SILENT) hk_series_observe(series, *box->cell, v);
   return 0;
 }
 

@@ -4,6 +4,8 @@
  * Entry point: hk_ratelimit_take(). */
 #include "hk_ratelimit.h"
 
+#include <pthread.h>
+
 #include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -89,6 +91,7 @@ typedef struct entry_s {
 } entry_t;
 
 struct hk_ratelimit_s {
+  pthread_mutex_t lock; /* one limiter for every worker: a client's limit is per process */
   entry_t **slots;
   size_t mask;               /* slot count - 1; slot count is a power of two >= max_clients */
   size_t count;
@@ -123,6 +126,7 @@ int hk_ratelimit_new(size_t max_clients, hk_ratelimit_t **out) {
     rc = -ENOMEM;
     goto fail;
   }
+  pthread_mutex_init(&rl->lock, NULL);
   size_t slots = 1;
   while (slots < max_clients) slots <<= 1;
   rl->slots = calloc(slots, sizeof *rl->slots);
@@ -162,11 +166,16 @@ void hk_ratelimit_free(hk_ratelimit_t *rl) {
     }
   }
   free(rl->slots);
+  pthread_mutex_destroy(&rl->lock);
   free(rl);
 }
 
 size_t hk_ratelimit_count(const hk_ratelimit_t *rl) {
-  return rl == NULL ? 0 : rl->count;
+  if (rl == NULL) return 0;
+  pthread_mutex_lock((pthread_mutex_t *)&rl->lock);
+  size_t count = rl->count;
+  pthread_mutex_unlock((pthread_mutex_t *)&rl->lock);
+  return count;
 }
 
 static void lru_unlink(lru_link_t *link) {
@@ -271,12 +280,22 @@ static entry_t *find(const hk_ratelimit_t *rl, uint64_t hash, const uint8_t *key
   return NULL;
 }
 
+static int take_locked(hk_ratelimit_t *rl, const char *key, size_t key_len, uint32_t limit,
+                       uint64_t window_ms, uint64_t now_ms, hk_ratelimit_result_t *result);
+
 int hk_ratelimit_take(hk_ratelimit_t *rl, const char *key, size_t key_len, uint32_t limit,
                       uint64_t window_ms, uint64_t now_ms, hk_ratelimit_result_t *result) {
   if (rl == NULL || result == NULL || (key == NULL && key_len > 0) || limit == 0 ||
       window_ms == 0 || window_ms > HK_RATELIMIT_WINDOW_MAX_MS)
     return -EINVAL;
+  pthread_mutex_lock(&rl->lock);
+  int rc = take_locked(rl, key, key_len, limit, window_ms, now_ms, result);
+  pthread_mutex_unlock(&rl->lock);
+  return rc;
+}
 
+static int take_locked(hk_ratelimit_t *rl, const char *key, size_t key_len, uint32_t limit,
+                       uint64_t window_ms, uint64_t now_ms, hk_ratelimit_result_t *result) {
   uint8_t stored[HK_RATELIMIT_KEY_MAX];
   bool digested;
   size_t stored_len = stored_key(rl, key, key_len, stored, &digested);

@@ -1,7 +1,8 @@
 /* hk_ratelimit: token-bucket rate limiting keyed by a client id (an address, an API key — the
  * caller decides), with a bounded number of buckets and least-recently-used eviction. Pure: no
  * I/O and no clock (time comes in as now_ms); the HTTP layer turns results into headers.
- * Entry point: hk_ratelimit_take(). Not thread-safe: one limiter per worker. */
+ * Entry point: hk_ratelimit_take(). Thread-safe (one mutex): every worker shares one limiter,
+ * so a client's limit holds for the process, not once per worker. */
 #ifndef HK_RATELIMIT_H
 #define HK_RATELIMIT_H
 

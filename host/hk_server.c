@@ -1,823 +1,288 @@
-/* hk_server: libuv TCP server. Owns listening, the connection table, per-connection timers,
- * response serialisation and writes, lingering close, the connection cap and the SIGTERM/SIGINT
- * drain. Each connection runs one request at a time through hk_http (so pipelined responses
- * leave in order) and hands complete requests to hk_lua. Entry points: hk_server_new/run. */
+/* hk_server: the control thread and the process's shape — N workers (hk_worker, one thread and
+ * loop each) and, on the calling thread, a control loop that owns what is not a request:
+ * signals, the scripts directory watch, the reload coordinator, the control generation (which
+ * runs the scripts' background tasks — health probes — once per process and the log hooks of
+ * this thread's events), process-metric sampling and the scrape-time collectors that sum the
+ * workers. Entry points: hk_server_new, hk_server_run, hk_server_free. */
 #include "hk_server.h"
 
 #include <assert.h>
 #include <errno.h>
 #include <signal.h>
-#include <stdbool.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <uv.h>
-#include <zlib.h>
 
-#include "hk_crypto.h"
-#include "hk_http.h"
-#include "hk_json.h"
 #include "hk_log.h"
-#include "hk_prom.h"
-#include "hk_reqid.h"
-#include "hk_request.h"
-
-#define READ_BUFFER_SIZE (64 * 1024)
-/* Unparsed input kept while a request is being answered; past it, reading pauses. */
-#define INPUT_HIGH_WATER (64 * 1024)
-#define LINGER_MS 2000
-/* Bytes of exposition rendered per slice of a /metrics response. */
-#define METRICS_SLICE (64 * 1024)
-
-typedef struct hk_worker_s hk_worker_t;
-
-typedef enum timer_phase_e {
-  PHASE_NONE,
-  PHASE_KEEPALIVE, /* idle between requests */
-  PHASE_HEAD,      /* part of a head received */
-  PHASE_BODY,      /* body arriving: reset on every read */
-  PHASE_SEND,      /* a response is waiting for the client to take it */
-  PHASE_LINGER,    /* after a close-delimited response, draining the client's leftovers */
-} timer_phase_t;
-
-typedef struct hk_conn_s {
-  uv_tcp_t tcp;
-  uv_timer_t timer;
-  uv_write_t write_req;
-  uv_shutdown_t shutdown_req;
-  hk_worker_t *worker;
-  struct hk_conn_s *prev, *next;
-  hk_buf_t in;
-  hk_buf_t out;      /* response bytes not yet handed to the kernel */
-  hk_buf_t writing;  /* bytes in the uv_write in flight */
-  hk_http_parser_t parser;
-  hk_request_t request;
-  timer_phase_t phase;
-  uint64_t body_started_ms; /* loop time the body began arriving (PHASE_BODY) */
-  uint64_t body_bytes;      /* bytes read since */
-  int handles_open;
-  bool reading;
-  bool in_flight;    /* a handler is running for `request` */
-  bool write_active;
-  bool close_after;  /* close once the queued response is written */
-  bool closing;      /* uv_close called */
-  bool lingering;
-  bool processing;   /* conn_process is on the stack: it continues with the next request */
-  bool streaming;    /* a streamed body is being produced slice by slice */
-  bool stream_chunked;
-  hk_body_stream_t stream;
-  struct hk_conn_s *next_waiter; /* in a reload's waiter list (POST /admin/reload) */
-  bool waiting_reload;
-  z_stream *gzip;    /* the streamed body's compressor, when gzip was negotiated */
-  hk_buf_t slice;    /* one produced slice, before compression and chunk framing */
-} hk_conn_t;
-
-struct hk_worker_s {
-  uv_loop_t loop;
-  uv_tcp_t listener;
-  uv_signal_t sigterm, sigint;
-  uv_timer_t drain_timer;
-  const hk_config_t *config;
-  hk_lua_t *lua;
-  hk_host_metrics_t *metrics;
-  unsigned index; /* this worker's metric cell */
-  hk_client_t *client; /* outbound HTTP for this worker's handlers */
-  /* Reloads. `lua` is the serving generation; replaced ones finish their requests here, and
-   * are freed once their last task has ended (told by hk_lua, freed from reap_timer). */
-  struct retired_s *retired;
-  struct reload_job_s *reload;  /* the reload being built off the loop, if any */
-  bool reload_again;            /* a trigger arrived while it ran: build another after it */
-  char reload_again_trigger[16];
-  hk_conn_t *reload_waiters;    /* admin requests answered by the running reload */
-  hk_conn_t *reload_next_waiters; /* admin requests that arrived during it: the next one's */
-  unsigned generation;
-  uv_signal_t sighup;
-  uv_timer_t reap_timer;
-  uv_fs_event_t watch;
-  uv_timer_t debounce_timer;
-  bool watching;
-  hk_ratelimit_t *ratelimit; /* rate-limit buckets, kept across script reloads */
-  hk_carry_t *carry;         /* what one generation hands the next */
-  uv_timer_t sample_timer;   /* process metrics sampled off the loop, read at scrape time */
-  uv_work_t sample_work;
-  bool sampling;
-  hk_conn_t *conns; /* doubly-linked list of open connections */
-  size_t conn_count;
-  uint64_t conns_rejected;
-  uint64_t last_reject_log_ms;
-  bool draining;
-  bool listener_open;
-  int port;
-  char read_buffer[READ_BUFFER_SIZE];
-  char date[40];
-  time_t date_second;
-};
-
-struct hk_server_s {
-  hk_worker_t worker; /* one worker today; N workers will be an array of these */
-};
-
-static void conn_process(hk_conn_t *conn);
-static void conn_close(hk_conn_t *conn);
-static void conn_resume_reading(hk_conn_t *conn);
-static void conn_finish_request(hk_request_t *req);
-static void worker_maybe_stop(hk_worker_t *worker);
-static void conn_stream_end(hk_conn_t *conn);
-static void log_request_completed(const hk_request_t *req);
-static void record_request(hk_worker_t *worker, const hk_request_t *req);
-static void conn_stream_pump(hk_conn_t *conn);
-static void conn_stop_waiting_reload(hk_conn_t *conn);
-static void conn_check_drained(hk_conn_t *conn);
-
-/* ---- connection lifetime ------------------------------------------------------------------ */
-
-static void conn_free(hk_conn_t *conn) {
-  hk_worker_t *worker = conn->worker;
-  if (conn->prev) conn->prev->next = conn->next;
-  else worker->conns = conn->next;
-  if (conn->next) conn->next->prev = conn->prev;
-  worker->conn_count--;
-  hk_buf_free(&conn->in);
-  hk_buf_free(&conn->out);
-  hk_buf_free(&conn->writing);
-  hk_buf_free(&conn->slice);
-  conn_stream_end(conn);
-  hk_buf_free(&conn->request.response.headers);
-  hk_buf_free(&conn->request.response.body);
-  hk_http_parser_free(&conn->parser);
-  free(conn);
-  worker_maybe_stop(worker);
-}
-
-static void on_conn_handle_closed(uv_handle_t *handle) {
-  hk_conn_t *conn = handle->data;
-  if (--conn->handles_open == 0 && !conn->in_flight) conn_free(conn);
-}
-
-static void conn_close(hk_conn_t *conn) {
-  if (conn->closing) return;
-  conn->closing = true;
-  conn->request.owner = NULL;
-  conn_stop_waiting_reload(conn);
-  if (conn->in_flight) {
-    /* Nobody will read the answer: stop the handler and its outbound calls now. Accounted as
-     * 499 (nginx's "client closed request"), so every request_started has its completion. */
-    hk_lua_cancel(conn->worker->lua, &conn->request);
-    conn->in_flight = false;
-    conn->request.response.status = 499;
-    log_request_completed(&conn->request);
-    record_request(conn->worker, &conn->request);
-  }
-  uv_close((uv_handle_t *)&conn->tcp, on_conn_handle_closed);
-  uv_close((uv_handle_t *)&conn->timer, on_conn_handle_closed);
-}
-
-/* ---- timers ------------------------------------------------------------------------------- */
-
-static void send_error_and_close(hk_conn_t *conn, int status, const char *message);
-
-static void on_conn_timer(uv_timer_t *timer) {
-  hk_conn_t *conn = timer->data;
-  switch (conn->phase) {
-    case PHASE_HEAD:
-    case PHASE_BODY:
-      hk_log_event(HK_LOG_INFO, NULL, "client_timeout", "request not received in time", (hk_log_field_t[]){
-          HK_LOG_S("phase", conn->phase == PHASE_HEAD ? "head" : "body"),
-          HK_LOG_S("client", conn->request.remote_addr)}, 2);
-      send_error_and_close(conn, 408, "request timeout");
-      break;
-    case PHASE_SEND:
-      hk_log_event(HK_LOG_INFO, NULL, "client_timeout", "response not taken in time",
-                   (hk_log_field_t[]){HK_LOG_S("phase", "send"),
-                                      HK_LOG_S("client", conn->request.remote_addr)}, 2);
-      conn_close(conn);
-      break;
-    default:
-      conn_close(conn);
-      break;
-  }
-}
-
-static void conn_set_phase(hk_conn_t *conn, timer_phase_t phase, bool restart) {
-  if (conn->closing || (conn->phase == phase && !restart)) return;
-  const hk_config_t *cfg = conn->worker->config;
-  bool entering_body = phase == PHASE_BODY && conn->phase != PHASE_BODY;
-  conn->phase = phase;
-  uint64_t ms = 0;
-  switch (phase) {
-    case PHASE_KEEPALIVE: ms = cfg->keepalive_timeout_ms; break;
-    case PHASE_HEAD: ms = cfg->header_timeout_ms; break;
-    case PHASE_BODY: {
-      /* Idle at most body_timeout between reads, and on the whole no slower than body_min_rate
-       * once body_timeout has passed (mod_reqtimeout's MinRate): a trickle of bytes each just
-       * inside the idle timeout cannot hold a connection for ever. */
-      uint64_t now = uv_now(&conn->worker->loop);
-      if (entering_body) {
-        conn->body_started_ms = now;
-        conn->body_bytes = 0;
-      }
-      ms = cfg->body_timeout_ms;
-      if (cfg->body_min_rate != 0) {
-        uint64_t allowed = cfg->body_timeout_ms + conn->body_bytes * 1000 / cfg->body_min_rate;
-        uint64_t elapsed = now - conn->body_started_ms;
-        uint64_t left = allowed > elapsed ? allowed - elapsed : 1;
-        if (left < ms) ms = left;
-      }
-      break;
-    }
-    case PHASE_SEND: ms = cfg->send_timeout_ms; break;
-    case PHASE_LINGER: ms = LINGER_MS; break;
-    case PHASE_NONE: break;
-  }
-  if (ms == 0) uv_timer_stop(&conn->timer);
-  else uv_timer_start(&conn->timer, on_conn_timer, ms, 0);
-}
-
-/* ---- writing ------------------------------------------------------------------------------ */
-
-static void on_shutdown(uv_shutdown_t *req, int status) {
-  hk_conn_t *conn = req->data;
-  if (status < 0 || conn->closing) {
-    conn_close(conn);
-    return;
-  }
-  /* Keep reading (and discarding) for a moment so unread request bytes do not make the
-   * kernel answer with a reset that could destroy the response in flight. */
-  conn->lingering = true;
-  conn_set_phase(conn, PHASE_LINGER, true);
-  conn_resume_reading(conn);
-}
-
-static void conn_close_gracefully(hk_conn_t *conn) {
-  if (conn->closing || conn->lingering) return;
-  conn->shutdown_req.data = conn;
-  if (uv_shutdown(&conn->shutdown_req, (uv_stream_t *)&conn->tcp, on_shutdown) != 0) conn_close(conn);
-  else conn->lingering = true;
-}
-
-static void conn_flush(hk_conn_t *conn);
-
-static void on_write(uv_write_t *req, int status) {
-  hk_conn_t *conn = req->data;
-  conn->write_active = false;
-  hk_buf_reset(&conn->writing);
-  if (conn->closing) return;
-  if (status < 0) {
-    conn_close(conn);
-    return;
-  }
-  if (conn->out.len > 0) {
-    conn_flush(conn);
-    if (conn->in_flight) conn_check_drained(conn);
-    return;
-  }
-  if (conn->streaming) {
-    conn_stream_pump(conn);
-    return;
-  }
-  if (conn->in_flight) {
-    /* A streaming handler writes more when it has more; until then no send timer runs. */
-    conn_set_phase(conn, PHASE_NONE, false);
-    conn_check_drained(conn);
-    return;
-  }
-  if (conn->close_after) {
-    conn_close_gracefully(conn);
-    return;
-  }
-  conn_process(conn);
-}
-
-/* Hands conn->out to the kernel: uv_try_write first (the common case writes everything at
- * once), the rest through one uv_write. */
-static void conn_write_out(hk_conn_t *conn, bool try_first) {
-  if (conn->closing || conn->write_active || conn->out.len == 0) return;
-  uv_buf_t buf;
-  if (try_first) {
-    buf = uv_buf_init(conn->out.data, (unsigned)conn->out.len);
-    int n = uv_try_write((uv_stream_t *)&conn->tcp, &buf, 1);
-    if (n < 0 && n != UV_EAGAIN) {
-      conn_close(conn);
-      return;
-    }
-    if (n > 0) hk_buf_consume(&conn->out, (size_t)n);
-    if (conn->out.len == 0) {
-      /* Not while a handler still streams its body into this connection. */
-      if (conn->close_after && !conn->streaming && !conn->in_flight) conn_close_gracefully(conn);
-      return;
-    }
-  }
-  hk_buf_t tmp = conn->writing;
-  conn->writing = conn->out;
-  conn->out = tmp;
-  hk_buf_reset(&conn->out);
-  buf = uv_buf_init(conn->writing.data, (unsigned)conn->writing.len);
-  conn->write_req.data = conn;
-  if (uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, &buf, 1, on_write) != 0) {
-    conn_close(conn);
-    return;
-  }
-  conn->write_active = true;
-  conn_set_phase(conn, PHASE_SEND, true);
-}
-
-static void conn_flush(hk_conn_t *conn) { conn_write_out(conn, true); }
-
-static const char *worker_date(hk_worker_t *worker) {
-  time_t now = time(NULL);
-  if (now != worker->date_second) {
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(worker->date, sizeof worker->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    worker->date_second = now;
-  }
-  return worker->date;
-}
-
-/* ---- gzip and streamed bodies ------------------------------------------------------------ */
-
-static z_stream *gzip_new(void) {
-  z_stream *z = calloc(1, sizeof *z);
-  /* windowBits 15 + 16: a gzip wrapper; level 1: scrapes are frequent, CPU matters more. */
-  if (z != NULL && deflateInit2(z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-    free(z);
-    z = NULL;
-  }
-  return z;
-}
-
-static void gzip_free(z_stream *z) {
-  if (z == NULL) return;
-  deflateEnd(z);
-  free(z);
-}
-
-/* Compresses len bytes onto out; finish ends the gzip member. */
-static int gzip_append(z_stream *z, const char *data, size_t len, bool finish, hk_buf_t *out) {
-  z->next_in = (Bytef *)data;
-  z->avail_in = (uInt)len;
-  int zrc;
-  do {
-    int rc = hk_buf_reserve(out, 16384);
-    if (rc != 0) return rc;
-    z->next_out = (Bytef *)out->data + out->len;
-    z->avail_out = (uInt)(out->cap - out->len - 1);
-    size_t before = z->avail_out;
-    zrc = deflate(z, finish ? Z_FINISH : Z_NO_FLUSH);
-    if (zrc == Z_STREAM_ERROR) return -EIO;
-    out->len += before - z->avail_out;
-    out->data[out->len] = '\0';
-  } while (z->avail_out == 0 || (finish && zrc != Z_STREAM_END));
-  return 0;
-}
-
-static void conn_stream_end(hk_conn_t *conn) {
-  if (conn->stream.release) conn->stream.release(conn->stream.state);
-  memset(&conn->stream, 0, sizeof conn->stream);
-  gzip_free(conn->gzip);
-  conn->gzip = NULL;
-  conn->streaming = false;
-}
-
-/* Produces, compresses and frames the next slice, and writes it asynchronously: the slice after
- * it is produced only from the write callback, after the loop has served others. */
-static void conn_stream_pump(hk_conn_t *conn) {
-  bool done = false;
-  size_t framed_from = conn->out.len;
-  while (conn->out.len == framed_from && !done) {
-    hk_buf_reset(&conn->slice);
-    int rc = conn->stream.produce(conn->stream.state, &conn->slice, &done);
-    hk_buf_t compressed = HK_BUF_INIT;
-    const hk_buf_t *payload = &conn->slice;
-    if (rc == 0 && conn->gzip) {
-      rc = gzip_append(conn->gzip, conn->slice.data ? conn->slice.data : "", conn->slice.len, done,
-                       &compressed);
-      payload = &compressed;
-    }
-    if (rc == 0 && payload->len > 0) {
-      if (conn->stream_chunked) rc = hk_buf_appendf(&conn->out, "%zx\r\n", payload->len);
-      if (rc == 0) rc = hk_buf_append(&conn->out, payload->data, payload->len);
-      if (rc == 0 && conn->stream_chunked) rc = hk_buf_append(&conn->out, "\r\n", 2);
-    }
-    hk_buf_free(&compressed);
-    if (rc != 0) {
-      conn_stream_end(conn);
-      conn_close(conn);
-      return;
-    }
-  }
-  if (done) {
-    if (conn->stream_chunked) hk_buf_append_str(&conn->out, "0\r\n\r\n");
-    conn_stream_end(conn);
-  }
-  /* Large slices shrink back so an idle connection does not keep a scrape's memory. */
-  if (conn->slice.cap > 256 * 1024) hk_buf_free(&conn->slice);
-  conn_write_out(conn, false);
-}
-
-/* A response body already in memory, handed out in slices. */
-typedef struct buffer_stream_s {
-  hk_buf_t body;
-  size_t offset;
-} buffer_stream_t;
-
-static int buffer_produce(void *state, hk_buf_t *out, bool *done) {
-  buffer_stream_t *bs = state;
-  size_t n = bs->body.len - bs->offset < METRICS_SLICE ? bs->body.len - bs->offset : METRICS_SLICE;
-  int rc = hk_buf_append(out, bs->body.data + bs->offset, n);
-  if (rc == 0) bs->offset += n;
-  *done = bs->offset == bs->body.len;
-  return rc;
-}
-
-static void buffer_release(void *state) {
-  buffer_stream_t *bs = state;
-  hk_buf_free(&bs->body);
-  free(bs);
-}
-
-/* Moves res->body into a stream of slices (res->body is left empty). */
-static int buffer_stream_start(hk_response_t *res) {
-  buffer_stream_t *bs = calloc(1, sizeof *bs);
-  if (bs == NULL) return -ENOMEM;
-  bs->body = res->body;
-  hk_buf_init(&res->body);
-  res->stream = (hk_body_stream_t){buffer_produce, buffer_release, bs};
-  return 0;
-}
-
-/* Serialises req->response onto conn->out; a streamed body is started, not produced. */
-static int conn_queue_response(hk_conn_t *conn, hk_request_t *req, bool keep_alive) {
-  hk_response_t *res = &req->response;
-  const hk_http_request_t *http = req->http;
-  bool head = http && http->method_len == 4 && memcmp(http->method, "HEAD", 4) == 0;
-  bool no_body = res->status == 204 || res->status == 304 || (res->status >= 100 && res->status < 200);
-  /* A body to compress goes out in slices like any streamed one, so compressing a large body
-   * never holds the loop for more than one slice. */
-  if (res->gzip && res->stream.produce == NULL && !no_body && res->body.len > 0 &&
-      buffer_stream_start(res) != 0)
-    return -ENOMEM;
-  /* HEAD gets the headers GET would get (chunked, no length), but the body is not produced. */
-  bool streamed = res->stream.produce != NULL && !no_body;
-  bool stream = streamed && !head;
-  bool chunked = streamed && http && http->version_minor == 1;
-  if (streamed && !chunked) keep_alive = false; /* HTTP/1.0: the body ends with the connection */
-  int rc = 0;
-  hk_buf_t *out = &conn->out;
-  rc = hk_buf_reserve(out, 320 + res->headers.len + res->body.len);
-  if (rc != 0) return rc;
-  hk_buf_appendf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n", res->status,
-                 hk_http_reason(res->status), worker_date(conn->worker), req->id);
-  if (res->content_type[0] != '\0' && !no_body)
-    hk_buf_appendf(out, "Content-Type: %s\r\n", res->content_type);
-  if (res->gzip && !no_body) hk_buf_append_str(out, "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
-  if (chunked) hk_buf_append_str(out, "Transfer-Encoding: chunked\r\n");
-  else if (!no_body && !streamed) hk_buf_appendf(out, "Content-Length: %zu\r\n", res->body.len);
-  if (!keep_alive) hk_buf_append_str(out, "Connection: close\r\n");
-  else if (http && http->version_minor == 0) hk_buf_append_str(out, "Connection: keep-alive\r\n");
-  hk_buf_append(out, res->headers.data ? res->headers.data : "", res->headers.len);
-  hk_buf_append(out, "\r\n", 2);
-  if (!head && !no_body && !stream) hk_buf_append(out, res->body.data ? res->body.data : "", res->body.len);
-  if (!keep_alive) conn->close_after = true;
-  if (stream) {
-    conn->stream = res->stream;
-    conn->stream_chunked = chunked;
-    conn->streaming = true;
-    if (res->gzip && (conn->gzip = gzip_new()) == NULL) return -ENOMEM;
-  } else if (res->stream.release) {
-    res->stream.release(res->stream.state); /* HEAD, 204, …: the body is never produced */
-  }
-  memset(&res->stream, 0, sizeof res->stream);
-  return 0;
-}
-
-/* ---- responses streamed by a handler ---------------------------------------------------- */
-
-static int handler_stream_start(hk_request_t *req) {
-  hk_conn_t *conn = req->owner;
-  if (conn == NULL || conn->closing) return -EPIPE;
-  hk_response_t *res = &req->response;
-  const hk_http_request_t *http = req->http;
-  bool chunked = http->version_minor == 1;
-  bool keep_alive = chunked && http->keep_alive && !conn->worker->draining;
-  int rc = hk_buf_appendf(&conn->out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n",
-                          res->status, hk_http_reason(res->status), worker_date(conn->worker), req->id);
-  if (rc == 0 && res->content_type[0] != '\0')
-    rc = hk_buf_appendf(&conn->out, "Content-Type: %s\r\n", res->content_type);
-  if (rc == 0 && chunked) rc = hk_buf_append_str(&conn->out, "Transfer-Encoding: chunked\r\n");
-  if (rc == 0 && !keep_alive) rc = hk_buf_append_str(&conn->out, "Connection: close\r\n");
-  if (rc == 0) rc = hk_buf_append(&conn->out, res->headers.data ? res->headers.data : "", res->headers.len);
-  if (rc == 0) rc = hk_buf_append(&conn->out, "\r\n", 2);
-  if (rc != 0) return rc;
-  if (!keep_alive) conn->close_after = true;
-  conn->stream_chunked = chunked;
-  req->stream_started = true;
-  conn_flush(conn);
-  return 0;
-}
-
-static int handler_stream_write(hk_request_t *req, const char *data, size_t len) {
-  hk_conn_t *conn = req->owner;
-  if (conn == NULL || conn->closing) return -EPIPE;
-  if (len == 0) return 0;
-  if (conn->out.len + conn->writing.len > HK_STREAM_HARD_LIMIT) return -EAGAIN;
-  int rc = 0;
-  if (conn->stream_chunked) rc = hk_buf_appendf(&conn->out, "%zx\r\n", len);
-  if (rc == 0) rc = hk_buf_append(&conn->out, data, len);
-  if (rc == 0 && conn->stream_chunked) rc = hk_buf_append(&conn->out, "\r\n", 2);
-  if (rc != 0) return rc;
-  conn_flush(conn);
-  if (!conn->closing && conn->out.len + conn->writing.len > HK_STREAM_BACKLOG) req->stream_congested = true;
-  return 0;
-}
-
-/* The client has taken enough of a congested streamed body: let its writer go on. */
-static void conn_check_drained(hk_conn_t *conn) {
-  hk_request_t *req = &conn->request;
-  if (!req->stream_congested || conn->closing || conn->out.len + conn->writing.len > HK_STREAM_LOW_WATER) return;
-  req->stream_congested = false;
-  if (req->on_stream_drained) req->on_stream_drained(req);
-}
-
-/* ---- requests ----------------------------------------------------------------------------- */
-
-static void request_reset(hk_request_t *req) {
-  hk_buf_t headers = req->response.headers, body = req->response.body;
-  char addr[sizeof req->remote_addr];
-  memcpy(addr, req->remote_addr, sizeof addr);
-  int port = req->remote_port;
-  void *owner = req->owner;
-  hk_buf_reset(&headers);
-  hk_buf_reset(&body);
-  memset(req, 0, sizeof *req);
-  req->response.headers = headers;
-  req->response.body = body;
-  memcpy(req->remote_addr, addr, sizeof addr);
-  req->remote_port = port;
-  req->owner = owner;
-}
-
-static void request_assign_id(hk_request_t *req) {
-  const hk_http_header_t *h = req->http ? hk_http_header_find(req->http, "x-request-id") : NULL;
-  if (h != NULL && hk_reqid_is_valid(h->value, h->value_len)) {
-    memcpy(req->id, h->value, h->value_len);
-    req->id[h->value_len] = '\0';
-  } else if (hk_reqid_new(req->id) != 0) {
-    snprintf(req->id, sizeof req->id, "unavailable");
-  }
-}
-
-/* The JSON body's top-level "mode": req.mode's default, for the request_started log line and
- * the handler. A scan, not a parse (no allocation, the body is decoded once, by req:json()),
- * and only for a matched route: what a client sends to a 404 labels nothing. The metric label
- * is decided when the handler ends (hk_lua: registered modes only). */
-static void request_default_mode(hk_request_t *req) {
-  const hk_buf_t *body = &req->http->body;
-  if (body->len == 0 || hk_json_scan_member(body->data, body->len, "mode", req->mode, sizeof req->mode) != 0)
-    req->mode[0] = '\0';
-}
-
-static void log_request_started(const hk_request_t *req) {
-  if (!hk_log_enabled(HK_LOG_INFO)) return;
-  const hk_http_request_t *http = req->http;
-  hk_log_field_t fields[] = {
-      HK_LOG_SN("method", http->method, http->method_len),
-      HK_LOG_S("endpoint", req->endpoint),
-      HK_LOG_SN("path", http->path, http->path_len),
-      HK_LOG_S("client", req->remote_addr),
-      HK_LOG_S("mode", req->mode),
-  };
-  hk_log_event(HK_LOG_INFO, req->id, "request_started", "request started", fields,
-             req->mode[0] ? 5 : 4);
-}
-
-static void log_request_completed(const hk_request_t *req) {
-  if (!hk_log_enabled(HK_LOG_INFO)) return;
-  const hk_http_request_t *http = req->http;
-  double latency_ms = (double)(hk_now_ns() - req->start_ns) / 1e6;
-  hk_log_field_t fields[] = {
-      HK_LOG_SN("method", http->method, http->method_len),
-      HK_LOG_S("endpoint", req->endpoint),
-      HK_LOG_I("status", req->response.status),
-      HK_LOG_D("latency_ms", latency_ms),
-      HK_LOG_S("mode", req->mode),
-  };
-  hk_log_event(HK_LOG_INFO, req->id, "request_completed", "request completed", fields,
-             req->mode[0] ? 5 : 4);
-}
-
-static void record_request(hk_worker_t *worker, const hk_request_t *req) {
-  const hk_http_request_t *http = req->http;
-  double seconds = (double)(hk_now_ns() - req->start_ns) / 1e9;
-  hk_host_metrics_request(worker->metrics, worker->index, http ? http->method : "", http ? http->method_len : 0,
-                          req->endpoint ? req->endpoint : "unmatched", req->response.status, req->mode_label,
-                          seconds);
-}
-
-/* ---- GET /metrics --------------------------------------------------------------------------- */
-
-typedef struct metrics_stream_s {
-  hk_metrics_t *registry;
-  hk_prom_cursor_t cursor;
-} metrics_stream_t;
-
-static int metrics_produce(void *state, hk_buf_t *out, bool *done) {
-  metrics_stream_t *stream = state;
-  int rc = hk_prom_render(stream->registry, &stream->cursor, out, METRICS_SLICE);
-  *done = stream->cursor.done;
-  return rc;
-}
-
-static void metrics_release(void *state) { free(state); }
-
-/* The exposition, streamed in slices: a scrape of any size costs one slice of memory and never
- * holds the loop for more than one slice. */
-static void serve_metrics(hk_worker_t *worker, hk_request_t *req) {
-  const hk_http_request_t *http = req->http;
-  const hk_http_header_t *accept = hk_http_header_find(http, "accept");
-  hk_prom_format_t format = hk_prom_negotiate(accept ? accept->value : NULL, accept ? accept->value_len : 0);
-  metrics_stream_t *stream = calloc(1, sizeof *stream);
-  if (stream == NULL) {
-    hk_response_set_error(&req->response, 503, "out of memory", req->id);
-    return;
-  }
-  stream->registry = worker->metrics->registry;
-  hk_prom_cursor_init(&stream->cursor, format);
-  req->response.status = 200;
-  snprintf(req->response.content_type, sizeof req->response.content_type, "%s", hk_prom_content_type(format));
-  req->response.gzip = hk_request_accepts_gzip(http);
-  req->response.stream = (hk_body_stream_t){metrics_produce, metrics_release, stream};
-}
-
-/* ---- reloads ------------------------------------------------------------------------------- */
-
-typedef struct retired_s {
-  hk_lua_t *lua;
-  hk_worker_t *worker;
-  bool idle; /* its last task has ended: free it */
-  struct retired_s *next;
-} retired_t;
-
-static void update_retiring_gauge(hk_worker_t *worker) {
-  size_t bytes = 0;
-  for (retired_t *r = worker->retired; r != NULL; r = r->next) bytes += hk_lua_memory(r->lua);
-  const char *label = "retiring";
-  hk_series_gauge_set(hk_metric_series_str(worker->metrics->lua_memory, &label, 1), (double)bytes);
-}
-
-/* Frees replaced generations whose last task has ended. */
-static void on_reap(uv_timer_t *timer) {
-  hk_worker_t *worker = timer->data;
-  retired_t **link = &worker->retired;
-  while (*link != NULL) {
-    retired_t *r = *link;
-    if (r->idle) {
-      *link = r->next;
-      hk_lua_free(r->lua);
-      free(r);
-    } else {
-      link = &r->next;
-    }
-  }
-  update_retiring_gauge(worker);
-}
-
-static void on_generation_idle(hk_lua_t *lua, void *data) {
-  (void)lua;
-  retired_t *r = data;
-  r->idle = true;
-  uv_timer_start(&r->worker->reap_timer, on_reap, 0, 0); /* not from inside hk_lua */
-}
+#include "hk_lua_metrics.h"
+#include "hk_worker.h"
 
 typedef struct reload_job_s {
   uv_work_t work;
-  hk_worker_t *worker;
-  hk_lua_opts_t opts;
+  hk_server_t *server;
   char trigger[16];
   uint64_t started_ns;
-  hk_lua_t *fresh;
+  hk_lua_opts_t control_opts, worker_opts;
+  hk_lua_t *control;  /* the control thread's next generation */
+  hk_lua_t **workers; /* one per worker */
   char *err;
+  unsigned seq;
 } reload_job_t;
 
-static void reload_start(hk_worker_t *worker, const char *trigger);
-static void conn_finish_request(hk_request_t *req);
+struct hk_server_s {
+  uv_loop_t loop;
+  const hk_config_t *config;
+  hk_host_metrics_t *metrics;
+  hk_gens_t gens; /* the control generation */
+  hk_client_t *client;
+  hk_ratelimit_t *ratelimit;
+  hk_carry_t *carry;
+  uv_signal_t sigterm, sigint, sighup;
+  uv_fs_event_t watch;
+  bool watching;
+  uv_timer_t debounce_timer;
+  uv_timer_t sample_timer;
+  uv_work_t sample_work;
+  bool sampling;
+  uv_async_t wake; /* a worker has posted under `lock` */
+  pthread_mutex_t lock;
+  unsigned *requested;  /* admin reload requests received per worker (cumulative) */
+  unsigned *swapped;    /* per worker: the last reload seq it swapped to */
+  unsigned stopped;     /* workers whose threads have finished */
+  /* Control thread only: */
+  unsigned *covered;    /* per worker: requests the running reload answers */
+  unsigned *answered;   /* per worker: requests answered so far */
+  unsigned *seen_requested;
+  reload_job_t *reload; /* being built off the loop */
+  bool reload_again;
+  char reload_again_trigger[16];
+  unsigned reload_seq;
+  bool awaiting_swaps;  /* the built generations went to the workers */
+  uint64_t reload_started_ns;
+  char reload_trigger[16];
+  unsigned generation;
+  bool draining;
+  bool started;
+  unsigned worker_count;
+  hk_worker_t *workers;
+  int port;
+  unsigned control_cell, loader_cell;
+  _Atomic size_t connections; /* open in every worker, against --max-connections */
+};
 
-/* On a threadpool thread: reading the directory, compiling and running the scripts' top level
- * never holds the loop, whatever the scripts do (their limits hold from their first line). */
-static void reload_build(uv_work_t *work) {
-  reload_job_t *job = work->data;
-  hk_lua_new_opts(&job->opts, &job->fresh, &job->err);
+static void reload_start(hk_server_t *server, const char *trigger);
+
+/* ---- what workers post ------------------------------------------------------------------------ */
+
+void hk__server_request_reload(hk_server_t *server, hk_worker_t *worker) {
+  pthread_mutex_lock(&server->lock);
+  server->requested[worker->index]++;
+  pthread_mutex_unlock(&server->lock);
+  uv_async_send(&server->wake);
 }
 
-/* Answers the admin requests that waited on this outcome. */
-static void answer_reload_waiters(hk_conn_t *waiters, bool success, unsigned generation, const char *error) {
-  hk_conn_t *next;
-  for (hk_conn_t *conn = waiters; conn != NULL; conn = next) {
-    next = conn->next_waiter;
-    conn->next_waiter = NULL;
-    conn->waiting_reload = false;
-    hk_request_t *req = &conn->request;
-    hk_response_t *res = &req->response;
-    res->status = success ? 200 : 422;
-    snprintf(res->content_type, sizeof res->content_type, "application/json");
-    hk_buf_appendf(&res->body, "{\"result\":\"%s\",\"generation\":%u,\"error\":", success ? "success" : "failure",
-                   generation);
-    if (success) hk_buf_append_str(&res->body, "null");
-    else hk_json_append_string(&res->body, error, strlen(error), 0);
-    hk_buf_appendf(&res->body, ",\"request_id\":\"%s\"}", req->id);
-    conn_finish_request(req);
+void hk__server_generation_swapped(hk_server_t *server, hk_worker_t *worker, unsigned seq) {
+  pthread_mutex_lock(&server->lock);
+  server->swapped[worker->index] = seq;
+  pthread_mutex_unlock(&server->lock);
+  uv_async_send(&server->wake);
+}
+
+void hk__server_worker_stopped(hk_server_t *server, hk_worker_t *worker) {
+  (void)worker;
+  pthread_mutex_lock(&server->lock);
+  server->stopped++;
+  pthread_mutex_unlock(&server->lock);
+  uv_async_send(&server->wake);
+}
+
+/* Tells every worker the outcome for the admin requests the finished reload covered. */
+static void post_answers(hk_server_t *server, bool success, const char *error) {
+  for (unsigned i = 0; i < server->worker_count; i++) {
+    if (server->covered[i] == server->answered[i]) continue;
+    hk_worker_t *worker = &server->workers[i];
+    pthread_mutex_lock(&worker->inbox_lock);
+    worker->inbox.has_answer = true;
+    worker->inbox.answer_upto = server->covered[i];
+    worker->inbox.answer_success = success;
+    worker->inbox.answer_generation = server->generation;
+    snprintf(worker->inbox.answer_error, sizeof worker->inbox.answer_error, "%s", error ? error : "");
+    pthread_mutex_unlock(&worker->inbox_lock);
+    server->answered[i] = server->covered[i];
+    hk__worker_post(worker);
   }
 }
 
-/* Back on the loop: the new generation serves new requests when it loaded; a failure leaves
- * the serving generation untouched. */
+static void close_walk(uv_handle_t *handle, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(handle)) uv_close(handle, NULL);
+}
+
+/* Every worker has stopped: the control loop ends too. */
+static void control_finish(hk_server_t *server) {
+  hk__gens_cancel_all(&server->gens);
+  if (server->client != NULL) {
+    hk_client_close(server->client);
+    server->client = NULL;
+  }
+  uv_walk(&server->loop, close_walk, NULL);
+}
+
+static void reload_finish(hk_server_t *server, bool success, const char *error);
+
+static void on_wake(uv_async_t *async) {
+  hk_server_t *server = async->data;
+  bool new_requests = false, all_swapped = true;
+  unsigned stopped;
+  pthread_mutex_lock(&server->lock);
+  for (unsigned i = 0; i < server->worker_count; i++) {
+    if (server->requested[i] != server->seen_requested[i]) new_requests = true;
+    server->seen_requested[i] = server->requested[i];
+    if (server->swapped[i] != server->reload_seq) all_swapped = false;
+  }
+  stopped = server->stopped;
+  pthread_mutex_unlock(&server->lock);
+  if (server->awaiting_swaps && all_swapped) {
+    server->awaiting_swaps = false;
+    reload_finish(server, true, NULL);
+  }
+  if (new_requests) reload_start(server, "admin");
+  if (stopped == server->worker_count && server->started) control_finish(server);
+}
+
+/* ---- reloads ---------------------------------------------------------------------------------- */
+
+/* On a threadpool thread: the control generation and one per worker, each loaded in full.
+ * The first is the scratch check: when any fails, none goes live. */
+static void reload_build(uv_work_t *work) {
+  reload_job_t *job = work->data;
+  hk_server_t *server = job->server;
+  if (hk_lua_new_opts(&job->control_opts, &job->control, &job->err) != 0) return;
+  for (unsigned i = 0; i < server->worker_count; i++) {
+    if (hk_lua_new_opts(&job->worker_opts, &job->workers[i], &job->err) != 0) return;
+  }
+}
+
+static void job_free(reload_job_t *job, unsigned worker_count) {
+  hk_lua_free(job->control);
+  if (job->workers) {
+    for (unsigned i = 0; i < worker_count; i++) hk_lua_free(job->workers[i]);
+  }
+  free(job->workers);
+  free(job->err);
+  free(job);
+}
+
+/* The reload is over for every worker: log and count it once for the process, answer the admin
+ * requests it covered, and start the next one when triggers came meanwhile. */
+static void reload_finish(hk_server_t *server, bool success, const char *error) {
+  if (success) {
+    server->generation++;
+    hk_host_metrics_reload(server->metrics, server->metrics->collector_cell, true, server->generation);
+    hk_log_event(HK_LOG_INFO, NULL, "reload_succeeded", "scripts reloaded",
+                 (hk_log_field_t[]){HK_LOG_S("trigger", server->reload_trigger),
+                                    HK_LOG_I("generation", server->generation),
+                                    HK_LOG_I("routes", hk_lua_route_count(server->gens.current)),
+                                    HK_LOG_I("workers", server->worker_count),
+                                    HK_LOG_D("duration_ms", (double)(hk_now_ns() - server->reload_started_ns) / 1e6)},
+                 5);
+  } else {
+    hk_host_metrics_reload(server->metrics, server->metrics->collector_cell, false, server->generation);
+  }
+  post_answers(server, success, error);
+  if (server->reload_again && !server->draining) {
+    server->reload_again = false;
+    reload_start(server, server->reload_again_trigger);
+  }
+}
+
 static void reload_done(uv_work_t *work, int status) {
   reload_job_t *job = work->data;
-  hk_worker_t *worker = job->worker;
-  hk_conn_t *waiters = worker->reload_waiters;
-  worker->reload_waiters = NULL;
-  worker->reload = NULL;
-  char error[512] = "";
-  bool success = status == 0 && job->fresh != NULL && !worker->draining;
-  if (!success) {
-    const char *why = job->err ? job->err : worker->draining ? "shutting down" : "reload cancelled";
+  hk_server_t *server = job->server;
+  server->reload = NULL;
+  bool built = status == 0 && job->err == NULL && job->control != NULL;
+  if (!built || server->draining) {
+    const char *why = job->err ? job->err : server->draining ? "shutting down" : "reload cancelled";
+    char error[512];
     const char *nl = strchr(why, '\n');
     snprintf(error, sizeof error, "%.*s", nl ? (int)(nl - why) : (int)strlen(why), why);
     hk_log_event(HK_LOG_ERROR, NULL, "reload_failed", "scripts not reloaded; the previous ones keep serving",
                  (hk_log_field_t[]){HK_LOG_S("trigger", job->trigger), HK_LOG_SN("error", error, strlen(error)),
                                     HK_LOG_S("traceback", job->err)}, 3);
-    hk_host_metrics_reload(worker->metrics, worker->metrics->collector_cell, false, worker->generation);
-    hk_lua_free(job->fresh);
-  } else {
-    retired_t *r = calloc(1, sizeof *r);
-    if (r == NULL) {
-      success = false;
-      snprintf(error, sizeof error, "out of memory");
-      hk_lua_free(job->fresh);
-    } else {
-      hk_lua_t *old = worker->lua;
-      r->lua = old;
-      r->worker = worker;
-      r->next = worker->retired;
-      worker->retired = r;
-      worker->lua = job->fresh;
-      hk_lua_set_cell(job->fresh, worker->index);
-      hk_lua_bind_loop(job->fresh, &worker->loop, worker->client, worker->ratelimit, worker->carry);
-      hk_lua_attach_log(job->fresh);
-      hk_lua_retire(old, on_generation_idle, r);
-      worker->generation++;
-      update_retiring_gauge(worker);
-      hk_host_metrics_reload(worker->metrics, worker->metrics->collector_cell, true, worker->generation);
-      hk_log_event(HK_LOG_INFO, NULL, "reload_succeeded", "scripts reloaded",
-                   (hk_log_field_t[]){HK_LOG_S("trigger", job->trigger), HK_LOG_I("generation", worker->generation),
-                                      HK_LOG_I("routes", hk_lua_route_count(job->fresh)),
-                                      HK_LOG_D("duration_ms", (double)(hk_now_ns() - job->started_ns) / 1e6)}, 4);
-    }
-  }
-  free(job->err);
-  free(job);
-  answer_reload_waiters(waiters, success, worker->generation, error);
-  if (worker->draining) {
-    answer_reload_waiters(worker->reload_next_waiters, false, worker->generation, "shutting down");
-    worker->reload_next_waiters = NULL;
-  }
-  if (worker->reload_again && !worker->draining) {
-    worker->reload_again = false;
-    reload_start(worker, worker->reload_again_trigger);
-  }
-}
-
-/* Builds a new generation off the loop. One reload at a time: a trigger that arrives during
- * one makes another run after it (several such triggers, one more), so the last change is
- * always loaded and none is lost. */
-static void reload_start(hk_worker_t *worker, const char *trigger) {
-  if (worker->draining) return;
-  if (worker->reload != NULL) {
-    worker->reload_again = true;
-    snprintf(worker->reload_again_trigger, sizeof worker->reload_again_trigger, "%s", trigger);
+    job_free(job, server->worker_count);
+    reload_finish(server, false, error);
     return;
   }
-  const hk_config_t *cfg = worker->config;
+  /* The control generation first (it takes over the background tasks), then every worker
+   * swaps on its own thread and says so; the reload is done when all have. */
+  hk_lua_t *control = job->control;
+  job->control = NULL;
+  hk_lua_set_cell(control, server->control_cell);
+  if (hk__gens_swap(&server->gens, control) != 0) {
+    hk_lua_free(control);
+    job_free(job, server->worker_count);
+    reload_finish(server, false, "out of memory");
+    return;
+  }
+  hk_lua_bind_loop(control, &server->loop, server->client, server->ratelimit, server->carry);
+  hk_lua_attach_log(control);
+  server->awaiting_swaps = true;
+  for (unsigned i = 0; i < server->worker_count; i++) {
+    hk_worker_t *worker = &server->workers[i];
+    pthread_mutex_lock(&worker->inbox_lock);
+    if (worker->inbox.generation != NULL) hk_lua_free(worker->inbox.generation);
+    worker->inbox.generation = job->workers[i];
+    worker->inbox.generation_seq = job->seq;
+    pthread_mutex_unlock(&worker->inbox_lock);
+    job->workers[i] = NULL;
+    hk__worker_post(worker);
+  }
+  job_free(job, server->worker_count);
+}
+
+/* Builds new generations off the loop. One reload at a time: triggers that arrive during one
+ * make one more run after it, so the last change is always loaded and none is lost. */
+static void reload_start(hk_server_t *server, const char *trigger) {
+  if (server->draining) {
+    pthread_mutex_lock(&server->lock);
+    memcpy(server->covered, server->requested, server->worker_count * sizeof *server->covered);
+    pthread_mutex_unlock(&server->lock);
+    post_answers(server, false, "shutting down");
+    return;
+  }
+  if (server->reload != NULL || server->awaiting_swaps) {
+    server->reload_again = true;
+    snprintf(server->reload_again_trigger, sizeof server->reload_again_trigger, "%s", trigger);
+    return;
+  }
   reload_job_t *job = calloc(1, sizeof *job);
-  if (job == NULL) {
+  if (job != NULL) job->workers = calloc(server->worker_count, sizeof *job->workers);
+  pthread_mutex_lock(&server->lock);
+  memcpy(server->covered, server->requested, server->worker_count * sizeof *server->covered);
+  pthread_mutex_unlock(&server->lock);
+  if (job == NULL || job->workers == NULL) {
+    free(job);
     hk_log_event(HK_LOG_ERROR, NULL, "reload_failed", "scripts not reloaded: out of memory",
                  (hk_log_field_t[]){HK_LOG_S("trigger", trigger)}, 1);
-    answer_reload_waiters(worker->reload_next_waiters, false, worker->generation, "out of memory");
-    worker->reload_next_waiters = NULL;
+    reload_finish(server, false, "out of memory");
     return;
   }
   job->work.data = job;
-  job->worker = worker;
+  job->server = server;
+  job->seq = ++server->reload_seq;
   snprintf(job->trigger, sizeof job->trigger, "%s", trigger);
-  job->started_ns = hk_now_ns();
-  /* The loader writes its own cell: the worker's is written by the loop thread meanwhile. */
-  hk_lua_opts_from_config(&job->opts, cfg, worker->metrics->registry, worker->metrics->collector_cell + 1);
-  worker->reload = job;
-  worker->reload_waiters = worker->reload_next_waiters;
-  worker->reload_next_waiters = NULL;
-  int rc = uv_queue_work(&worker->loop, &job->work, reload_build, reload_done);
+  snprintf(server->reload_trigger, sizeof server->reload_trigger, "%s", trigger);
+  job->started_ns = server->reload_started_ns = hk_now_ns();
+  /* The control generation builds on the loader's cell (a worker's is written by that worker
+   * meanwhile); the workers' copies record nothing at load, so a top level counts once. */
+  hk_lua_opts_from_config(&job->control_opts, server->config, server->metrics->registry, server->loader_cell);
+  job->worker_opts = job->control_opts;
+  job->worker_opts.worker = HK_LUA_METRICS_SILENT;
+  server->reload = job;
+  int rc = uv_queue_work(&server->loop, &job->work, reload_build, reload_done);
   if (rc != 0) {
     job->err = strdup(uv_strerror(rc));
     reload_done(&job->work, rc);
@@ -836,548 +301,230 @@ static void on_debounced_change(uv_timer_t *timer) { reload_start(timer->data, "
 static void on_scripts_changed(uv_fs_event_t *handle, const char *filename, int events, int status) {
   (void)filename;
   (void)events;
-  hk_worker_t *worker = handle->data;
+  hk_server_t *server = handle->data;
   if (status < 0) return;
-  uv_timer_start(&worker->debounce_timer, on_debounced_change, 200, 0);
+  uv_timer_start(&server->debounce_timer, on_debounced_change, 200, 0);
 }
 
-/* A waiting admin request whose client went away leaves the waiter lists. */
-static void conn_stop_waiting_reload(hk_conn_t *conn) {
-  if (!conn->waiting_reload) return;
-  hk_worker_t *worker = conn->worker;
-  hk_conn_t **lists[] = {&worker->reload_waiters, &worker->reload_next_waiters};
-  for (size_t i = 0; i < 2; i++) {
-    for (hk_conn_t **link = lists[i]; *link != NULL; link = &(*link)->next_waiter) {
-      if (*link == conn) {
-        *link = conn->next_waiter;
-        conn->next_waiter = NULL;
-        conn->waiting_reload = false;
-        return;
-      }
-    }
-  }
-}
+/* ---- shutdown --------------------------------------------------------------------------------- */
 
-/* POST /admin/reload, only when HANCOCK_ADMIN_TOKEN is set, with that token as a Bearer
- * token. Answers once a reload that started after it arrived is done, with its outcome.
- * Returns true when it handled the request; *waiting when the answer comes later. */
-static bool serve_admin_reload(hk_worker_t *worker, hk_request_t *req, bool *waiting) {
-  const hk_http_request_t *http = req->http;
-  const char *token = worker->config->admin_token;
-  if (token[0] == '\0' || !(http->path_len == 13 && memcmp(http->path, "/admin/reload", 13) == 0)) return false;
-  req->endpoint = "/admin/reload";
-  log_request_started(req);
-  if (!(http->method_len == 4 && memcmp(http->method, "POST", 4) == 0)) {
-    hk_response_set_error(&req->response, 405, "method not allowed", req->id);
-    hk_response_add_header(&req->response, "Allow", 5, "POST", 4);
-    return true;
-  }
-  const hk_http_header_t *auth = hk_http_header_find(http, "authorization");
-  bool bearer = auth != NULL && auth->value_len > 7 && strncasecmp(auth->value, "Bearer ", 7) == 0;
-  if (!bearer || !hk_crypto_equal(auth->value + 7, auth->value_len - 7, token, strlen(token))) {
-    hk_response_set_error(&req->response, 401, "unauthorized", req->id);
-    return true;
-  }
-  hk_conn_t *conn = req->owner;
-  conn->waiting_reload = true;
-  conn->next_waiter = worker->reload_next_waiters;
-  worker->reload_next_waiters = conn;
-  *waiting = true;
-  reload_start(worker, "admin");
-  return true;
-}
-
-/* Routes the core answers itself, before the scripts' routes. Returns true when it answered. */
-static bool serve_builtin(hk_worker_t *worker, hk_request_t *req, bool *waiting) {
-  const hk_http_request_t *http = req->http;
-  if (serve_admin_reload(worker, req, waiting)) return true;
-  if (!(http->path_len == 8 && memcmp(http->path, "/metrics", 8) == 0)) return false;
-  req->endpoint = "/metrics";
-  log_request_started(req);
-  bool get = http->method_len == 3 && memcmp(http->method, "GET", 3) == 0;
-  bool head = http->method_len == 4 && memcmp(http->method, "HEAD", 4) == 0;
-  if (get || head) {
-    serve_metrics(worker, req);
-  } else {
-    hk_response_set_error(&req->response, 405, "method not allowed", req->id);
-    hk_response_add_header(&req->response, "Allow", 5, "GET, HEAD", 9);
-  }
-  return true;
-}
-
-static void conn_dispatch(hk_conn_t *conn) {
-  hk_worker_t *worker = conn->worker;
-  hk_request_t *req = &conn->request;
-  request_reset(req);
-  req->http = &conn->parser.request;
-  req->start_ns = hk_now_ns();
-  req->owner = conn;
-  req->stream_start = handler_stream_start;
-  req->stream_write = handler_stream_write;
-  request_assign_id(req);
-  conn->in_flight = true;
-  conn_set_phase(conn, PHASE_NONE, false);
-
-  bool waiting = false;
-  if (serve_builtin(worker, req, &waiting)) {
-    if (!waiting) conn_finish_request(req);
-    return;
-  }
-  char allow[128];
-  int rc = hk_lua_route(worker->lua, req, allow, sizeof allow);
-  if (rc == 0) request_default_mode(req);
-  log_request_started(req);
-  if (rc == 0) {
-    hk_lua_run(worker->lua, req, conn_finish_request);
-    return;
-  }
-  if (rc == HK_ROUTER_METHOD_NOT_ALLOWED) {
-    hk_response_set_error(&req->response, 405, "method not allowed", req->id);
-    hk_response_add_header(&req->response, "Allow", 5, allow, strlen(allow));
-  } else {
-    hk_response_set_error(&req->response, 404, "not found", req->id);
-  }
-  conn_finish_request(req);
-}
-
-/* Called once per request when its response is ready (by hk_lua, or directly for errors). */
-static void conn_finish_request(hk_request_t *req) {
-  hk_conn_t *conn = req->owner ? (hk_conn_t *)req->owner : NULL;
-  req->finished = true;
-  if (conn == NULL) return; /* the client went away; nothing to send */
-  hk_worker_t *worker = conn->worker;
-  conn->in_flight = false;
-  log_request_completed(req);
-  record_request(worker, req);
-  if (conn->closing) {
-    if (conn->handles_open == 0) conn_free(conn);
-    return;
-  }
-  bool keep_alive = req->http->keep_alive && !worker->draining;
-  if (req->stream_started) {
-    /* The handler streamed its body: end it (a failure midway has already been logged; the
-     * body just ends, as HTTP offers no way to take back a status that went out). */
-    if (conn->stream_chunked && hk_buf_append_str(&conn->out, "0\r\n\r\n") != 0) conn_close(conn);
-    if (conn->closing) return;
-  } else if (conn_queue_response(conn, req, keep_alive) != 0) {
-    conn_close(conn);
-    return;
-  }
-  hk_http_parser_next(&conn->parser);
-  if (conn->streaming) conn_stream_pump(conn);
-  else conn_flush(conn);
-  /* A handler that finished later (after I/O) restarts the loop for pipelined requests. */
-  if (!conn->processing) conn_process(conn);
-}
-
-/* Answers a protocol error (before any handler ran) and closes. */
-static void send_error_and_close(hk_conn_t *conn, int status, const char *message) {
-  hk_request_t *req = &conn->request;
-  request_reset(req);
-  req->http = NULL;
-  request_assign_id(req);
-  hk_response_set_error(&req->response, status, message, req->id);
-  hk_log_event(HK_LOG_INFO, req->id, "request_rejected", message, (hk_log_field_t[]){
-      HK_LOG_I("status", status), HK_LOG_S("client", req->remote_addr)}, 2);
-  req->start_ns = hk_now_ns();
-  record_request(conn->worker, req);
-  conn->close_after = true;
-  if (conn_queue_response(conn, req, false) != 0) {
-    conn_close(conn);
-    return;
-  }
-  conn_flush(conn);
-}
-
-static void conn_write_continue(hk_conn_t *conn) {
-  static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
-  if (hk_buf_append(&conn->out, line, sizeof line - 1) != 0) conn_close(conn);
-  else conn_flush(conn);
-}
-
-/* ---- reading and the per-connection loop -------------------------------------------------- */
-
-static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
-  hk_conn_t *conn = handle->data;
-  (void)suggested;
-  /* One buffer per worker is enough: on_read copies the bytes out before returning. */
-  *buf = uv_buf_init(conn->worker->read_buffer, READ_BUFFER_SIZE);
-}
-
-static void conn_pause_reading(hk_conn_t *conn) {
-  if (conn->reading) {
-    uv_read_stop((uv_stream_t *)&conn->tcp);
-    conn->reading = false;
-  }
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
-
-static void conn_resume_reading(hk_conn_t *conn) {
-  if (!conn->reading && !conn->closing) {
-    if (uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read) == 0) conn->reading = true;
-  }
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
-  hk_conn_t *conn = stream->data;
-  if (nread == 0) return;
-  if (nread < 0) {
-    /* EOF or reset. A response being written still goes out when the client only half-closed. */
-    conn_pause_reading(conn);
-    if (conn->lingering || nread != UV_EOF) {
-      conn_close(conn);
-      return;
-    }
-    if (conn->in_flight) {
-      /* The client gave up while its handler waits on I/O: stop the handler and its calls
-       * (as nginx does without proxy_ignore_client_abort). */
-      hk_log_event(HK_LOG_INFO, conn->request.id, "client_closed", "client closed the connection before the response",
-                   (hk_log_field_t[]){HK_LOG_S("endpoint", conn->request.endpoint)}, 1);
-      conn_close(conn);
-      return;
-    }
-    if (conn->write_active || conn->out.len > 0) {
-      conn->close_after = true;
-      return;
-    }
-    conn_close(conn);
-    return;
-  }
-  if (conn->lingering) return; /* discard */
-  if (hk_buf_append(&conn->in, buf->base, (size_t)nread) != 0) {
-    conn_close(conn);
-    return;
-  }
-  if (conn->parser.state == HK_HTTP_STATE_BODY) {
-    conn->body_bytes += (uint64_t)nread;
-    conn_set_phase(conn, PHASE_BODY, true);
-  }
-  conn_process(conn);
-}
-
-/* Parses and answers requests from conn->in until input runs out or a response must wait. */
-static void conn_process(hk_conn_t *conn) {
-  conn->processing = true;
-  while (!conn->closing && !conn->lingering && !conn->in_flight && !conn->write_active &&
-         !conn->close_after && !conn->streaming) {
-    size_t consumed = 0;
-    hk_http_event_t ev = hk_http_parse(&conn->parser, conn->in.data, conn->in.len, &consumed);
-    hk_buf_consume(&conn->in, consumed);
-    switch (ev) {
-      case HK_HTTP_NEED_MORE:
-        if (conn->worker->draining && conn->parser.state == HK_HTTP_STATE_IDLE && conn->in.len == 0) {
-          conn->processing = false;
-          conn_close(conn);
-          return;
-        }
-        if (conn->parser.state == HK_HTTP_STATE_IDLE) conn_set_phase(conn, PHASE_KEEPALIVE, false);
-        else if (conn->parser.state == HK_HTTP_STATE_HEAD) conn_set_phase(conn, PHASE_HEAD, false);
-        else if (conn->phase != PHASE_BODY) conn_set_phase(conn, PHASE_BODY, true);
-        conn_resume_reading(conn);
-        conn->processing = false;
-        return;
-      case HK_HTTP_CONTINUE:
-        conn_write_continue(conn);
-        conn_set_phase(conn, PHASE_BODY, true);
-        break;
-      case HK_HTTP_ERROR:
-        conn_pause_reading(conn);
-        send_error_and_close(conn, conn->parser.error_status, conn->parser.error_message);
-        conn->processing = false;
-        return;
-      case HK_HTTP_REQUEST:
-        conn_dispatch(conn);
-        break;
-    }
-  }
-  conn->processing = false;
-  /* Waiting on a handler or a write: bound what a pipelining client can queue meanwhile. */
-  if (conn->in.len > INPUT_HIGH_WATER) conn_pause_reading(conn);
-  else if (!conn->closing && !conn->lingering && !conn->close_after) conn_resume_reading(conn);
-}
-
-/* ---- accepting ---------------------------------------------------------------------------- */
-
-static void reject_connection(hk_worker_t *worker) {
-  uv_tcp_t *tmp = malloc(sizeof *tmp);
-  if (tmp == NULL) return;
-  uv_tcp_init(&worker->loop, tmp);
-  if (uv_accept((uv_stream_t *)&worker->listener, (uv_stream_t *)tmp) == 0) {
-    worker->conns_rejected++;
-    hk_series_add(hk_metric_series(worker->metrics->connections_rejected, NULL, 0), worker->index, 1);
-  }
-  uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
-  uint64_t now = uv_now(&worker->loop);
-  if (now - worker->last_reject_log_ms >= 1000 || worker->last_reject_log_ms == 0) {
-    worker->last_reject_log_ms = now;
-    hk_log_event(HK_LOG_WARNING, NULL, "connection_limit_reached",
-                 "connection refused: too many open connections",
-                 (hk_log_field_t[]){HK_LOG_I("limit", worker->config->max_connections),
-                                    HK_LOG_I("rejected_total", worker->conns_rejected)}, 2);
-  }
-}
-
-static void on_connection(uv_stream_t *listener, int status) {
-  hk_worker_t *worker = listener->data;
-  if (status < 0) return;
-  if (worker->conn_count >= worker->config->max_connections) {
-    reject_connection(worker);
-    return;
-  }
-  hk_conn_t *conn = calloc(1, sizeof *conn);
-  if (conn == NULL) {
-    reject_connection(worker);
-    return;
-  }
-  conn->worker = worker;
-  uv_tcp_init(&worker->loop, &conn->tcp);
-  uv_timer_init(&worker->loop, &conn->timer);
-  conn->tcp.data = conn;
-  conn->timer.data = conn;
-  conn->handles_open = 2;
-  conn->next = worker->conns;
-  if (worker->conns) worker->conns->prev = conn;
-  worker->conns = conn;
-  worker->conn_count++;
-  hk_http_parser_init(&conn->parser, worker->config->max_body_bytes);
-  if (uv_accept(listener, (uv_stream_t *)&conn->tcp) != 0) {
-    conn_close(conn);
-    return;
-  }
-  uv_tcp_nodelay(&conn->tcp, 1);
-  struct sockaddr_storage peer;
-  int len = sizeof peer;
-  if (uv_tcp_getpeername(&conn->tcp, (struct sockaddr *)&peer, &len) == 0) {
-    if (peer.ss_family == AF_INET) {
-      const struct sockaddr_in *in4 = (const struct sockaddr_in *)&peer;
-      uv_ip4_name(in4, conn->request.remote_addr, sizeof conn->request.remote_addr);
-      conn->request.remote_port = ntohs(in4->sin_port);
-    } else if (peer.ss_family == AF_INET6) {
-      const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&peer;
-      uv_ip6_name(in6, conn->request.remote_addr, sizeof conn->request.remote_addr);
-      conn->request.remote_port = ntohs(in6->sin6_port);
-    }
-  }
-  conn_set_phase(conn, PHASE_KEEPALIVE, true);
-  conn_resume_reading(conn);
-}
-
-/* ---- shutdown ----------------------------------------------------------------------------- */
-
-static void worker_maybe_stop(hk_worker_t *worker) {
-  if (!worker->draining || worker->conn_count > 0) return;
-  uv_timer_stop(&worker->drain_timer);
-  uv_stop(&worker->loop);
-}
-
-static void on_drain_timeout(uv_timer_t *timer) {
-  hk_worker_t *worker = timer->data;
-  hk_log_event(HK_LOG_WARNING, NULL, "drain_timeout", "drain timeout: closing remaining connections",
-               (hk_log_field_t[]){HK_LOG_I("connections", worker->conn_count)}, 1);
-  for (hk_conn_t *c = worker->conns; c != NULL; c = c->next) conn_close(c);
+static size_t open_connections(const hk_server_t *server) {
+  size_t total = 0;
+  for (unsigned i = 0; i < server->worker_count; i++)
+    total += atomic_load_explicit(&server->workers[i].open_connections, memory_order_relaxed);
+  return total;
 }
 
 static void on_signal(uv_signal_t *handle, int signum) {
-  hk_worker_t *worker = handle->data;
-  if (worker->draining) return;
-  worker->draining = true;
+  hk_server_t *server = handle->data;
+  if (server->draining) return;
+  server->draining = true;
   hk_log_event(HK_LOG_INFO, NULL, "shutdown_started", "signal received: draining connections",
                (hk_log_field_t[]){HK_LOG_S("signal", signum == SIGTERM ? "SIGTERM" : "SIGINT"),
-                                  HK_LOG_I("connections", worker->conn_count)}, 2);
-  if (worker->listener_open) {
-    uv_close((uv_handle_t *)&worker->listener, NULL);
-    worker->listener_open = false;
+                                  HK_LOG_I("connections", open_connections(server))}, 2);
+  uv_timer_stop(&server->debounce_timer);
+  uv_timer_stop(&server->sample_timer);
+  if (server->watching) uv_fs_event_stop(&server->watch);
+  uv_signal_stop(&server->sighup);
+  for (unsigned i = 0; i < server->worker_count; i++) {
+    hk_worker_t *worker = &server->workers[i];
+    pthread_mutex_lock(&worker->inbox_lock);
+    worker->inbox.drain = true;
+    pthread_mutex_unlock(&worker->inbox_lock);
+    hk__worker_post(worker);
   }
-  uv_timer_stop(&worker->debounce_timer);
-  uv_timer_stop(&worker->sample_timer);
-  if (worker->watching) uv_fs_event_stop(&worker->watch);
-  if (worker->reload == NULL) {
-    answer_reload_waiters(worker->reload_next_waiters, false, worker->generation, "shutting down");
-    worker->reload_next_waiters = NULL;
-  }
-  /* Idle connections close now; busy ones close after their current response. */
-  hk_conn_t *next;
-  for (hk_conn_t *c = worker->conns; c != NULL; c = next) {
-    next = c->next;
-    if (c->parser.state == HK_HTTP_STATE_IDLE && c->in.len == 0 && !c->in_flight && !c->write_active &&
-        c->out.len == 0)
-      conn_close(c);
-  }
-  uv_timer_start(&worker->drain_timer, on_drain_timeout, worker->config->drain_timeout_ms, 0);
-  worker_maybe_stop(worker);
 }
 
-/* ---- process metrics ---------------------------------------------------------------------- */
+/* ---- process metrics -------------------------------------------------------------------------- */
 
 /* /proc reads and the fd count run on the threadpool once a second; a scrape copies the
  * snapshot, so its cost does not grow with open connections. */
 static void sample_process(uv_work_t *work) {
-  hk_worker_t *worker = work->data;
-  hk_host_metrics_sample(worker->metrics);
+  hk_server_t *server = work->data;
+  hk_host_metrics_sample(server->metrics);
 }
 
 static void sample_done(uv_work_t *work, int status) {
   (void)status;
-  hk_worker_t *worker = work->data;
-  worker->sampling = false;
+  hk_server_t *server = work->data;
+  server->sampling = false;
+  hk__gens_publish(&server->gens); /* the control generation's memory moves with its probes */
 }
 
 static void on_sample(uv_timer_t *timer) {
-  hk_worker_t *worker = timer->data;
-  if (worker->sampling || worker->draining) return;
-  worker->sampling = true;
-  if (uv_queue_work(&worker->loop, &worker->sample_work, sample_process, sample_done) != 0)
-    worker->sampling = false;
+  hk_server_t *server = timer->data;
+  if (server->sampling || server->draining) return;
+  server->sampling = true;
+  if (uv_queue_work(&server->loop, &server->sample_work, sample_process, sample_done) != 0)
+    server->sampling = false;
 }
 
-/* ---- public ------------------------------------------------------------------------------- */
-
-static int bind_listener(hk_worker_t *worker, char *err, size_t errsize) {
-  const hk_config_t *cfg = worker->config;
-  struct sockaddr_storage addr;
-  int rc = uv_ip4_addr(cfg->listen_host, cfg->port, (struct sockaddr_in *)&addr);
-  if (rc != 0) rc = uv_ip6_addr(cfg->listen_host, cfg->port, (struct sockaddr_in6 *)&addr);
-  if (rc == 0) rc = uv_tcp_init(&worker->loop, &worker->listener);
-  if (rc != 0) goto fail;
-  worker->listener.data = worker;
-  worker->listener_open = true;
-  rc = uv_tcp_bind(&worker->listener, (const struct sockaddr *)&addr, 0);
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&worker->listener, 1024, on_connection);
-  if (rc != 0) goto fail;
-  struct sockaddr_storage bound;
-  int len = sizeof bound;
-  uv_tcp_getsockname(&worker->listener, (struct sockaddr *)&bound, &len);
-  worker->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                   : ((struct sockaddr_in *)&bound)->sin_port);
-  return 0;
-fail:
-  snprintf(err, errsize, "cannot listen on %s%s%s:%d: %s", strchr(cfg->listen_host, ':') ? "[" : "",
-           cfg->listen_host, strchr(cfg->listen_host, ':') ? "]" : "", cfg->port, uv_strerror(rc));
-  return rc;
-}
-
-/* Open connections, for hancock_active_connections, read at scrape time. */
-static void collect_connections(hk_metrics_t *registry, void *data) {
+/* hancock_active_connections and hancock_lua_memory_bytes for the process: every worker's,
+ * summed at scrape time from what each one publishes. */
+static void collect_workers(hk_metrics_t *registry, void *data) {
   (void)registry;
-  hk_worker_t *worker = data;
-  hk_series_gauge_set(hk_metric_series(worker->metrics->active_connections, NULL, 0),
-                      (double)worker->conn_count);
+  hk_server_t *server = data;
+  size_t current = atomic_load_explicit(&server->gens.current_bytes, memory_order_relaxed);
+  size_t retiring = atomic_load_explicit(&server->gens.retiring_bytes, memory_order_relaxed);
+  for (unsigned i = 0; i < server->worker_count; i++) {
+    current += atomic_load_explicit(&server->workers[i].gens.current_bytes, memory_order_relaxed);
+    retiring += atomic_load_explicit(&server->workers[i].gens.retiring_bytes, memory_order_relaxed);
+  }
+  hk_series_gauge_set(hk_metric_series(server->metrics->active_connections, NULL, 0),
+                      (double)open_connections(server));
+  const char *label = "current";
+  hk_series_gauge_set(hk_metric_series_str(server->metrics->lua_memory, &label, 1), (double)current);
+  label = "retiring";
+  hk_series_gauge_set(hk_metric_series_str(server->metrics->lua_memory, &label, 1), (double)retiring);
 }
+
+/* ---- public ----------------------------------------------------------------------------------- */
 
 int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *metrics,
                   hk_server_t **out, char *err, size_t errsize) {
   hk_server_t *server = calloc(1, sizeof *server);
+  unsigned n = (unsigned)config->workers;
   if (server == NULL) {
+    hk_lua_free(lua);
     snprintf(err, errsize, "out of memory");
     return -ENOMEM;
   }
-  hk_worker_t *worker = &server->worker;
-  worker->config = config;
-  worker->lua = lua;
-  worker->metrics = metrics;
-  worker->index = 0;
-  int rc = uv_loop_init(&worker->loop);
+  server->config = config;
+  server->metrics = metrics;
+  server->worker_count = 0;
+  server->generation = 1;
+  server->control_cell = hk_server_control_cell(n);
+  server->loader_cell = hk_server_loader_cell(n);
+  pthread_mutex_init(&server->lock, NULL);
+  int rc = uv_loop_init(&server->loop);
   if (rc != 0) {
     snprintf(err, errsize, "cannot start the event loop: %s", uv_strerror(rc));
+    pthread_mutex_destroy(&server->lock);
     free(server);
+    hk_lua_free(lua);
     return rc;
   }
-  hk_metrics_add_collector(metrics->registry, collect_connections, worker);
-  uv_timer_init(&worker->loop, &worker->sample_timer);
-  worker->sample_timer.data = worker->sample_work.data = worker;
-  uv_signal_init(&worker->loop, &worker->sigterm);
-  uv_signal_init(&worker->loop, &worker->sigint);
-  uv_signal_init(&worker->loop, &worker->sighup);
-  uv_timer_init(&worker->loop, &worker->reap_timer);
-  uv_timer_init(&worker->loop, &worker->debounce_timer);
-  worker->sighup.data = worker->reap_timer.data = worker->debounce_timer.data = worker;
-  worker->generation = 1;
-  uv_timer_init(&worker->loop, &worker->drain_timer);
-  worker->sigterm.data = worker->sigint.data = worker->drain_timer.data = worker;
-  rc = hk_client_new(&worker->loop, &worker->client);
-  if (rc == 0) rc = hk_ratelimit_new(config->rate_limit_clients, &worker->ratelimit);
-  if (rc == 0) rc = hk_carry_new(&worker->carry);
+  hk__gens_init(&server->gens, &server->loop, lua);
+  hk_lua_set_cell(lua, server->control_cell);
+  uv_signal_init(&server->loop, &server->sigterm);
+  uv_signal_init(&server->loop, &server->sigint);
+  uv_signal_init(&server->loop, &server->sighup);
+  uv_timer_init(&server->loop, &server->debounce_timer);
+  uv_timer_init(&server->loop, &server->sample_timer);
+  uv_async_init(&server->loop, &server->wake, on_wake);
+  server->sigterm.data = server->sigint.data = server->sighup.data = server;
+  server->debounce_timer.data = server->sample_timer.data = server->sample_work.data = server;
+  server->wake.data = server;
+  server->requested = calloc(n, sizeof *server->requested);
+  server->swapped = calloc(n, sizeof *server->swapped);
+  server->covered = calloc(n, sizeof *server->covered);
+  server->answered = calloc(n, sizeof *server->answered);
+  server->seen_requested = calloc(n, sizeof *server->seen_requested);
+  server->workers = calloc(n, sizeof *server->workers);
+  rc = -ENOMEM;
+  if (server->requested && server->swapped && server->covered && server->answered &&
+      server->seen_requested && server->workers)
+    rc = hk_client_new(&server->loop, &server->client);
+  if (rc == 0) rc = hk_ratelimit_new(config->rate_limit_clients, &server->ratelimit);
+  if (rc == 0) rc = hk_carry_new(&server->carry);
   if (rc != 0) {
-    snprintf(err, errsize, "cannot start the worker: %s", strerror(-rc));
+    snprintf(err, errsize, "cannot start the server: %s", strerror(-rc));
     hk_server_free(server);
     return rc;
   }
-  hk_lua_bind_loop(lua, &worker->loop, worker->client, worker->ratelimit, worker->carry);
-  rc = bind_listener(worker, err, errsize);
-  if (rc != 0) {
-    hk_server_free(server);
-    return rc;
+  hk_lua_bind_loop(lua, &server->loop, server->client, server->ratelimit, server->carry);
+  hk_metrics_add_collector(metrics->registry, collect_workers, server);
+  int port = config->port;
+  int shared_fd = -1;
+  for (unsigned i = 0; i < n; i++) {
+    hk_lua_t *first = NULL;
+    char *lua_err = NULL;
+    hk_lua_opts_t opts;
+    hk_lua_opts_from_config(&opts, config, metrics->registry, HK_LUA_METRICS_SILENT);
+    if (hk_lua_new_opts(&opts, &first, &lua_err) != 0) {
+      snprintf(err, errsize, "worker %u: %s", i, lua_err ? lua_err : "cannot load the scripts");
+      free(lua_err);
+      hk_server_free(server);
+      return -EINVAL;
+    }
+    rc = hk__worker_init(&server->workers[i], server, i, config, metrics, first, server->ratelimit,
+                         server->carry, shared_fd, &port, err, errsize);
+    server->worker_count = i + 1;
+    server->workers[i].process_connections = &server->connections;
+    if (rc != 0) {
+      hk_server_free(server);
+      return rc;
+    }
+    if (i == 0) shared_fd = hk__worker_listen_fd(&server->workers[0]);
   }
+  server->port = port;
   *out = server;
   return 0;
 }
 
-int hk_server_port(const hk_server_t *server) { return server->worker.port; }
+unsigned hk_server_control_cell(unsigned workers) { return workers + 1; }
 
-hk_lua_t *hk_server_lua(const hk_server_t *server) { return server->worker.lua; }
+unsigned hk_server_loader_cell(unsigned workers) { return workers + 2; }
+
+int hk_server_port(const hk_server_t *server) { return server->port; }
 
 int hk_server_run(hk_server_t *server) {
-  hk_worker_t *worker = &server->worker;
-  uv_signal_start(&worker->sigterm, on_signal, SIGTERM);
-  uv_signal_start(&worker->sigint, on_signal, SIGINT);
-  uv_signal_start(&worker->sighup, on_sighup, SIGHUP);
-  if (uv_fs_event_init(&worker->loop, &worker->watch) == 0) {
-    worker->watch.data = worker;
-    worker->watching = uv_fs_event_start(&worker->watch, on_scripts_changed, worker->config->scripts_dir, 0) == 0;
-    if (!worker->watching)
+  uv_signal_start(&server->sigterm, on_signal, SIGTERM);
+  uv_signal_start(&server->sigint, on_signal, SIGINT);
+  uv_signal_start(&server->sighup, on_sighup, SIGHUP);
+  if (uv_fs_event_init(&server->loop, &server->watch) == 0) {
+    server->watch.data = server;
+    server->watching = uv_fs_event_start(&server->watch, on_scripts_changed, server->config->scripts_dir, 0) == 0;
+    if (!server->watching)
       hk_log_event(HK_LOG_WARNING, NULL, "watch_unavailable", "scripts directory not watched; reload with SIGHUP",
-                   (hk_log_field_t[]){HK_LOG_S("dir", worker->config->scripts_dir)}, 1);
+                   (hk_log_field_t[]){HK_LOG_S("dir", server->config->scripts_dir)}, 1);
   }
-  uv_timer_start(&worker->sample_timer, on_sample, 0, HK_HOST_METRICS_SAMPLE_INTERVAL_MS);
-  uv_unref((uv_handle_t *)&worker->sample_timer);
-  const hk_config_t *cfg = worker->config;
+  uv_timer_start(&server->sample_timer, on_sample, 0, HK_HOST_METRICS_SAMPLE_INTERVAL_MS);
+  uv_unref((uv_handle_t *)&server->sample_timer);
+  hk_lua_attach_log(server->gens.current); /* this thread's events go through the scripts' hooks */
+  for (unsigned i = 0; i < server->worker_count; i++) {
+    if (hk__worker_start(&server->workers[i]) != 0) {
+      hk_log_event(HK_LOG_ERROR, NULL, "worker_failed", "cannot start a worker thread",
+                   (hk_log_field_t[]){HK_LOG_I("worker", i)}, 1);
+      server->worker_count = i; /* the ones started still run and drain */
+      break;
+    }
+  }
+  server->started = true;
+  const hk_config_t *cfg = server->config;
   hk_log_event(HK_LOG_INFO, NULL, "server_listening", "listening",
-               (hk_log_field_t[]){HK_LOG_S("address", cfg->listen_host), HK_LOG_I("port", worker->port),
-                                  HK_LOG_I("routes", hk_lua_route_count(worker->lua)),
-                                  HK_LOG_S("version", HK_VERSION)}, 4);
-  uv_run(&worker->loop, UV_RUN_DEFAULT);
+               (hk_log_field_t[]){HK_LOG_S("address", cfg->listen_host), HK_LOG_I("port", server->port),
+                                  HK_LOG_I("routes", hk_lua_route_count(server->gens.current)),
+                                  HK_LOG_I("workers", server->worker_count),
+                                  HK_LOG_S("version", HK_VERSION)}, 5);
+  uv_run(&server->loop, UV_RUN_DEFAULT);
+  for (unsigned i = 0; i < server->worker_count; i++) uv_thread_join(&server->workers[i].thread);
   hk_log_event(HK_LOG_INFO, NULL, "shutdown_complete", "all connections closed", NULL, 0);
+  hk_lua_attach_log(NULL);
   return 0;
-}
-
-static void close_walk(uv_handle_t *handle, void *arg) {
-  (void)arg;
-  if (!uv_is_closing(handle)) uv_close(handle, NULL);
 }
 
 void hk_server_free(hk_server_t *server) {
   if (server == NULL) return;
-  hk_worker_t *worker = &server->worker;
-  /* The registry outlives the server: nothing may call back into this worker from a scrape. */
-  hk_metrics_remove_collector(worker->metrics->registry, collect_connections, worker);
-  worker->draining = true; /* a reload still building is dropped when it comes back */
-  for (hk_conn_t *c = worker->conns; c != NULL; c = c->next) conn_close(c);
-  hk_lua_cancel_all(worker->lua);
-  for (retired_t *r = worker->retired; r != NULL; r = r->next) {
-    hk_lua_cancel_all(r->lua);
-    hk_lua_bind_loop(r->lua, NULL, NULL, NULL, NULL);
+  /* The registry outlives the server: nothing may call back into it from a scrape. */
+  hk_metrics_remove_collector(server->metrics->registry, collect_workers, server);
+  server->draining = true; /* a reload still building is dropped when it comes back */
+  for (unsigned i = 0; i < server->worker_count; i++) hk__worker_destroy(&server->workers[i]);
+  control_finish(server);
+  while (uv_run(&server->loop, UV_RUN_DEFAULT) != 0) {
   }
-  if (worker->client != NULL) {
-    hk_lua_bind_loop(worker->lua, NULL, NULL, NULL, NULL);
-    hk_client_close(worker->client);
-    worker->client = NULL;
-  }
-  hk_ratelimit_free(worker->ratelimit);
-  worker->ratelimit = NULL;
-  hk_carry_free(worker->carry);
-  worker->carry = NULL;
-  uv_walk(&worker->loop, close_walk, NULL);
-  while (uv_run(&worker->loop, UV_RUN_DEFAULT) != 0) {
-  }
-  int rc = uv_loop_close(&worker->loop);
+  int rc = uv_loop_close(&server->loop);
   (void)rc;
   assert(rc == 0); /* every handle closed: nothing leaks */
-  while (worker->retired != NULL) {
-    retired_t *r = worker->retired;
-    worker->retired = r->next;
-    hk_lua_free(r->lua);
-    free(r);
-  }
+  hk__gens_free(&server->gens);
+  hk_ratelimit_free(server->ratelimit);
+  hk_carry_free(server->carry);
+  pthread_mutex_destroy(&server->lock);
+  free(server->requested);
+  free(server->swapped);
+  free(server->covered);
+  free(server->answered);
+  free(server->seen_requested);
+  free(server->workers);
   free(server);
 }

@@ -68,9 +68,9 @@ static int load_config(hk_config_t *cfg, int argc, char **argv, int first, unsig
  * conflicting metrics fail in `check` exactly as they would in `serve`. */
 static int metrics_new(unsigned workers, hk_metrics_t **registry, hk_host_metrics_t *host) {
   char err[256];
-  /* One cell per worker, one for the collector (hk_host_metrics), one for the reload loader
-   * (a generation's top level runs on a threadpool thread). */
-  if (hk_metrics_new(workers + 2, registry) != 0) {
+  /* One cell per worker, the collector's (hk_host_metrics), the control generation's and the
+   * reload loader's (a generation's top level runs on a threadpool thread): hk_server_cells. */
+  if (hk_metrics_new(hk_server_cells(workers), registry) != 0) {
     fprintf(stderr, "hancock: out of memory\n");
     return -1;
   }
@@ -164,9 +164,8 @@ static int command_serve(int argc, char **argv, int first) {
   }
   hk_server_t *server = NULL;
   char msg[512];
-  if (hk_server_new(&cfg, lua, &host, &server, msg, sizeof msg) != 0) {
-    fprintf(stderr, "hancock: %s\n", msg);
-    hk_lua_free(lua);
+  if (hk_server_new(&cfg, lua, &host, &server, msg, sizeof msg) != 0) { /* takes lua */
+    print_first_line("hancock: ", msg);
     hk_metrics_free(registry);
     return 1;
   }
@@ -175,13 +174,9 @@ static int command_serve(int argc, char **argv, int first) {
     fprintf(stderr, "hancock: cannot start the log writer\n");
     status = 1;
   } else {
-    hk_lua_attach_log(lua);
     status = hk_server_run(server);
-    hk_lua_attach_log(NULL);
   }
-  lua = hk_server_lua(server); /* reloads may have replaced the first generation */
   hk_server_free(server);
-  hk_lua_free(lua);
   hk_metrics_free(registry);
   hk_log_stop();
   hk_watchdog_stop();

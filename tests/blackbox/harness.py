@@ -32,6 +32,11 @@ class Server:
         full_env.pop("HANCOCK_PORT", None)
         if env:
             full_env.update(env)
+        # HANCOCK_TEST_WORKERS runs every suite at a given worker count (ctest registers the
+        # black-box tests at 1 and again at 4); a test that passes --workers itself keeps it.
+        workers = os.environ.get("HANCOCK_TEST_WORKERS")
+        if workers and "--workers" not in args:
+            args = ("--workers", workers, *args)
         self.proc = subprocess.Popen(
             [BIN, "serve", "--listen", "127.0.0.1:0", "--scripts", scripts, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)

@@ -2,6 +2,8 @@
 #include <errno.h>
 
 #include "hk_config.h"
+
+#include <unistd.h>
 #include "hk_test.h"
 
 static hk_config_t cfg;
@@ -71,8 +73,20 @@ HK_TEST(errors_name_the_problem) {
   HK_ASSERT_INT_EQ(load(2, port), -EINVAL);
   const char *stray[] = {"extra"};
   HK_ASSERT_INT_EQ(load(1, stray), -EINVAL);
-  const char *workers[] = {"--workers", "0"};
+  const char *workers[] = {"--workers", "61"};
   HK_ASSERT_INT_EQ(load(2, workers), -EINVAL);
+  const char *negative[] = {"--workers", "-1"};
+  HK_ASSERT_INT_EQ(load(2, negative), -EINVAL);
+}
+
+HK_TEST(workers_default_to_the_cpus) {
+  const char *none[] = {"--workers", "0"};
+  HK_ASSERT_INT_EQ(load(2, none), 0);
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  HK_ASSERT_INT_EQ(cfg.workers, cpus > 60 ? 60 : cpus < 1 ? 1 : cpus);
+  const char *four[] = {"--workers", "4"};
+  HK_ASSERT_INT_EQ(load(2, four), 0);
+  HK_ASSERT_INT_EQ(cfg.workers, 4);
 }
 
 HK_TEST(durations_and_sizes) {
@@ -113,5 +127,5 @@ HK_TEST(docs_table_is_current) {
   free(table);
 }
 
-HK_TEST_MAIN(HK_CASE(docs_table_is_current), HK_CASE(defaults), HK_CASE(environment_then_flags), HK_CASE(ipv6_listen),
+HK_TEST_MAIN(HK_CASE(docs_table_is_current), HK_CASE(workers_default_to_the_cpus), HK_CASE(defaults), HK_CASE(environment_then_flags), HK_CASE(ipv6_listen),
              HK_CASE(errors_name_the_problem), HK_CASE(durations_and_sizes))
