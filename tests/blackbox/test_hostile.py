@@ -220,7 +220,7 @@ hk.route("GET", "/ok", function() return { ok = true } end)
         server.proc.send_signal(signal.SIGHUP)
         status, headers, _ = harness.request(server, "GET", "/ok")
         self.assertEqual(status, 200)
-        server.wait_event("reload_succeeded", timeout=20)
+        server.wait_event("reload_succeeded", timeout=60)
         names = [(e.get("event"), e.get("request_id")) for e in server.events()]
         answered = names.index(("request_completed", headers["x-request-id"]))
         reloaded = [n for n, _ in names].index("reload_succeeded")
