@@ -1,7 +1,8 @@
 /* hk_conn: one client connection on a worker — reading and parsing (hk_http), the timers of
  * every phase (head, body with its minimum rate, send, keep-alive, linger), pipelining in
  * order, dispatch to the built-in routes or the scripts (hk_lua), response serialisation with
- * gzip and streamed bodies, backpressure for handlers that stream, and the lingering close.
+ * streamed bodies written slice by slice (serialised by hk_response), backpressure for handlers
+ * that stream, and the lingering close.
  * Entry points: hk__conn_accept (from the worker's listener), hk__conn_finish_request. */
 #include <assert.h>
 #include <errno.h>
@@ -20,13 +21,12 @@
 #include "hk_log.h"
 #include "hk_reqid.h"
 #include "hk_request.h"
+#include "hk_response.h"
 #include "hk_worker.h"
 
 /* Unparsed input kept while a request is being answered; past it, reading pauses. */
 #define INPUT_HIGH_WATER (64 * 1024)
 #define LINGER_MS 2000
-/* Bytes of a buffered body handed out per slice when it is compressed. */
-#define BODY_SLICE (64 * 1024)
 
 static void conn_process(hk_conn_t *conn);
 static void conn_close(hk_conn_t *conn);
@@ -237,45 +237,10 @@ static void conn_flush(hk_conn_t *conn) { conn_write_out(conn, true); }
 
 /* ---- gzip and streamed bodies ------------------------------------------------------------ */
 
-static z_stream *gzip_new(void) {
-  z_stream *z = calloc(1, sizeof *z);
-  /* windowBits 15 + 16: a gzip wrapper; level 1: scrapes are frequent, CPU matters more. */
-  if (z != NULL && deflateInit2(z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-    free(z);
-    z = NULL;
-  }
-  return z;
-}
-
-static void gzip_free(z_stream *z) {
-  if (z == NULL) return;
-  deflateEnd(z);
-  free(z);
-}
-
-/* Compresses len bytes onto out; finish ends the gzip member. */
-static int gzip_append(z_stream *z, const char *data, size_t len, bool finish, hk_buf_t *out) {
-  z->next_in = (Bytef *)data;
-  z->avail_in = (uInt)len;
-  int zrc;
-  do {
-    int rc = hk_buf_reserve(out, 16384);
-    if (rc != 0) return rc;
-    z->next_out = (Bytef *)out->data + out->len;
-    z->avail_out = (uInt)(out->cap - out->len - 1);
-    size_t before = z->avail_out;
-    zrc = deflate(z, finish ? Z_FINISH : Z_NO_FLUSH);
-    if (zrc == Z_STREAM_ERROR) return -EIO;
-    out->len += before - z->avail_out;
-    out->data[out->len] = '\0';
-  } while (z->avail_out == 0 || (finish && zrc != Z_STREAM_END));
-  return 0;
-}
-
 static void conn_stream_end(hk_conn_t *conn) {
   if (conn->stream.release) conn->stream.release(conn->stream.state);
   memset(&conn->stream, 0, sizeof conn->stream);
-  gzip_free(conn->gzip);
+  hk_gzip_free(conn->gzip);
   conn->gzip = NULL;
   conn->streaming = false;
 }
@@ -291,7 +256,7 @@ static void conn_stream_pump(hk_conn_t *conn) {
     hk_buf_t compressed = HK_BUF_INIT;
     const hk_buf_t *payload = &conn->slice;
     if (rc == 0 && conn->gzip) {
-      rc = gzip_append(conn->gzip, conn->slice.data ? conn->slice.data : "", conn->slice.len, done,
+      rc = hk_gzip_append(conn->gzip, conn->slice.data ? conn->slice.data : "", conn->slice.len, done,
                        &compressed);
       payload = &compressed;
     }
@@ -316,79 +281,19 @@ static void conn_stream_pump(hk_conn_t *conn) {
   conn_write_out(conn, false);
 }
 
-/* A response body already in memory, handed out in slices. */
-typedef struct buffer_stream_s {
-  hk_buf_t body;
-  size_t offset;
-} buffer_stream_t;
-
-static int buffer_produce(void *state, hk_buf_t *out, bool *done) {
-  buffer_stream_t *bs = state;
-  size_t n = bs->body.len - bs->offset < BODY_SLICE ? bs->body.len - bs->offset : BODY_SLICE;
-  int rc = hk_buf_append(out, bs->body.data + bs->offset, n);
-  if (rc == 0) bs->offset += n;
-  *done = bs->offset == bs->body.len;
-  return rc;
-}
-
-static void buffer_release(void *state) {
-  buffer_stream_t *bs = state;
-  hk_buf_free(&bs->body);
-  free(bs);
-}
-
-/* Moves res->body into a stream of slices (res->body is left empty). */
-static int buffer_stream_start(hk_response_t *res) {
-  buffer_stream_t *bs = calloc(1, sizeof *bs);
-  if (bs == NULL) return -ENOMEM;
-  bs->body = res->body;
-  hk_buf_init(&res->body);
-  res->stream = (hk_body_stream_t){buffer_produce, buffer_release, bs};
-  return 0;
-}
-
-/* Serialises req->response onto conn->out; a streamed body is started, not produced. */
+/* Serialises req->response onto conn->out (hk_response) and takes over a streamed body, which
+ * is produced slice by slice from the write callback. */
 static int conn_queue_response(hk_conn_t *conn, hk_request_t *req, bool keep_alive) {
-  hk_response_t *res = &req->response;
-  const hk_http_request_t *http = req->http;
-  bool head = http && http->method_len == 4 && memcmp(http->method, "HEAD", 4) == 0;
-  bool no_body = res->status == 204 || res->status == 304 || (res->status >= 100 && res->status < 200);
-  /* A body to compress goes out in slices like any streamed one, so compressing a large body
-   * never holds the loop for more than one slice. */
-  if (res->gzip && res->stream.produce == NULL && !no_body && res->body.len > 0 &&
-      buffer_stream_start(res) != 0)
-    return -ENOMEM;
-  /* HEAD gets the headers GET would get (chunked, no length), but the body is not produced. */
-  bool streamed = res->stream.produce != NULL && !no_body;
-  bool stream = streamed && !head;
-  bool chunked = streamed && http && http->version_minor == 1;
-  if (streamed && !chunked) keep_alive = false; /* HTTP/1.0: the body ends with the connection */
-  int rc = 0;
-  hk_buf_t *out = &conn->out;
-  rc = hk_buf_reserve(out, 320 + res->headers.len + res->body.len);
+  hk_response_plan_t plan;
+  int rc = hk_response_serialize(&conn->out, req, hk__worker_date(conn->worker), keep_alive, &plan);
   if (rc != 0) return rc;
-  hk_buf_appendf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n", res->status,
-                 hk_http_reason(res->status), hk__worker_date(conn->worker), req->id);
-  if (res->content_type[0] != '\0' && !no_body)
-    hk_buf_appendf(out, "Content-Type: %s\r\n", res->content_type);
-  if (res->gzip && !no_body) hk_buf_append_str(out, "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
-  if (chunked) hk_buf_append_str(out, "Transfer-Encoding: chunked\r\n");
-  else if (!no_body && !streamed) hk_buf_appendf(out, "Content-Length: %zu\r\n", res->body.len);
-  if (!keep_alive) hk_buf_append_str(out, "Connection: close\r\n");
-  else if (http && http->version_minor == 0) hk_buf_append_str(out, "Connection: keep-alive\r\n");
-  hk_buf_append(out, res->headers.data ? res->headers.data : "", res->headers.len);
-  hk_buf_append(out, "\r\n", 2);
-  if (!head && !no_body && !stream) hk_buf_append(out, res->body.data ? res->body.data : "", res->body.len);
-  if (!keep_alive) conn->close_after = true;
-  if (stream) {
-    conn->stream = res->stream;
-    conn->stream_chunked = chunked;
+  if (!plan.keep_alive) conn->close_after = true;
+  if (plan.stream.produce != NULL) {
+    conn->stream = plan.stream;
+    conn->stream_chunked = plan.chunked;
     conn->streaming = true;
-    if (res->gzip && (conn->gzip = gzip_new()) == NULL) return -ENOMEM;
-  } else if (res->stream.release) {
-    res->stream.release(res->stream.state); /* HEAD, 204, …: the body is never produced */
+    conn->gzip = plan.gzip;
   }
-  memset(&res->stream, 0, sizeof res->stream);
   return 0;
 }
 
