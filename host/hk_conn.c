@@ -1,8 +1,8 @@
 /* hk_conn: one client connection on a worker — reading and parsing (hk_http), the timers of
  * every phase (head, body with its minimum rate, send, keep-alive, linger), pipelining in
- * order, dispatch to the built-in routes or the scripts (hk_lua), response serialisation with
- * streamed bodies written slice by slice (serialised by hk_response), backpressure for handlers
- * that stream, and the lingering close.
+ * order, dispatch to the built-in routes or the scripts (hk_lua), writing responses (their bytes
+ * are hk_response's) with streamed bodies slice by slice, backpressure for handlers that
+ * stream, and the lingering close.
  * Entry points: hk__conn_accept (from the worker's listener), hk__conn_finish_request. */
 #include <assert.h>
 #include <errno.h>

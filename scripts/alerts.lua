@@ -1,19 +1,34 @@
 -- Alerting thresholds. `hancock rules` renders these as Prometheus rule groups
 -- (monitoring/alerting_rules.yaml); change a number here, then regenerate:
 --   build/hancock rules --scripts scripts > monitoring/alerting_rules.yaml
--- Each alert has a runbook section in docs/monitoring.md (anchor = lowercased name).
 -- `{threshold}` in expr, summary and description is replaced by the threshold.
 local hk = require "hancock"
 
 local MiB = 1024 * 1024
 local GiB = 1024 * MiB
 
+-- Every alert here has a runbook section in docs/monitoring.md (anchor = lowercased name);
+-- `hancock rules` makes the path a link under HANCOCK_RUNBOOK_BASE_URL when that is set.
+local function alert(name, opts)
+  opts.runbook_url = "docs/monitoring.md#" .. name:lower()
+  return hk.alert(name, opts) -- a tail call, so a bad option is reported at the caller's line
+end
+
 -- Requests ------------------------------------------------------------------------------------
 
-hk.alert("HancockHighErrorRate", {
+-- What counts as an error: every response with status >= 400 (a 4xx is often a client
+-- misconfigured by an operator, a 429 an abusive one), except those of the health routes and
+-- /metrics, which report on the service rather than serve it: a 503 from /health is a failing
+-- dependency, paged by the health alerts below, and probes and scrapes must not dilute the ratio.
+local SERVED = 'endpoint!~"/health|/health/.+|/metrics"'
+local BY_INSTANCE = "sum without (method, endpoint, status_code)"
+
+alert("HancockHighErrorRate", {
   group = "hancock.requests",
-  threshold = 0.05, -- fraction of requests answered with status >= 400
-  expr = "rate(hancock_errors_total[5m]) / rate(hancock_requests_total[5m]) > {threshold}",
+  threshold = 0.05, -- fraction of requests answered with status >= 400 (health and /metrics aside)
+  expr = BY_INSTANCE .. ' (rate(hancock_request_duration_seconds_count{status_code=~"[45]..", '
+    .. SERVED .. "}[5m])) / " .. BY_INSTANCE .. " (rate(hancock_request_duration_seconds_count{"
+    .. SERVED .. "}[5m])) > {threshold}",
   ["for"] = "5m",
   severity = "warning",
   summary = "Hancock error rate is high",
@@ -21,7 +36,7 @@ hk.alert("HancockHighErrorRate", {
     .. "(current ratio {{ $value | humanizePercentage }}).",
 })
 
-hk.alert("HancockNoTraffic", {
+alert("HancockNoTraffic", {
   group = "hancock.requests",
   expr = "absent(hancock_requests_total) or rate(hancock_requests_total[5m]) == 0",
   ["for"] = "5m",
@@ -33,7 +48,7 @@ hk.alert("HancockNoTraffic", {
 
 -- Resources -----------------------------------------------------------------------------------
 
-hk.alert("HancockMemoryGrowth", {
+alert("HancockMemoryGrowth", {
   group = "hancock.resources",
   threshold = 50 * MiB, -- bytes per minute of resident-set growth
   expr = "deriv(hancock_memory_usage_bytes[10m]) * 60 > {threshold}",
@@ -44,7 +59,7 @@ hk.alert("HancockMemoryGrowth", {
     .. "per minute over 10 minutes ({{ $value | humanize1024 }}B/min).",
 })
 
-hk.alert("HancockHighMemoryUsage", {
+alert("HancockHighMemoryUsage", {
   group = "hancock.resources",
   threshold = 1 * GiB, -- bytes of resident memory
   expr = "hancock_memory_usage_bytes > {threshold}",
@@ -57,18 +72,37 @@ hk.alert("HancockHighMemoryUsage", {
 
 -- Service -------------------------------------------------------------------------------------
 
-hk.alert("HancockHealthCheckFailing", {
+-- A check in error pages only when it takes the service down: it is critical and /health is an
+-- error (a critical backend whose fallback answers is not). Any other check in error is a
+-- warning. hancock_health_check_status and hancock_health_status: 0 ok, 1 degraded, 2 error.
+local CHECK_IN_ERROR = "max by (instance, check) (hancock_health_check_status) >= {threshold}"
+local SERVICE_DOWN = "(" .. CHECK_IN_ERROR .. ")"
+  .. " and on (instance, check) (max by (instance, check) (hancock_health_check_critical) == 1)"
+  .. " and on (instance) (max by (instance) (hancock_health_status) >= {threshold})"
+
+alert("HancockHealthCheckFailing", {
   group = "hancock.service",
-  threshold = 2, -- hancock_health_check_status: 0 ok, 1 degraded, 2 error
-  expr = "max by (instance, check) (hancock_health_check_status) >= {threshold}",
+  threshold = 2,
+  expr = SERVICE_DOWN,
   ["for"] = "2m",
   severity = "critical",
-  summary = "A Hancock health check is failing",
-  description = "Health check {{ $labels.check }} on {{ $labels.instance }} has reported an "
-    .. "error for 2 minutes.",
+  summary = "A critical Hancock health check is failing",
+  description = "Critical health check {{ $labels.check }} on {{ $labels.instance }} has reported "
+    .. "an error for 2 minutes and /health answers 503.",
 })
 
-hk.alert("HancockScriptReloadFailed", {
+alert("HancockHealthCheckDegraded", {
+  group = "hancock.service",
+  threshold = 2,
+  expr = CHECK_IN_ERROR .. " unless on (instance, check) (" .. SERVICE_DOWN .. ")",
+  ["for"] = "5m",
+  severity = "warning",
+  summary = "A Hancock health check is failing; the service still answers",
+  description = "Health check {{ $labels.check }} on {{ $labels.instance }} has reported an "
+    .. "error for 5 minutes; it is not critical, or another backend covers it.",
+})
+
+alert("HancockScriptReloadFailed", {
   group = "hancock.service",
   expr = "hancock_config_last_reload_successful == 0",
   ["for"] = "1m",

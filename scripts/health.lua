@@ -1,9 +1,9 @@
 -- The service's deep health checks, answered by GET /health from a cache (docs/health.md):
--- the LLM backend, memory, disk and Prometheus. Only a failing critical check makes the
--- service "error" (503); the others make it "degraded".
+-- the LLM backends a call may go to, memory, disk, and Prometheus and Alertmanager when their
+-- URLs are set. Only a failing critical dependency makes the service "error" (503); the
+-- others make it "degraded".
 local hk = require "hancock"
-
-local backend = hk.env("HANCOCK_LLM_BACKEND", "ollama"):lower()
+local llm = require "hancock.llm"
 
 local function milliseconds(name, default)
   local value = math.tointeger(tonumber(hk.env(name, default)))
@@ -21,34 +21,58 @@ local function base(url)
   return (url:gsub("/+$", ""):gsub("/v1$", ""))
 end
 
--- Ollama answers and has the model pulled ("llama3.1" is listed as "llama3.1:latest").
-local ollama_model = hk.env("OLLAMA_MODEL", "llama3.1:8b")
-if not ollama_model:find(":", 1, true) then
-  ollama_model = ollama_model .. ":latest"
-end
-hk.health.check("ollama", {
-  kind = "http",
-  url = base(hk.env("OLLAMA_BASE_URL", "http://localhost:11434")) .. "/api/tags",
-  expect_status = 200,
-  expect_json = { path = "models.*.name", contains = ollama_model },
-  critical = backend == "ollama",
-  interval_ms = every.interval_ms,
-  timeout_ms = every.timeout_ms,
-})
+-- The LLM backends -------------------------------------------------------------------------
 
--- NVIDIA NIM answers with our key, when it is the backend.
-if backend == "nvidia" then
-  local key = hk.env("NVIDIA_API_KEY")
-  hk.health.check("nim", {
-    kind = "http",
-    url = base(hk.env("NVIDIA_BASE_URL", "https://integrate.api.nvidia.com")) .. "/v1/models",
-    headers = key and { Authorization = "Bearer " .. key } or nil,
-    expect_status = 200,
-    critical = true,
-    interval_ms = every.interval_ms,
-    timeout_ms = every.timeout_ms,
-  })
+-- Ollama lists a model pulled without a tag ("llama3.1") as "llama3.1:latest".
+local function tagged(model)
+  return model:find(":", 1, true) and model or model .. ":latest"
 end
+
+-- Ollama answers and has the model pulled; without the coder model only /v1/code fails, so
+-- that is "degraded".
+local function ollama_check(backend)
+  local model, coder = tagged(backend.model), tagged(backend.coder_model)
+  return {
+    kind = "http",
+    url = base(backend.base_url) .. "/api/tags",
+    expect_status = 200,
+    expect_json = { path = "models.*.name", contains = model },
+    validate = function(_, doc)
+      for _, pulled in ipairs(doc.models) do
+        if type(pulled) == "table" and pulled.name == coder then
+          return true
+        end
+      end
+      return "degraded", ("coder model %s not pulled (/v1/code fails): ollama pull %s"):format(coder, coder)
+    end,
+  }
+end
+
+-- An OpenAI-compatible API (NVIDIA NIM, OpenAI) answers its model list with our key.
+local function api_check(backend)
+  return {
+    kind = "http",
+    url = base(backend.base_url) .. "/v1/models",
+    headers = backend.api_key and { Authorization = "Bearer " .. backend.api_key } or nil,
+    expect_status = 200,
+  }
+end
+
+local CHECK_NAMES = { ollama = "ollama", nvidia = "nim", openai = "openai" }
+
+-- Every backend a call may go to, and no other, is a critical check of the group "llm": the
+-- service answers while one of them does (the active backend, or OpenAI as its fallback when
+-- OPENAI_API_KEY is set), so only all of them down makes it an error.
+for _, backend in ipairs(llm.backends()) do
+  local opts = backend.name == "ollama" and ollama_check(backend) or api_check(backend)
+  opts.critical = true
+  opts.group = "llm"
+  opts.interval_ms = every.interval_ms
+  opts.timeout_ms = every.timeout_ms
+  hk.health.check(CHECK_NAMES[backend.name], opts)
+end
+
+-- The machine --------------------------------------------------------------------------------
 
 hk.health.check("memory", { kind = "memory", interval_ms = every.interval_ms })
 hk.health.threshold("memory", { warn_below_mb = 512 })
@@ -56,11 +80,19 @@ hk.health.threshold("memory", { warn_below_mb = 512 })
 hk.health.check("disk", { kind = "disk", path = "/", interval_ms = every.interval_ms })
 hk.health.threshold("disk", { warn_below_mb = 1024 })
 
-hk.health.check("prometheus", {
-  kind = "http",
-  url = (hk.env("PROMETHEUS_URL", "http://localhost:9090"):gsub("/+$", "")) .. "/-/healthy",
-  expect_status = 200,
-  critical = false,
-  interval_ms = every.interval_ms,
-  timeout_ms = every.timeout_ms,
-})
+-- The monitoring stack, when its URLs are set (deploy/docker-compose.yml and make stack set
+-- them; a Hancock without them has no such checks rather than one probing localhost).
+for _, service in ipairs { { "prometheus", "PROMETHEUS_URL" }, { "alertmanager", "ALERTMANAGER_URL" } } do
+  local name, variable = service[1], service[2]
+  local url = hk.env(variable)
+  if url then
+    hk.health.check(name, {
+      kind = "http",
+      url = (url:gsub("/+$", "")) .. "/-/healthy",
+      expect_status = 200,
+      critical = false,
+      interval_ms = every.interval_ms,
+      timeout_ms = every.timeout_ms,
+    })
+  end
+end

@@ -12,22 +12,47 @@ cd "$root"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null || fail "$1 not found (install: $2; deploy/install-deps.sh --test)"; }
 
-compose_valid() {
-  if command -v docker >/dev/null && docker compose version >/dev/null 2>&1; then
-    docker compose -f "$deploy/docker-compose.yml" config -q
-  elif command -v docker-compose >/dev/null; then
-    docker-compose -f "$deploy/docker-compose.yml" config -q
-  else
-    echo "docker compose not available: checking structure with python3-yaml"
+# compose_config <tool...>: the file parses with that Compose implementation, and refuses to
+# without a Grafana admin password.
+compose_config() {
+  local out
+  GRAFANA_ADMIN_PASSWORD=compose-check "$@" -f "$deploy/docker-compose.yml" config -q \
+    || fail "$*: deploy/docker-compose.yml is not valid"
+  if out=$(env -u GRAFANA_ADMIN_PASSWORD "$@" -f "$deploy/docker-compose.yml" config -q 2>&1); then
+    fail "$*: the file is valid without GRAFANA_ADMIN_PASSWORD (Grafana would start as admin/admin)"
   fi
+  grep -q GRAFANA_ADMIN_PASSWORD <<<"$out" || fail "$*: unexpected error without GRAFANA_ADMIN_PASSWORD: $out"
+  echo "compose: $* accepts the file"
+}
+
+compose_valid() {
+  # The file must suit both Compose v2 and Debian 12's docker-compose 1.29: each one present is
+  # run; with neither, only the structure below is checked.
+  local tools=0
+  if command -v docker >/dev/null && docker compose version >/dev/null 2>&1; then
+    compose_config docker compose; tools=$((tools + 1))
+  fi
+  if command -v docker-compose >/dev/null; then
+    compose_config docker-compose; tools=$((tools + 1))
+  fi
+  [ "$tools" -gt 0 ] || echo "note: neither docker compose nor docker-compose installed: checking structure only"
   need python3 python3
   python3 - "$deploy" "$root" <<'PY'
-import os, sys, yaml
+import os, re, sys, yaml
 deploy, root = sys.argv[1], sys.argv[2]
 doc = yaml.safe_load(open(os.path.join(deploy, "docker-compose.yml")))
 svcs = doc.get("services") or {}
 want = {"hancock": "5000", "ollama": "11434", "prometheus": "9090", "grafana": "3000", "alertmanager": "9093"}
 errs = []
+
+def defaults(text):
+    # A value as Compose interpolates it with nothing set: ${VAR:-default} -> default.
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(text))
+
+# docker-compose 1.29 refuses a top-level name (and v2 calls version obsolete).
+for key in doc:
+    if key not in ("services", "volumes", "networks", "configs", "secrets") and not key.startswith("x-"):
+        errs.append(f"top-level '{key}': not valid for both Compose v2 and docker-compose 1.29")
 for name, port in want.items():
     s = svcs.get(name)
     if s is None:
@@ -35,6 +60,15 @@ for name, port in want.items():
     ports = [str(p) for p in s.get("ports", [])]
     if not any(p.split(":")[-1].split("/")[0] == port for p in ports):
         errs.append(f"service {name}: container port {port} not published (ports={ports})")
+for name, s in svcs.items():
+    image = defaults(s.get("image", ""))
+    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+    if not tag or tag == "latest":
+        errs.append(f"service {name}: image {s.get('image')!r} is not pinned to a version")
+    for p in s.get("ports", []):
+        p = str(p)
+        if not p.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:"):
+            errs.append(f"service {name}: port {p} is not published on ${{PUBLISH_ADDRESS:-127.0.0.1}}")
 h = svcs.get("hancock", {})
 if h.get("build", {}).get("dockerfile") != "deploy/Dockerfile":
     errs.append("hancock: build.dockerfile should be deploy/Dockerfile")
@@ -42,12 +76,34 @@ vols = [str(v) for v in h.get("volumes", [])]
 if not any(v.split(":")[1] == "/etc/hancock/scripts" for v in vols if v.count(":") >= 1):
     errs.append("hancock: scripts/ not mounted at /etc/hancock/scripts (hot reload)")
 env = h.get("environment", {})
-if (env.get("OLLAMA_BASE_URL") if isinstance(env, dict) else None) != "http://ollama:11434":
-    errs.append("hancock: OLLAMA_BASE_URL should be http://ollama:11434")
+env = env if isinstance(env, dict) else {}
+# Every URL hancock probes or calls is the stack's own service, never its own localhost.
+for key, url in {"OLLAMA_BASE_URL": "http://ollama:11434", "PROMETHEUS_URL": "http://prometheus:9090",
+                 "ALERTMANAGER_URL": "http://alertmanager:9093"}.items():
+    if env.get(key) != url:
+        errs.append(f"hancock: {key} should be {url} (is {env.get(key)!r})")
+for key, value in env.items():
+    if "localhost" in str(value) or "127.0.0.1" in str(value):
+        errs.append(f"hancock: {key}={value} points at the container itself")
+pull = svcs.get("ollama-pull")
+if pull is None:
+    errs.append("service ollama-pull missing (a one-shot pull of the models)")
+else:
+    penv = pull.get("environment", {})
+    command = " ".join(pull.get("command", [])) if isinstance(pull.get("command"), list) else str(pull.get("command"))
+    if str(pull.get("restart")) != "no":
+        errs.append("ollama-pull: restart should be \"no\" (it runs once)")
+    if penv.get("OLLAMA_HOST") != "http://ollama:11434":
+        errs.append("ollama-pull: OLLAMA_HOST should be http://ollama:11434")
+    for key in ("OLLAMA_MODEL", "OLLAMA_CODER_MODEL"):
+        if f'ollama pull "$${key}"' not in command:
+            errs.append(f"ollama-pull: does not pull ${key}")
+        if penv.get(key) != env.get(key):
+            errs.append(f"ollama-pull: {key} differs from hancock's ({penv.get(key)!r} vs {env.get(key)!r})")
 g = svcs.get("grafana", {})
 genv = g.get("environment", {})
-if "GF_SECURITY_ADMIN_PASSWORD" not in genv:
-    errs.append("grafana: GF_SECURITY_ADMIN_PASSWORD not set")
+if not str(genv.get("GF_SECURITY_ADMIN_PASSWORD", "")).startswith("${GRAFANA_ADMIN_PASSWORD:?"):
+    errs.append("grafana: GF_SECURITY_ADMIN_PASSWORD must come from GRAFANA_ADMIN_PASSWORD, with no default")
 # Every relative bind mount must point into the repository; the two generated monitoring files
 # may not exist yet (they come from `hancock rules` / `hancock dashboard`).
 generated = {"monitoring/alerting_rules.yaml", "monitoring/grafana_dashboard.json"}
@@ -107,6 +163,12 @@ if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/health/live":
     errs.append("Deployment: livenessProbe must GET /health/live")
 if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/health/ready":
     errs.append("Deployment: readinessProbe must GET /health/ready")
+# A startupProbe on /health/ready would restart pods whose backend is down at start.
+if c.get("startupProbe", {}).get("httpGet", {}).get("path") != "/health/live":
+    errs.append("Deployment: startupProbe must GET /health/live (docs/health.md, Kubernetes)")
+for e in c.get("env", []):
+    if "localhost" in str(e.get("value", "")) or "127.0.0.1" in str(e.get("value", "")):
+        errs.append(f"Deployment: {e['name']}={e['value']} points at the pod itself")
 if not c.get("resources", {}).get("requests") or not c.get("resources", {}).get("limits"):
     errs.append("Deployment: resources requests and limits expected")
 sc = pod.get("securityContext", {})

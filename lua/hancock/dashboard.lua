@@ -16,6 +16,8 @@ local COVERED = {
   hancock_health_check_status = true,
   hancock_health_check_latency_seconds = true,
   hancock_health_check_runs_total = true,
+  hancock_health_check_critical = true,
+  hancock_health_status = true,
 }
 
 local function target(expr, legend, ref)
@@ -146,6 +148,9 @@ function M.build()
     }, 24),
 
     row("Health"),
+    timeseries("Overall Health (/health: 0 ok, 1 degraded, 2 error)", "short", {
+      target("max by (instance) (hancock_health_status)", "{{instance}}"),
+    }, 24),
     timeseries("Health Check Status (0 ok, 1 degraded, 2 error)", "short", {
       target("max by (check) (hancock_health_check_status)", "{{check}}"),
     }),

@@ -15,6 +15,7 @@ local monotonic = core.monotonic
 local json = core.json
 
 local MIB = 1024 * 1024
+local GIB = 1024 * MIB
 local MAX_BODY_BYTES = 4 * MIB -- a health endpoint that answers more is broken anyway
 local MAX_DETAIL = 300         -- characters of detail kept per result
 local NAME_PATTERN = "^[%w_.%-]+$"
@@ -27,7 +28,7 @@ local DEFAULTS = { interval_ms = 30000, timeout_ms = 5000, critical = false }
 -- Options every check takes, then each kind's own. `true` marks the kind's thresholds, which
 -- hk.health.threshold may tune.
 local COMMON_OPTIONS = { kind = false, interval_ms = false, ttl_ms = false, timeout_ms = false,
-                         critical = false }
+                         critical = false, group = false }
 local KINDS = {
   http = { url = false, headers = false, expect_status = false, expect_json = false,
            validate = false, warn_above_ms = true },
@@ -47,6 +48,7 @@ local NO_STORE = { ["Cache-Control"] = "no-store" }
 -- generation can drop the results of checks it no longer defines. Names cannot hold ':'.
 local CARRY_PREFIX = "health:"
 local CARRY_INDEX = "health.checks"
+local CLAIM_PREFIX = "health.probing:" -- held by whichever thread of the process probes a check
 
 -- ---- small helpers ------------------------------------------------------------------------
 
@@ -65,10 +67,6 @@ local function sorted_keys(t)
   end
   table.sort(keys)
   return keys
-end
-
-local function mib(bytes)
-  return ("%d MiB"):format(bytes // MIB)
 end
 
 -- FNV-1a, 64 bits, as 16 hex digits: a short, fixed-size digest of a definition (Lua integers
@@ -236,6 +234,16 @@ local function build_check(name, opts)
   elseif type(check.critical) ~= "boolean" then
     invalid("critical must be true or false")
   end
+  -- Critical checks of one group are alternatives (a backend and its fallback): the group
+  -- fails only when every one of them is in error.
+  check.group = opts.group
+  if check.group ~= nil then
+    if type(check.group) ~= "string" or #check.group > 64 or not check.group:find(NAME_PATTERN) then
+      invalid("group must be 1 to 64 letters, digits, '_', '-' or '.', not %s", show(check.group))
+    elseif not check.critical then
+      invalid("group only applies to critical checks (critical = true)")
+    end
+  end
   for key, value in pairs(KIND_DEFAULTS[kind] or {}) do
     check[key] = value
   end
@@ -364,6 +372,10 @@ return function(hk)
         "How long the last probe of each health check took.", { "check" }),
       runs = hk.metrics.counter("hancock_health_check_runs_total",
         "Health check probes, by check and result (ok, degraded or error).", { "check", "result" }),
+      critical = hk.metrics.gauge("hancock_health_check_critical",
+        "1 for a critical check (its error can make /health an error), 0 for the others.", { "check" }),
+      overall = hk.metrics.gauge("hancock_health_status",
+        "The overall status GET /health reports: 0 ok, 1 degraded, 2 error."),
     }
   end
 
@@ -376,24 +388,38 @@ return function(hk)
     return check[key]
   end
 
-  -- ---- probes: each returns status, detail ---------------------------------------------
+  -- ---- probes: each returns status, detail and optionally fields -------------------------
+  --
+  -- Fields are extra members of the check's entry in /health (numbers a dashboard or a parser
+  -- may read without parsing the detail).
 
-  local function below(check, bytes, what)
+  -- The status for `bytes` left, against the check's thresholds, and the threshold crossed.
+  local function against_thresholds(check, bytes)
     local error_mb, warn_mb = setting(check, "error_below_mb"), setting(check, "warn_below_mb")
     if error_mb and bytes < error_mb * MIB then
-      return "error", ("%s (error below %g MiB)"):format(what, error_mb)
+      return "error", ("error below %g MiB"):format(error_mb)
     elseif warn_mb and bytes < warn_mb * MIB then
-      return "degraded", ("%s (degraded below %g MiB)"):format(what, warn_mb)
+      return "degraded", ("degraded below %g MiB"):format(warn_mb)
     end
-    return "ok", what
+    return "ok", nil
   end
 
+  -- Whole units of `bytes`, rounded down, as an integer (JSON writes a float with ".0").
+  local function whole(bytes, unit)
+    return math.tointeger(bytes // unit) or 0
+  end
+
+  -- The details are the original service's, "available_mb=4096" and "available_gb=42", which
+  -- its users' parsers read: they stay exactly that, and everything else is a field.
   local function probe_memory(check)
     local info, err = hk.system.meminfo()
     if info == nil then
       return "error", err
     end
-    return below(check, info.available, ("%s available of %s"):format(mib(info.available), mib(info.total)))
+    local status, threshold = against_thresholds(check, info.available)
+    local available_mb = whole(info.available, MIB)
+    return status, ("available_mb=%d"):format(available_mb),
+           { available_mb = available_mb, total_mb = whole(info.total, MIB), threshold = threshold }
   end
 
   local function probe_disk(check)
@@ -401,7 +427,11 @@ return function(hk)
     if info == nil then
       return "error", err
     end
-    return below(check, info.free, ("%s free of %s at %s"):format(mib(info.free), mib(info.total), check.path))
+    local status, threshold = against_thresholds(check, info.free)
+    local available_gb = whole(info.free, GIB)
+    return status, ("available_gb=%d"):format(available_gb),
+           { available_gb = available_gb, available_mb = whole(info.free, MIB),
+             total_gb = whole(info.total, GIB), path = check.path, threshold = threshold }
   end
 
   local function probe_http(check)
@@ -473,6 +503,7 @@ return function(hk)
       ttl_ms = check.ttl_ms,
       timeout_ms = check.timeout_ms,
       critical = check.critical,
+      group = check.group,
     }
     for key in pairs(KINDS[check.kind]) do
       local value = setting(check, key)
@@ -519,6 +550,7 @@ return function(hk)
       fingerprint = fingerprint(check),
       status = result.status,
       detail = result.detail,
+      fields = result.fields,
       latency_ms = result.latency_ms,
       latency_seconds = result.seconds,
       checked_at = result.at,
@@ -529,7 +561,8 @@ return function(hk)
     local saved = text and json.decode(text)
     if type(saved) == "table" and LEVELS[saved.status] and type(saved.checked_at) == "number"
         and type(saved.latency_seconds) == "number" and type(saved.latency_ms) == "number"
-        and (saved.detail == nil or type(saved.detail) == "string") then
+        and (saved.detail == nil or type(saved.detail) == "string")
+        and (saved.fields == nil or type(saved.fields) == "table") then
       return saved
     end
     return nil
@@ -552,6 +585,7 @@ return function(hk)
     check.result = {
       status = saved.status,
       detail = saved.detail,
+      fields = saved.fields,
       latency_ms = saved.latency_ms,
       seconds = saved.latency_seconds,
       at = saved.checked_at,
@@ -561,6 +595,35 @@ return function(hk)
     metrics.latency:set(labels, saved.latency_seconds)
     local due_ms = (saved.checked_at - monotonic()) * 1000 + check.interval_ms
     return math.max(0, math.min(check.interval_ms, due_ms))
+  end
+
+  -- A worker's copy of the scripts probes nothing: the control thread's copy does, once per
+  -- process, and leaves every result in the carry map, which each worker reads when asked.
+  -- Takes the newest result of this definition from the carry map, wherever it was probed.
+  local function adopt(check)
+    local saved = carried_result(core.carry_get(CARRY_PREFIX .. check.name))
+    if saved ~= nil and saved.fingerprint == fingerprint(check)
+        and (check.result == nil or saved.checked_at > check.result.at) then
+      check.result = {
+        status = saved.status,
+        detail = saved.detail,
+        fields = saved.fields,
+        latency_ms = saved.latency_ms,
+        seconds = saved.latency_seconds,
+        at = saved.checked_at,
+      }
+    end
+  end
+
+  local function adopt_all()
+    for _, name in ipairs(order) do
+      adopt(checks[name])
+    end
+  end
+
+  -- One probe of a check at a time in the whole process (every worker reads the same result).
+  local function claim(check)
+    return core.carry_claim(CLAIM_PREFIX .. check.name, check.timeout_ms + 1000)
   end
 
   -- Drops what an earlier generation left for checks this one no longer defines, and names
@@ -575,16 +638,99 @@ return function(hk)
     carry(CARRY_INDEX, #order > 0 and json.encode(order) or nil)
   end
 
+  -- ---- the overall status ----------------------------------------------------------------
+
+  -- One check's entry in /health: status, detail, latency_ms and the probe's fields.
+  local function entry(check)
+    local result = check.result
+    if result == nil then
+      return { status = "degraded", detail = "not checked yet" }
+    end
+    local item = {
+      status = result.status,
+      detail = result.detail,
+      latency_ms = (check.kind == "http" or check.kind == "lua") and result.latency_ms or nil,
+    }
+    for key, value in pairs(result.fields or {}) do
+      if item[key] == nil then
+        item[key] = value
+      end
+    end
+    return item
+  end
+
+  -- The critical dependencies: each group's checks together (alternatives, such as a backend
+  -- and its fallback), each other critical check alone; in definition order.
+  local function critical_units()
+    local units, by_group = {}, {}
+    for _, name in ipairs(order) do
+      local check = checks[name]
+      if check.critical then
+        local unit = check.group and by_group[check.group]
+        if unit == nil then
+          unit = {}
+          units[#units + 1] = unit
+          if check.group then
+            by_group[check.group] = unit
+          end
+        end
+        unit[#unit + 1] = check
+      end
+    end
+    return units
+  end
+
+  -- "ok" when one of the unit's checks has a result that is not an error, "error" when every
+  -- one of them is in error, else "pending" and the names of the checks without a result.
+  local function unit_state(unit)
+    local pending = {}
+    for _, check in ipairs(unit) do
+      if check.result == nil then
+        pending[#pending + 1] = check.name
+      elseif check.result.status ~= "error" then
+        return "ok", pending
+      end
+    end
+    return #pending > 0 and "pending" or "error", pending
+  end
+
+  -- The /health document from the cached results: "error" when a critical dependency is in
+  -- error, else "degraded" when any check is not ok, else "ok".
+  local function build_report()
+    local report = { status = "ok", checks = {} }
+    for _, name in ipairs(order) do
+      local item = entry(checks[name])
+      report.checks[name] = item
+      if item.status ~= "ok" then
+        report.status = "degraded"
+      end
+    end
+    for _, unit in ipairs(critical_units()) do
+      if unit_state(unit) == "error" then
+        report.status = "error"
+      end
+    end
+    return report
+  end
+
+  -- hancock_health_status says what /health would answer now.
+  local function publish_overall()
+    if metrics then
+      metrics.overall:set(nil, LEVELS[build_report().status])
+    end
+  end
+
   -- ---- results ---------------------------------------------------------------------------
 
   -- Stores a probe's result, updates the metrics, logs a change of status and leaves the
   -- result for the next generation.
-  local function record(check, status, detail, seconds)
+  local function record(check, status, detail, seconds, fields)
     assert(LEVELS[status], "a probe returned an unknown status")
     local from = check.result and check.result.status or "pending"
     check.result = {
       status = status,
       detail = detail,
+      fields = fields,
       latency_ms = math.floor(seconds * 100000 + 0.5) / 100,
       seconds = seconds,
       at = monotonic(),
@@ -594,6 +740,7 @@ return function(hk)
     metrics.latency:set(labels, seconds)
     metrics.runs:inc({ check = check.name, result = status })
     remember(check)
+    publish_overall()
     if from ~= status then
       local log = status == "ok" and hk.log.info or status == "degraded" and hk.log.warn or hk.log.error
       log("health_changed", {
@@ -603,6 +750,7 @@ return function(hk)
         to = status,
         detail = detail,
         critical = check.critical,
+        group = check.group,
       })
     end
   end
@@ -617,24 +765,26 @@ return function(hk)
     end
   end
 
-  -- Runs one probe in the calling task. The caller has set check.in_flight.
+  -- Runs one probe in the calling task. The caller has set check.in_flight and claimed it.
   local function probe(check)
+    adopt(check) -- a change is logged against the newest result, whoever probed it
     check.probe_count = check.probe_count + 1
     if check.kind == "lua" then
       hk.spawn(watch, check, check.probe_count)
     end
     local began = monotonic()
-    local ok, status, detail = pcall(PROBES[check.kind], check)
+    local ok, status, detail, fields = pcall(PROBES[check.kind], check)
     local seconds = monotonic() - began
     check.in_flight = false
     if not ok then
-      status, detail = "error", clip(status)
+      status, detail, fields = "error", clip(status), nil
     end
     local slow = setting(check, "warn_above_ms")
     if status == "ok" and slow and seconds * 1000 > slow then
       status, detail = "degraded", ("slow: %d ms (degraded above %g ms)"):format(math.floor(seconds * 1000), slow)
     end
-    record(check, status, detail, seconds)
+    record(check, status, detail, seconds, fields)
+    core.carry_set(CLAIM_PREFIX .. check.name, nil)
   end
 
   -- The background task of one check: a probe every interval_ms, unless one is in flight. It
@@ -642,12 +792,14 @@ return function(hk)
   -- was due. All of a generation's tasks take their first step in the loop turn after the
   -- scripts load, before it serves a request, so /health never shows a carried check pending.
   local function keep_checking(check)
+    metrics.critical:set({ check = check.name }, check.critical and 1 or 0)
     local wait_ms = check.result == nil and resume(check)
     if wait_ms then
+      publish_overall()
       hk.sleep(wait_ms)
     end
     while true do
-      if not check.in_flight then
+      if not check.in_flight and claim(check) then
         check.in_flight = true
         probe(check)
       end
@@ -665,7 +817,8 @@ return function(hk)
     for _, name in ipairs(order) do
       local check = checks[name]
       local result = check.result
-      if not check.in_flight and (result == nil or (now - result.at) * 1000 > check.ttl_ms) then
+      if not check.in_flight and (result == nil or (now - result.at) * 1000 > check.ttl_ms)
+          and claim(check) then
         check.in_flight = true
         hk.spawn(probe, check)
       end
@@ -674,34 +827,16 @@ return function(hk)
 
   -- ---- reports ---------------------------------------------------------------------------
 
-  local function entry(check)
-    local result = check.result
-    if result == nil then
-      return { status = "degraded", detail = "not checked yet" }
-    end
-    return {
-      status = result.status,
-      detail = result.detail,
-      latency_ms = (check.kind == "http" or check.kind == "lua") and result.latency_ms or nil,
-    }
-  end
-
   --- The /health document: {status = "ok"|"degraded"|"error", checks = {name = {status,
-  --- latency_ms, detail}}}, from the cached results. Starts background refreshes of stale ones.
+  --- latency_ms, detail, …}}}, from the cached results. Starts background refreshes of stale
+  --- ones.
   function health.report()
-    refresh_stale()
-    local report = { status = "ok", checks = {} }
-    for _, name in ipairs(order) do
-      local check = checks[name]
-      local item = entry(check)
-      report.checks[name] = item
-      if item.status == "error" and check.critical then
-        report.status = "error"
-      elseif item.status ~= "ok" and report.status == "ok" then
-        report.status = "degraded"
-      end
+    if core.role() == "worker" then
+      started = true -- serving: the scripts have loaded, the definitions are fixed
+      adopt_all()
     end
-    return report
+    refresh_stale()
+    return build_report()
   end
 
   local function readiness()
@@ -710,9 +845,10 @@ return function(hk)
       return 503, { ready = false, status = report.status, detail = "scripts loading" }
     end
     local waiting = {}
-    for _, name in ipairs(order) do
-      if checks[name].critical and checks[name].result == nil then
-        waiting[#waiting + 1] = name
+    for _, unit in ipairs(critical_units()) do
+      local state, pending = unit_state(unit)
+      if state == "pending" then
+        table.move(pending, 1, #pending, #waiting + 1, waiting)
       end
     end
     if report.status == "error" then
@@ -727,7 +863,7 @@ return function(hk)
   -- ---- the API ---------------------------------------------------------------------------
 
   local function loading_only(what)
-    if started then
+    if started or core.role() == "worker" then
       error(what .. ": define health checks when the scripts load, not while serving", 3)
     end
   end
@@ -742,7 +878,7 @@ return function(hk)
   end
 
   --- Defines the health check `name`. opts.kind is "http", "memory", "disk" or "lua"; the
-  --- other options (interval_ms, ttl_ms, timeout_ms, critical, and the kind's own) are
+  --- other options (interval_ms, ttl_ms, timeout_ms, critical, group, and the kind's own) are
   --- described in docs/health.md. Its probes start once the server is up.
   function health.check(name, opts)
     loading_only("hk.health.check")
@@ -816,6 +952,7 @@ return function(hk)
   hk.spawn(function()
     started = true
     forget_removed()
+    publish_overall()
     for _, name in ipairs(sorted_keys(tuned)) do
       if checks[name] == nil then
         hk.log.warn("health_threshold_unused", {

@@ -71,6 +71,24 @@ llm.backend = primary.name
 --- The active backend's models: llm.models.default and llm.models.coder.
 llm.models = { default = primary.model, coder = primary.coder_model }
 
+--- The backends a call may go to, in the order they are tried: the active one, then the
+--- fallback when there is one. A list of copies of {name, role ("primary" or "fallback"),
+--- base_url, api_key (nil when none), model, coder_model}: what health checks probe.
+function llm.backends()
+  local list = {}
+  for i, backend in ipairs { primary, fallback } do
+    list[i] = {
+      name = backend.name,
+      role = i == 1 and "primary" or "fallback",
+      base_url = backend.base_url,
+      api_key = backend.api_key,
+      model = backend.model,
+      coder_model = backend.coder_model,
+    }
+  end
+  return list
+end
+
 -- ---- metrics -----------------------------------------------------------------------------
 
 local response_time = assert(hk.metrics.get("hancock_model_response_time_seconds"),

@@ -2,6 +2,9 @@
 -- Prometheus rule groups, printed by `hancock rules`. The YAML is written by hand: every
 -- string is double-quoted and escaped, so no value can change the document's structure.
 --
+-- HANCOCK_RUNBOOK_BASE_URL, read as the rules are rendered, turns relative runbook_url values
+-- (paths in this repository, such as docs/monitoring.md#hancocknotraffic) into links.
+--
 -- For tests, two environment variables rewrite the rules as they are rendered:
 --   HANCOCK_RULES_FOR     replaces every rule's `for:` duration (e.g. "1s")
 --   HANCOCK_RULES_WINDOW  replaces every range window in the expressions, "[5m]" -> "[10s]"
@@ -45,7 +48,8 @@ end
 
 --- Records an alert. opts: group, expr (may contain {threshold}), threshold (number), for
 --- (duration such as "5m"), severity, summary, description (both may contain {threshold}),
---- runbook_url (default docs/monitoring.md#<lowercased name>). Defining a name again replaces it.
+--- runbook_url (a URL, or a path resolved against HANCOCK_RUNBOOK_BASE_URL; none when not
+--- given, rather than a link to a runbook nobody wrote). Defining a name again replaces it.
 function M.define(name, opts)
   if type(name) ~= "string" or not name:match("^[A-Za-z_][A-Za-z0-9_]*$") then
     error("hk.alert: name must be an identifier such as HancockHighErrorRate", 2)
@@ -67,7 +71,7 @@ function M.define(name, opts)
     severity = check_string(name, opts, "severity", "^[%w_%-]+$"),
     summary = check_string(name, opts, "summary"),
     description = check_string(name, opts, "description"),
-    runbook_url = opts.runbook_url or ("docs/monitoring.md#" .. name:lower()),
+    runbook_url = opts.runbook_url ~= nil and check_string(name, opts, "runbook_url", "^%S+$") or nil,
   }
   if def.expr:find("{threshold}", 1, true) and threshold == nil then
     error(("hk.alert %s: expr uses {threshold} but no threshold is set"):format(name), 2)
@@ -105,13 +109,21 @@ local function quote(s)
   end) .. '"'
 end
 
-local function override(name, pattern)
+-- A runbook_url as rendered: a relative one (no scheme) under the base URL, when there is one.
+local function runbook(url, base)
+  if url == nil or base == nil or url:find("^%a[%w+.%-]*:") then
+    return url
+  end
+  return (base:gsub("/+$", "")) .. "/" .. (url:gsub("^/+", ""))
+end
+
+local function override(name, pattern, what)
   local value = core.env(name)
   if value == nil or value == "" then
     return nil
   end
   if not value:match(pattern) then
-    error(("%s=%q is not a duration such as 30s or 5m"):format(name, value), 0)
+    error(("%s=%q is not %s"):format(name, value, what or "a duration such as 30s or 5m"), 0)
   end
   return value
 end
@@ -120,6 +132,7 @@ end
 function M.render()
   local for_override = override("HANCOCK_RULES_FOR", DURATION)
   local window_override = override("HANCOCK_RULES_WINDOW", DURATION)
+  local runbook_base = override("HANCOCK_RUNBOOK_BASE_URL", "^%a[%w+.%-]*://%S+$", "a URL such as https://…")
   local groups, group_order = {}, {}
   for _, def in ipairs(M.list()) do
     if groups[def.group] == nil then
@@ -153,7 +166,10 @@ function M.render()
       out[#out + 1] = "        annotations:"
       out[#out + 1] = "          summary: " .. quote(substitute(def.summary, def))
       out[#out + 1] = "          description: " .. quote(substitute(def.description, def))
-      out[#out + 1] = "          runbook_url: " .. quote(def.runbook_url)
+      local url = runbook(def.runbook_url, runbook_base)
+      if url then
+        out[#out + 1] = "          runbook_url: " .. quote(url)
+      end
     end
   end
   return table.concat(out, "\n") .. "\n"

@@ -105,13 +105,33 @@ local function respond(req, headers, first, body, extra)
   return first, body, headers
 end
 
+-- Once the scripts have loaded: a warning when the /v1 routes are open to anyone.
+local routes_made = 0
+
+local function warn_when_open()
+  if access.api_key == nil then
+    hk.log.warn("api_key_unset", {
+      message = "HANCOCK_API_KEY is unset: the /v1 routes need no key, so anyone who can reach "
+        .. "this port can use them and the model behind them; set it in production "
+        .. "(docs/configuration.md#production)",
+      routes = routes_made,
+    })
+  end
+end
+
 --- Registers `handler(req)` like hk.route, behind the API key and the rate limit. `mode`
 --- (a mode name, or nil) labels the request (req.mode) from the start, refusals included.
 function api.route(method, path, mode, handler)
   if mode ~= nil and not llm.is_mode(mode) then
     error(("api.route(%s): unknown mode '%s' (define it with llm.mode first)"):format(path, mode), 2)
   end
-  hk.route(method, path, function(req)
+  if routes_made == 0 then
+    hk.spawn(warn_when_open)
+  end
+  routes_made = routes_made + 1
+  -- A tail call: the route is then registered "at" the script line that called api.route (the
+  -- first frame outside the runtime), which is what a duplicate route's error names.
+  return hk.route(method, path, function(req)
     req.mode = mode
     local headers, status, body = admit(req)
     if status then
@@ -234,7 +254,7 @@ end
 --- A one-shot endpoint: `spec.input` (field specs), `spec.prompt(fields)` → the user message
 --- for the model in `spec.mode`, `spec.output(fields, answer)` → the response table.
 function api.post(path, spec)
-  api.route("POST", path, spec.mode, function(req)
+  return api.route("POST", path, spec.mode, function(req) -- a tail call, as in api.route
     local fields, problem = api.fields(req, spec.input)
     if fields == nil then
       return hk.error(400, problem)

@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
 """The monitoring stack, natively: the real hancock, a real Prometheus scraping it with the rules
 `hancock rules` generates, and a real Alertmanager — the services of deploy/docker-compose.yml
-without a container engine. All on 127.0.0.1 with free ports.
+without a container engine. All on 127.0.0.1 with free ports; hancock's PROMETHEUS_URL and
+ALERTMANAGER_URL point at the two.
 
-    python3 tests/stack/stack.py            # start it for a person (make stack); Ctrl-C stops it
+    python3 tests/stack/stack.py            # start it for a person (make stack)
     (imported by tests/blackbox/test_stack.py, which drives traffic and checks alerts)
+
+Ctrl-C, SIGTERM or SIGHUP stops all three and removes the temporary directory, and so does the
+end of whatever started this process (`make stack`, a shell, a pyenv shim: PR_SET_PDEATHSIG sends
+it SIGTERM). Should this process be killed outright, the kernel sends the three SIGTERM the same
+way, so none is left behind (the directory then is: its path is printed at start).
 
 Environment: HANCOCK_BIN (default build/hancock), STACK_RULES_FOR / STACK_RULES_WINDOW (the
 `for:` and rate windows passed to `hancock rules`; short in tests, real ones by default).
 """
+import ctypes
 import json
 import os
 import shutil
@@ -22,13 +29,22 @@ import urllib.parse
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.environ.get("HANCOCK_BIN") or os.path.join(ROOT, "build", "hancock")
+BIN = os.path.abspath(os.environ.get("HANCOCK_BIN") or os.path.join(ROOT, "build", "hancock"))
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent():
+    """In the child, before exec: SIGTERM when the process that started it exits."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find(*names):
@@ -44,6 +60,14 @@ class Stack:
                  scrape_interval="1s", env=None):
         self.dir = tempfile.mkdtemp(prefix="hancock-stack-")
         self.procs = []
+        self.hancock_log = None
+        try:
+            self._start(scripts, rules_for, rules_window, scrape_interval, env)
+        except BaseException:
+            self.stop()  # what has started so far, and the directory
+            raise
+
+    def _start(self, scripts, rules_for, rules_window, scrape_interval, env):
         self.hancock_port, self.prom_port, self.am_port = free_port(), free_port(), free_port()
         rules_env = dict(os.environ)
         if rules_for:
@@ -77,6 +101,8 @@ receivers:
   - name: log
 """)
         hancock_env = dict(os.environ)
+        hancock_env.update({"PROMETHEUS_URL": f"http://127.0.0.1:{self.prom_port}",
+                            "ALERTMANAGER_URL": f"http://127.0.0.1:{self.am_port}"})
         hancock_env.update(env or {})
         self.hancock_log = open(os.path.join(self.dir, "hancock.log"), "w")
         self.start([BIN, "serve", "--listen", f"127.0.0.1:{self.hancock_port}", "--scripts", scripts],
@@ -91,7 +117,7 @@ receivers:
 
     def start(self, argv, env=None, stdout=subprocess.DEVNULL):
         self.procs.append(subprocess.Popen(argv, env=env, stdout=stdout, stderr=subprocess.DEVNULL,
-                                           cwd=self.dir))
+                                           cwd=self.dir, preexec_fn=_die_with_parent))
 
     def get(self, port, path, **params):
         url = f"http://127.0.0.1:{port}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
@@ -121,32 +147,58 @@ receivers:
         raise TimeoutError(f"timed out waiting for {what}; last answer: {last!r}")
 
     def stop(self):
+        """Stops every process (SIGTERM, then SIGKILL after 20 s) and removes the directory.
+        Returns hancock's exit status. Safe to call twice."""
         codes = []
         for p in reversed(self.procs):
-            p.send_signal(signal.SIGTERM)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
         for p in self.procs:
             try:
                 codes.append(p.wait(timeout=20))
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes.append(p.wait())
-        self.hancock_log.close()
+        if self.hancock_log is not None:
+            self.hancock_log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-        return codes[0]  # hancock's
+        return codes[0] if codes else None  # hancock's
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave signal.pause()."""
+
+
+def _stop_on_signal(signum, _frame):
+    raise _Stop(signum)
 
 
 def main():
-    stack = Stack()
-    print(f"hancock      http://127.0.0.1:{stack.hancock_port}/health")
-    print(f"prometheus   http://127.0.0.1:{stack.prom_port}/alerts")
-    print(f"alertmanager http://127.0.0.1:{stack.am_port}/")
-    print(f"logs in {stack.dir}; Ctrl-C stops everything")
+    # Handlers first: a SIGTERM while the stack starts must stop what has started so far.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop_on_signal)
+    stack = None
     try:
-        signal.pause()
-    except KeyboardInterrupt:
+        parent = os.getppid()
+        _die_with_parent()
+        if os.getppid() != parent:  # the parent is gone already: no signal will come
+            raise _Stop(signal.SIGTERM)
+        stack = Stack()
+        print(f"hancock      http://127.0.0.1:{stack.hancock_port}/health")
+        print(f"prometheus   http://127.0.0.1:{stack.prom_port}/alerts")
+        print(f"alertmanager http://127.0.0.1:{stack.am_port}/")
+        print(f"logs in {stack.dir}; Ctrl-C (or SIGTERM) stops everything", flush=True)
+        while True:
+            signal.pause()
+    except _Stop:
         pass
     finally:
-        stack.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+        if stack is not None:
+            stack.stop()
+    print("stack stopped", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
