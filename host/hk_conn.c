@@ -306,10 +306,8 @@ static int handler_stream_start(hk_request_t *req) {
   const hk_http_request_t *http = req->http;
   bool chunked = http->version_minor == 1;
   bool keep_alive = chunked && http->keep_alive && !conn->worker->draining;
-  int rc = hk_buf_appendf(&conn->out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n",
-                          res->status, hk_http_reason(res->status), hk__worker_date(conn->worker), req->id);
-  if (rc == 0 && res->content_type[0] != '\0')
-    rc = hk_buf_appendf(&conn->out, "Content-Type: %s\r\n", res->content_type);
+  int rc = hk_response_append_head_start(&conn->out, res->status, hk__worker_date(conn->worker), req->id,
+                                         res->content_type);
   if (rc == 0 && chunked) rc = hk_buf_append_str(&conn->out, "Transfer-Encoding: chunked\r\n");
   if (rc == 0 && !keep_alive) rc = hk_buf_append_str(&conn->out, "Connection: close\r\n");
   if (rc == 0) rc = hk_buf_append(&conn->out, res->headers.data ? res->headers.data : "", res->headers.len);

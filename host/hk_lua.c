@@ -76,6 +76,8 @@ struct hk_lua_s {
   size_t env_name_count;
   bool retired;               /* replaced by a reload: finishing its requests, then freed */
   bool worker_copy;           /* a worker's copy: background tasks run in the control's */
+  int idle_threads[64];       /* registry refs of finished coroutines kept for reuse */
+  int idle_count;
   hk_lua_idle_cb on_idle;     /* retired: called when its last task has ended */
   void *on_idle_data;
 };
@@ -1741,8 +1743,15 @@ static void task_free(hk_lua_task_t *task) {
   if (task->box) task->box->req = NULL; /* a kept request object must not outlive the request */
   if (task->req) task->req->task = NULL;
   if (task->co_ref != LUA_NOREF) {
-    lua_resetthread(task->co);
-    luaL_unref(L, LUA_REGISTRYINDEX, task->co_ref);
+    /* A clean coroutine is kept for the next task: creating one is a large part of a
+     * request's cost in Lua (profile in issue 11's note). */
+    int pool_max = (int)(sizeof lua->idle_threads / sizeof lua->idle_threads[0]);
+    if (lua_resetthread(task->co) == LUA_OK && !lua->retired && lua->idle_count < pool_max) {
+      lua_settop(task->co, 0);
+      lua->idle_threads[lua->idle_count++] = task->co_ref;
+    } else {
+      luaL_unref(L, LUA_REGISTRYINDEX, task->co_ref);
+    }
   }
   if (task->box_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, task->box_ref);
   if (task->prev) task->prev->next = task->next;
@@ -1868,8 +1877,17 @@ static void task_resume(hk_lua_task_t *task, int nargs) {
 /* A task with its own coroutine (under the budget hook), on the state's task list. Raises on
  * L when memory runs out, leaving nothing behind: call it where a raise is caught. */
 static hk_lua_task_t *task_new(hk_lua_t *lua, lua_State *L) {
-  lua_State *co = lua_newthread(L);
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_State *co;
+  int ref;
+  if (lua->idle_count > 0) {
+    ref = lua->idle_threads[--lua->idle_count];
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+  } else {
+    co = lua_newthread(L);
+    ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   hk_lua_task_t *task = calloc(1, sizeof *task);
   if (task == NULL) {
     luaL_unref(L, LUA_REGISTRYINDEX, ref);

@@ -76,6 +76,36 @@ static int buffer_stream_start(hk_response_t *res) {
   return 0;
 }
 
+/* Decimal digits of v appended (no printf: this runs for every response). */
+static int append_decimal(hk_buf_t *out, size_t v) {
+  char digits[24];
+  size_t n = sizeof digits;
+  do {
+    digits[--n] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v > 0);
+  return hk_buf_append(out, digits + n, sizeof digits - n);
+}
+
+int hk_response_append_head_start(hk_buf_t *out, int status, const char *date, const char *request_id,
+                                  const char *content_type) {
+  int rc = hk_buf_append(out, "HTTP/1.1 ", 9);
+  if (rc == 0) rc = append_decimal(out, (size_t)status);
+  if (rc == 0) rc = hk_buf_append_char(out, ' ');
+  if (rc == 0) rc = hk_buf_append_str(out, hk_http_reason(status));
+  if (rc == 0) rc = hk_buf_append(out, "\r\nDate: ", 8);
+  if (rc == 0) rc = hk_buf_append_str(out, date);
+  if (rc == 0) rc = hk_buf_append(out, "\r\nX-Request-ID: ", 16);
+  if (rc == 0) rc = hk_buf_append_str(out, request_id);
+  if (rc == 0) rc = hk_buf_append(out, "\r\n", 2);
+  if (rc == 0 && content_type != NULL && content_type[0] != '\0') {
+    rc = hk_buf_append(out, "Content-Type: ", 14);
+    if (rc == 0) rc = hk_buf_append_str(out, content_type);
+    if (rc == 0) rc = hk_buf_append(out, "\r\n", 2);
+  }
+  return rc;
+}
+
 int hk_response_serialize(hk_buf_t *out, hk_request_t *req, const char *date, bool keep_alive,
                           hk_response_plan_t *plan) {
   memset(plan, 0, sizeof *plan);
@@ -95,13 +125,15 @@ int hk_response_serialize(hk_buf_t *out, hk_request_t *req, const char *date, bo
   if (streamed && !chunked) keep_alive = false; /* HTTP/1.0: the body ends with the connection */
   int rc = hk_buf_reserve(out, 320 + res->headers.len + res->body.len);
   if (rc != 0) return rc;
-  hk_buf_appendf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n", res->status,
-                 hk_http_reason(res->status), date, req->id);
-  if (res->content_type[0] != '\0' && !no_body)
-    hk_buf_appendf(out, "Content-Type: %s\r\n", res->content_type);
+  /* Reserved above: these appends do not fail. */
+  hk_response_append_head_start(out, res->status, date, req->id, no_body ? NULL : res->content_type);
   if (res->gzip && !no_body) hk_buf_append_str(out, "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
   if (chunked) hk_buf_append_str(out, "Transfer-Encoding: chunked\r\n");
-  else if (!no_body && !streamed) hk_buf_appendf(out, "Content-Length: %zu\r\n", res->body.len);
+  else if (!no_body && !streamed) {
+    hk_buf_append(out, "Content-Length: ", 16);
+    append_decimal(out, res->body.len);
+    hk_buf_append(out, "\r\n", 2);
+  }
   if (!keep_alive) hk_buf_append_str(out, "Connection: close\r\n");
   else if (http && http->version_minor == 0) hk_buf_append_str(out, "Connection: keep-alive\r\n");
   hk_buf_append(out, res->headers.data ? res->headers.data : "", res->headers.len);

@@ -28,6 +28,11 @@ typedef struct hk_response_plan_s {
 int hk_response_serialize(hk_buf_t *out, hk_request_t *req, const char *date, bool keep_alive,
                           hk_response_plan_t *plan);
 
+/* The status line, Date, X-Request-ID and (when not empty) Content-Type, as every response
+ * starts; the caller adds the rest. Returns 0 or -ENOMEM. */
+int hk_response_append_head_start(hk_buf_t *out, int status, const char *date, const char *request_id,
+                                  const char *content_type);
+
 z_stream *hk_gzip_new(void); /* NULL when out of memory */
 void hk_gzip_free(z_stream *z); /* NULL is a no-op */
 /* Compresses len bytes onto out; finish ends the gzip member. */
