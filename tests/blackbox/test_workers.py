@@ -48,6 +48,11 @@ class CountingBackend:
         self.httpd.server_close()
 
 
+def fixture_source():
+    with open(os.path.join(SCRIPTS, "workers.lua"), encoding="utf-8") as f:
+        return f.read()
+
+
 def get_on_new_connection(server, path, headers=None):
     # A connection each: the kernel spreads them over the workers' sockets.
     return harness.request(server, "GET", path, headers=headers)
@@ -93,7 +98,7 @@ class WorkersTest(harness.ServersTestCase):
         self.assertEqual(harness.metric_value(text, "hancock_script_generation"), 1)
 
     def test_reload_reaches_every_worker_before_it_answers(self):
-        scripts = harness.write_scripts({"workers.lua": open(os.path.join(SCRIPTS, "workers.lua")).read()})
+        scripts = harness.write_scripts({"workers.lua": fixture_source()})
         server = self.start(scripts=scripts, env={"HANCOCK_ADMIN_TOKEN": TOKEN})
         with open(os.path.join(scripts, "workers.lua")) as f:
             source = f.read()
@@ -111,7 +116,7 @@ class WorkersTest(harness.ServersTestCase):
         self.assertEqual(harness.metric_value(text, "hancock_script_generation"), 2)
 
     def test_failed_reload_changes_no_worker(self):
-        scripts = harness.write_scripts({"workers.lua": open(os.path.join(SCRIPTS, "workers.lua")).read()})
+        scripts = harness.write_scripts({"workers.lua": fixture_source()})
         server = self.start(scripts=scripts, env={"HANCOCK_ADMIN_TOKEN": TOKEN})
         with open(os.path.join(scripts, "broken.lua"), "w") as f:
             f.write("this is not lua\n")
@@ -161,6 +166,7 @@ class WorkersTest(harness.ServersTestCase):
         extra = server.connect()
         extra.settimeout(5)
         self.assertEqual(harness.read_until_closed(extra), b"")  # closed at once, unanswered
+        extra.close()
         server.wait_event("connection_limit_reached")
         for s in held:
             s.close()
