@@ -52,6 +52,7 @@ static void conn_free(hk_conn_t *conn) {
   hk_buf_free(&conn->out);
   hk_buf_free(&conn->writing);
   hk_buf_free(&conn->slice);
+  hk_buf_free(&conn->framed);
   conn_stream_end(conn);
   hk_buf_free(&conn->request.response.headers);
   hk_buf_free(&conn->request.response.body);
@@ -62,7 +63,7 @@ static void conn_free(hk_conn_t *conn) {
 
 static void on_conn_handle_closed(uv_handle_t *handle) {
   hk_conn_t *conn = handle->data;
-  if (--conn->handles_open == 0 && !conn->in_flight) conn_free(conn);
+  if (--conn->handles_open == 0 && !conn->in_flight && !conn->stream_working) conn_free(conn);
 }
 
 static void conn_close(hk_conn_t *conn) {
@@ -245,32 +246,32 @@ static void conn_stream_end(hk_conn_t *conn) {
   conn->streaming = false;
 }
 
-/* Produces, compresses and frames the next slice, and writes it asynchronously: the slice after
- * it is produced only from the write callback, after the loop has served others. */
-static void conn_stream_pump(hk_conn_t *conn) {
-  bool done = false;
-  size_t framed_from = conn->out.len;
-  while (conn->out.len == framed_from && !done) {
-    hk_buf_reset(&conn->slice);
-    int rc = conn->stream.produce(conn->stream.state, &conn->slice, &done);
-    hk_buf_t compressed = HK_BUF_INIT;
-    const hk_buf_t *payload = &conn->slice;
-    if (rc == 0 && conn->gzip) {
-      rc = hk_gzip_append(conn->gzip, conn->slice.data ? conn->slice.data : "", conn->slice.len, done,
-                       &compressed);
-      payload = &compressed;
-    }
-    if (rc == 0 && payload->len > 0) {
-      if (conn->stream_chunked) rc = hk_buf_appendf(&conn->out, "%zx\r\n", payload->len);
-      if (rc == 0) rc = hk_buf_append(&conn->out, payload->data, payload->len);
-      if (rc == 0 && conn->stream_chunked) rc = hk_buf_append(&conn->out, "\r\n", 2);
-    }
-    hk_buf_free(&compressed);
-    if (rc != 0) {
-      conn_stream_end(conn);
-      conn_close(conn);
-      return;
-    }
+/* Produces the next slice into conn->slice, then compresses and frames it onto `out`. Runs on
+ * the loop, or on the threadpool for an offloaded stream (which touches nothing else). */
+static int stream_produce_framed(hk_conn_t *conn, hk_buf_t *out, bool *done) {
+  hk_buf_reset(&conn->slice);
+  int rc = conn->stream.produce(conn->stream.state, &conn->slice, done);
+  hk_buf_t compressed = HK_BUF_INIT;
+  const hk_buf_t *payload = &conn->slice;
+  if (rc == 0 && conn->gzip) {
+    rc = hk_gzip_append(conn->gzip, conn->slice.data ? conn->slice.data : "", conn->slice.len, *done, &compressed);
+    payload = &compressed;
+  }
+  if (rc == 0 && payload->len > 0) {
+    if (conn->stream_chunked) rc = hk_buf_appendf(out, "%zx\r\n", payload->len);
+    if (rc == 0) rc = hk_buf_append(out, payload->data, payload->len);
+    if (rc == 0 && conn->stream_chunked) rc = hk_buf_append(out, "\r\n", 2);
+  }
+  hk_buf_free(&compressed);
+  return rc;
+}
+
+/* After the slice: end the body when it was the last, and hand the bytes to the kernel. */
+static void stream_slice_ready(hk_conn_t *conn, int rc, bool done) {
+  if (rc != 0) {
+    conn_stream_end(conn);
+    conn_close(conn);
+    return;
   }
   if (done) {
     if (conn->stream_chunked) hk_buf_append_str(&conn->out, "0\r\n\r\n");
@@ -279,6 +280,50 @@ static void conn_stream_pump(hk_conn_t *conn) {
   /* Large slices shrink back so an idle connection does not keep a scrape's memory. */
   if (conn->slice.cap > 256 * 1024) hk_buf_free(&conn->slice);
   conn_write_out(conn, false);
+}
+
+static void stream_work(uv_work_t *work) {
+  hk_conn_t *conn = work->data;
+  bool done = false;
+  hk_buf_reset(&conn->framed);
+  int rc = 0;
+  while (rc == 0 && conn->framed.len == 0 && !done) rc = stream_produce_framed(conn, &conn->framed, &done);
+  conn->stream_rc = rc;
+  conn->stream_done = done;
+}
+
+static void stream_work_done(uv_work_t *work, int status) {
+  hk_conn_t *conn = work->data;
+  conn->stream_working = false;
+  if (conn->closing) {
+    if (conn->handles_open == 0 && !conn->in_flight) conn_free(conn);
+    return;
+  }
+  int rc = status == 0 ? conn->stream_rc : status;
+  if (rc == 0 && hk_buf_append(&conn->out, conn->framed.data ? conn->framed.data : "", conn->framed.len) != 0)
+    rc = -ENOMEM;
+  if (conn->framed.cap > 256 * 1024) hk_buf_free(&conn->framed);
+  else hk_buf_reset(&conn->framed);
+  stream_slice_ready(conn, rc, conn->stream_done);
+}
+
+/* Produces, compresses and frames the next slice, and writes it asynchronously: the slice after
+ * it is produced only from the write callback, after the loop has served others. An offloaded
+ * stream is produced on the threadpool and written when it comes back. */
+static void conn_stream_pump(hk_conn_t *conn) {
+  if (conn->stream_working) return;
+  if (conn->stream.offload) {
+    conn->stream_work.data = conn;
+    if (uv_queue_work(&conn->worker->loop, &conn->stream_work, stream_work, stream_work_done) == 0) {
+      conn->stream_working = true;
+      return;
+    }
+  }
+  bool done = false;
+  size_t framed_from = conn->out.len;
+  int rc = 0;
+  while (rc == 0 && conn->out.len == framed_from && !done) rc = stream_produce_framed(conn, &conn->out, &done);
+  stream_slice_ready(conn, rc, done);
 }
 
 /* Serialises req->response onto conn->out (hk_response) and takes over a streamed body, which

@@ -30,6 +30,8 @@ typedef struct hk_body_stream_s {
   int (*produce)(void *state, hk_buf_t *out, bool *done);
   void (*release)(void *state); /* called exactly once, when the stream ends or is abandoned */
   void *state;
+  bool offload; /* produce is safe on another thread: run it (and gzip) on the threadpool, so a
+                   large body (a 250k-series scrape) never holds the loop */
 } hk_body_stream_t;
 
 typedef struct hk_response_s {

@@ -72,7 +72,7 @@ static int buffer_stream_start(hk_response_t *res) {
   if (bs == NULL) return -ENOMEM;
   bs->body = res->body;
   hk_buf_init(&res->body);
-  res->stream = (hk_body_stream_t){buffer_produce, buffer_release, bs};
+  res->stream = (hk_body_stream_t){buffer_produce, buffer_release, bs, true}; /* gzip off the loop */
   return 0;
 }
 

@@ -18,6 +18,7 @@
 
 #include "hk_log.h"
 #include "hk_lua_metrics.h"
+#include "hk_watchdog.h"
 #include "hk_worker.h"
 
 typedef struct reload_job_s {
@@ -491,6 +492,9 @@ int hk_server_run(hk_server_t *server) {
     }
   }
   server->started = true;
+  /* A signal that came while the scripts loaded, before this loop watched for it. */
+  int early = hk_watchdog_signal_seen();
+  if (early != 0) on_signal(&server->sigterm, early);
   const hk_config_t *cfg = server->config;
   hk_log_event(HK_LOG_INFO, NULL, "server_listening", "listening",
                (hk_log_field_t[]){HK_LOG_S("address", cfg->listen_host), HK_LOG_I("port", server->port),

@@ -29,7 +29,10 @@ static struct {
   uv_async_t stop;
   _Atomic uint64_t drain_timeout_ms;
   uint64_t signalled_tick; /* first SIGTERM/SIGINT, 0 before */
+  _Atomic int signal_seen;  /* that signal's number, for a server loop started after it */
 } dog = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+int hk_watchdog_signal_seen(void) { return atomic_load(&dog.signal_seen); }
 
 void hk_watch_add(hk_watch_t *watch, uint64_t limit_ms) {
   atomic_init(&watch->state, 0);
@@ -131,7 +134,8 @@ static void on_tick(uv_timer_t *timer) {
 
 static void on_signal(uv_signal_t *handle, int signum) {
   (void)handle;
-  (void)signum;
+  int none = 0;
+  atomic_compare_exchange_strong(&dog.signal_seen, &none, signum);
   if (dog.signalled_tick == 0) dog.signalled_tick = atomic_load_explicit(&hk__watchdog_tick, memory_order_relaxed);
 }
 

@@ -32,6 +32,11 @@ extern _Atomic uint64_t hk__watchdog_tick;
 /* Starts the thread (once per process; later calls only update the drain timeout). Without it
  * no entry ever expires. Returns 0 or a negative code. */
 int hk_watchdog_start(uint64_t drain_timeout_ms);
+/* The first SIGTERM or SIGINT the watchdog saw (0 when none): libuv hands a signal only to
+ * the loops watching it when it arrives, so a server loop started later (while the scripts
+ * loaded) asks here. */
+int hk_watchdog_signal_seen(void);
+
 /* Stops and joins the thread. A no-op when not started. */
 void hk_watchdog_stop(void);
 

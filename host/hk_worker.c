@@ -140,7 +140,9 @@ static void serve_metrics(hk_worker_t *worker, hk_request_t *req) {
   req->response.status = 200;
   snprintf(req->response.content_type, sizeof req->response.content_type, "%s", hk_prom_content_type(format));
   req->response.gzip = hk_request_accepts_gzip(http);
-  req->response.stream = (hk_body_stream_t){metrics_produce, metrics_release, stream};
+  /* Rendering reads the registry without locks (and collectors take their own): it can run on
+   * the threadpool, so a scrape of any size moves no request's latency on this worker. */
+  req->response.stream = (hk_body_stream_t){metrics_produce, metrics_release, stream, true};
 }
 
 /* ---- POST /admin/reload -------------------------------------------------------------------------- */

@@ -96,6 +96,11 @@ typedef struct hk_conn_s {
   bool waiting_reload;
   z_stream *gzip;    /* the streamed body's compressor, when gzip was negotiated */
   hk_buf_t slice;    /* one produced slice, before compression and chunk framing */
+  uv_work_t stream_work; /* an offloaded slice being produced on the threadpool */
+  bool stream_working;   /* the connection is not freed before it is back */
+  hk_buf_t framed;       /* that slice, compressed and framed, for the loop to write */
+  int stream_rc;
+  bool stream_done;
 } hk_conn_t;
 
 /* Accepts one connection from the worker's listener (or refuses it past the cap). */

@@ -174,6 +174,9 @@ if not c.get("resources", {}).get("requests") or not c.get("resources", {}).get(
 sc = pod.get("securityContext", {})
 if not sc.get("runAsNonRoot") or sc.get("runAsUser", 0) == 0:
     errs.append("Deployment: pod securityContext must run as non-root")
+image = c.get("image", "")
+if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+    errs.append(f"Deployment: image {image!r} is not pinned to a version")
 if not any(p.get("containerPort") == 5000 for p in c.get("ports", [])):
     errs.append("Deployment: containerPort 5000 expected")
 mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}

@@ -394,6 +394,47 @@ class ApiTest(harness.ServersTestCase):
         self.assertIn("hancock_requests_total", self.metrics(server))
         self.assertNotIn("hk-right-key", "\n".join(server.lines))
 
+    def test_rate_limit_headers_on_route_answers_only(self):
+        # docs/api.md: every answer of a /v1 route carries them, refusals and errors included;
+        # what the core answers before any route runs (404, 405, 413) does not.
+        llm = self.fake_llm()
+        server = self.serve(llm, HANCOCK_API_KEY="hk-right-key")
+        key = {"Authorization": "Bearer hk-right-key"}
+        answers = {
+            "200": self.post(server, "/v1/chat", {"message": "x"}, headers=key),
+            "400": self.post(server, "/v1/chat", {"message": ""}, headers=key),
+            "401": self.post(server, "/v1/chat", {"message": "x"}),
+        }
+        for status, (got, hdrs, doc) in answers.items():
+            with self.subTest(status=status):
+                self.assertEqual(str(got), status, doc)
+                for name in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-window"):
+                    self.assertIn(name, hdrs)
+        core = {
+            "404": request(server, "GET", "/v1/nope", headers=key),
+            "405": request(server, "GET", "/v1/chat", headers=key),
+            "413": request(server, "POST", "/v1/chat", body=b"x" * (1024 * 1024 + 1), headers=key),
+        }
+        for status, (got, hdrs, _) in core.items():
+            with self.subTest(status=status):
+                self.assertEqual(str(got), status)
+                self.assertFalse([h for h in hdrs if h.startswith("x-ratelimit")], hdrs)
+
+    def test_hints_echoed_as_documented(self):
+        # docs/api.md: logsource, technique, file_type and type are echoed (auto when absent);
+        # hash and context only reach the model.
+        llm = self.fake_llm()
+        server = self.serve(llm)
+        _, _, doc = self.post(server, "/v1/yara", {"description": "beacon", "hash": "d41d8cd98f00b204e9800998ecf8427e"})
+        self.assertEqual(set(doc), {"rule", "file_type", "model"}, doc)
+        self.assertEqual(doc["file_type"], "auto")
+        self.assertIn("d41d8cd98f00b204e9800998ecf8427e", llm.received()[-1]["messages"][-1]["content"])
+        _, _, doc = self.post(server, "/v1/ioc", {"indicator": "185.220.101.1", "context": "seen in proxy logs"})
+        self.assertEqual(set(doc), {"report", "indicator", "type", "model"}, doc)
+        self.assertEqual(doc["type"], "auto")
+        _, _, doc = self.post(server, "/v1/sigma", {"description": "certutil", "technique": "T1105"})
+        self.assertEqual((doc["technique"], doc["logsource"]), ("T1105", "auto"))
+
     def test_rate_limit_refuses_then_refills(self):
         llm = self.fake_llm()
         server = self.serve(llm, HANCOCK_RATE_LIMIT=3, HANCOCK_RATE_LIMIT_WINDOW=2)

@@ -612,29 +612,117 @@ class HealthTest(harness.ServersTestCase):
         failing = self.serve(fixture, HK_TEST_MEMORY_ERROR_MB=1e9, HK_TEST_DISK_ERROR_MB=1e9)
         for server in (relaxed, tight, failing):
             self.wait_all_checked(server, ["memory", "disk", "missing_disk"])
+        # The details are the original service's strings, which its users' parsers read; the
+        # figures are fields of their own besides.
         checks = self.get(relaxed, "/health")[1]["checks"]
-        self.assertEqual(checks["memory"]["status"], "ok")
-        self.assertRegex(checks["memory"]["detail"], r"^\d+ MiB available of \d+ MiB$")
-        self.assertNotIn("latency_ms", checks["memory"])
-        self.assertEqual(checks["disk"]["status"], "ok")
-        self.assertRegex(checks["disk"]["detail"], r"^\d+ MiB free of \d+ MiB at /$")
+        memory, disk = checks["memory"], checks["disk"]
+        self.assertEqual(memory["status"], "ok")
+        self.assertRegex(memory["detail"], r"^available_mb=\d+$")
+        self.assertEqual(memory["detail"], "available_mb=%d" % memory["available_mb"])
+        self.assertIsInstance(memory["total_mb"], int)
+        self.assertGreaterEqual(memory["total_mb"], memory["available_mb"])
+        self.assertNotIn("latency_ms", memory)
+        self.assertNotIn("threshold", memory)
+        self.assertEqual(disk["status"], "ok")
+        self.assertRegex(disk["detail"], r"^available_gb=\d+$")
+        self.assertEqual(disk["detail"], "available_gb=%d" % disk["available_gb"])
+        self.assertEqual(disk["available_gb"], disk["available_mb"] // 1024)
+        self.assertEqual(disk["path"], "/")
+        self.assertGreaterEqual(disk["total_gb"], disk["available_gb"])
         self.assertEqual(checks["missing_disk"]["status"], "error")
         self.assertIn("/nonexistent/hancock-test", checks["missing_disk"]["detail"])
 
         checks = self.get(tight, "/health")[1]["checks"]
         self.assertEqual(checks["memory"]["status"], "degraded")
-        self.assertRegex(checks["memory"]["detail"], r"MiB \(degraded below 1e\+09 MiB\)$")
+        self.assertRegex(checks["memory"]["detail"], r"^available_mb=\d+$")
+        self.assertEqual(checks["memory"]["threshold"], "degraded below 1e+09 MiB")
         self.assertEqual(checks["disk"]["status"], "degraded")
-        self.assertRegex(checks["disk"]["detail"], r"at / \(degraded below 1e\+09 MiB\)$")
+        self.assertRegex(checks["disk"]["detail"], r"^available_gb=\d+$")
+        self.assertEqual(checks["disk"]["threshold"], "degraded below 1e+09 MiB")
 
         status, doc = self.get(failing, "/health")
         self.assertEqual((status, doc["status"]), (200, "degraded"))  # neither is critical
         self.assertEqual(doc["checks"]["memory"]["status"], "error")
-        self.assertRegex(doc["checks"]["memory"]["detail"], r"\(error below 1e\+09 MiB\)$")
+        self.assertRegex(doc["checks"]["memory"]["detail"], r"^available_mb=\d+$")
+        self.assertEqual(doc["checks"]["memory"]["threshold"], "error below 1e+09 MiB")
         self.assertEqual(doc["checks"]["disk"]["status"], "error")
         text = self.metrics(failing)
         self.assertEqual(metric_value(text, "hancock_health_check_status", check="memory"), 2)
         self.assertEqual(metric_value(self.metrics(tight), "hancock_health_check_status", check="disk"), 1)
+
+    def test_reloads_carry_the_fields_of_a_result(self):
+        source = ('local hk = require "hancock"\n'
+                  'hk.health.check("memory", { kind = "memory", interval_ms = 60000 })\n'
+                  'hk.health.threshold("memory", { warn_below_mb = 0 })\n')
+        _, server = self.reloadable(source)
+        self.wait_change(server, "memory", "ok")
+        before = self.get(server, "/health")[1]["checks"]["memory"]
+        self.assertIn("available_mb", before)
+        runs = self.runs(server, "memory")
+        self.reload(server)
+        self.assertEqual(self.get(server, "/health")[1]["checks"]["memory"], before)
+        self.assertEqual(self.runs(server, "memory"), runs)  # adopted, not probed again
+
+    # ---- groups: alternatives, such as a backend and its fallback --------------------------
+
+    def test_a_group_fails_only_when_every_check_in_it_fails(self):
+        fake = self.upstream()
+        refused = "http://127.0.0.1:%d/" % free_port()
+        d = write_scripts({"checks.lua": lua_checks({
+            "primary": {"url": refused, "critical": True, "group": "llm", "interval_ms": 60000},
+            "fallback": {"url": fake.url + "/fallback", "critical": True, "group": "llm", "interval_ms": 100},
+            "alone": {"url": fake.url + "/alone", "critical": True, "interval_ms": 100},
+        })})
+        self.addCleanup(shutil.rmtree, d, True)
+        server = self.serve(d)
+        self.wait_change(server, "primary", "error")
+        self.wait_change(server, "fallback", "ok")
+        self.wait_change(server, "alone", "ok")
+        # One of the group answers: the service answers, degraded, and stays ready.
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (200, "degraded"), doc)
+        self.assertEqual(self.get(server, "/health/ready"), (200, {"ready": True, "status": "degraded"}))
+        text = self.wait_metric(server, lambda t: metric_value(t, "hancock_health_status") == 1,
+                                "hancock_health_status 1")
+        for name in ("primary", "fallback", "alone"):
+            self.assertEqual(metric_value(text, "hancock_health_check_critical", check=name), 1)
+        event = [e for e in server.events("health_changed") if e["check"] == "primary"][0]
+        self.assertEqual(event["group"], "llm")
+
+        # The whole group down: an error.
+        fake.set("/fallback", status=503)
+        self.wait_change(server, "fallback", "error", frm="ok")
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (503, "error"), doc)
+        self.assertEqual(self.get(server, "/health/ready")[0], 503)
+        self.wait_metric(server, lambda t: metric_value(t, "hancock_health_status") == 2,
+                         "hancock_health_status 2")
+
+        # A critical check outside the group fails on its own, whatever the group does.
+        fake.set("/fallback")
+        self.wait_change(server, "fallback", "ok", frm="error")
+        fake.set("/alone", status=500)
+        self.wait_change(server, "alone", "error", frm="ok")
+        self.assertEqual(self.get(server, "/health")[0], 503)
+
+    def test_a_group_with_no_answer_yet_keeps_readiness_waiting(self):
+        fake = self.upstream({"/hang": {"hang": True}})
+        refused = "http://127.0.0.1:%d/" % free_port()
+        d = write_scripts({"checks.lua": lua_checks({
+            "primary": {"url": refused, "critical": True, "group": "llm"},
+            "fallback": {"url": fake.url + "/hang", "critical": True, "group": "llm", "timeout_ms": 60000},
+        })})
+        self.addCleanup(shutil.rmtree, d, True)
+        server = self.serve(d)
+        self.wait_change(server, "primary", "error")
+        fake.wait_for(1)  # the fallback's probe is in flight, and stays so
+        # Not an error while an alternative may still answer, but not ready either.
+        status, doc = self.get(server, "/health")
+        self.assertEqual((status, doc["status"]), (200, "degraded"), doc)
+        self.assertEqual(doc["checks"]["fallback"], {"status": "degraded", "detail": "not checked yet"})
+        self.assertEqual(self.get(server, "/health/ready"),
+                         (503, {"ready": False, "status": "degraded",
+                                "detail": "critical checks not run yet: fallback"}))
 
     # ---- the repository's scripts/health.lua ----------------------------------------------
 
@@ -644,14 +732,15 @@ class HealthTest(harness.ServersTestCase):
             "/v1/models": {"body": {"object": "list", "data": [{"id": "meta/llama-3.1-8b-instruct"}]}},
             "/-/healthy": {"body": "Prometheus Server is Healthy.\n"},
         })
-        # NVIDIA as the backend: nim is critical, ollama is not.
+        # NVIDIA as the backend: nim is critical, and Ollama, which no call goes to, is not
+        # checked at all.
         server = self.serve(SCRIPTS, HANCOCK_LLM_BACKEND="nvidia", NVIDIA_BASE_URL=llm.url + "/v1",
                             NVIDIA_API_KEY="nv-secret-key", OLLAMA_BASE_URL=llm.url + "/",
                             PROMETHEUS_URL=llm.url)
-        self.wait_all_checked(server, ["ollama", "nim", "memory", "disk", "prometheus"])
+        self.wait_all_checked(server, ["nim", "memory", "disk", "prometheus"])
         status, doc = self.get(server, "/health")
-        self.assertEqual(sorted(doc["checks"]), ["disk", "memory", "nim", "ollama", "prometheus"])
-        for name in ("ollama", "nim", "prometheus"):
+        self.assertEqual(sorted(doc["checks"]), ["disk", "memory", "nim", "prometheus"])
+        for name in ("nim", "prometheus"):
             self.assertEqual(doc["checks"][name]["status"], "ok", doc)
         for name in ("memory", "disk"):  # the machine's own: ok, or degraded below the defaults
             self.assertIn(doc["checks"][name]["status"], ("ok", "degraded"), doc)
@@ -660,8 +749,8 @@ class HealthTest(harness.ServersTestCase):
         self.assertEqual(nim[0]["authorization"], "Bearer nv-secret-key")
         self.assertNotIn("nv-secret-key", "\n".join(server.lines))
         critical = {e["check"]: e["critical"] for e in server.events("health_changed")}
-        self.assertEqual(critical, {"ollama": False, "nim": True, "memory": False, "disk": False,
-                                    "prometheus": False})
+        self.assertEqual(critical, {"nim": True, "memory": False, "disk": False, "prometheus": False})
+        self.assertEqual(llm.count("/api/tags"), 0)
 
         # Ollama as the backend (the default) without its model pulled: ollama is critical, so
         # the service is in error; Prometheus down only degrades; no nim check.
@@ -703,6 +792,10 @@ class HealthTest(harness.ServersTestCase):
                 "'warn_above_ms' does not apply to m, a memory check",
             'hk.health.threshold("m", { warn_above_ms = 1 })\nhk.health.check("m", { kind = "memory" })':
                 "'warn_above_ms' does not apply to m, a memory check",
+            'hk.health.check("m", { kind = "memory", group = "llm" })':
+                "group only applies to critical checks",
+            'hk.health.check("m", { kind = "memory", critical = true, group = "a b" })':
+                "group must be 1 to 64 letters",
         }
         for source, needle in cases.items():
             with self.subTest(source=source):

@@ -252,6 +252,19 @@ hk.route("GET", "/ok", function() return { ok = true } end)
             time.sleep(0.1)
         self.assertEqual(harness.metric_value(text.decode(), "hancock_lua_memory_bytes", generation="retiring"), 0)
 
+    def test_sigterm_while_the_scripts_load_still_drains(self):
+        # The signal lands while the scripts' (slow) top level runs, before the server's loop
+        # watches for it: the watchdog saw it, and the server acts on it once it runs.
+        scripts = harness.write_scripts({"slow.lua": "local t0 = os.clock()\nwhile os.clock() - t0 < 0.6 do end\n"})
+        server = Server(scripts=scripts, args=("--lua-instruction-limit", "0"), wait=False)
+        time.sleep(0.3)  # into the load (not an assertion: the order is what the test checks)
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=30)
+        server.stop()
+        self.assertEqual(code, 0, server.stderr)
+        self.assertEqual(len(server.events("shutdown_started")), 1)
+        self.assertNotIn("shutdown_forced", server.stderr)
+
     def test_memory_limit_holds_while_scripts_load(self):
         scripts = harness.write_scripts({"big.lua": 'local big = string.rep("m", 48 * 1024 * 1024)\n'
                                                     'return #big\n'})

@@ -114,6 +114,12 @@ receivers:
         self.start([find("prometheus"), f"--config.file={self.dir}/prometheus.yml",
                     f"--storage.tsdb.path={self.dir}/prom", f"--web.listen-address=127.0.0.1:{self.prom_port}",
                     "--log.level=warn"])
+        # Up means answering: the addresses printed work at once, and a stop that follows is
+        # never one that races a process's start.
+        for port, path in ((self.hancock_port, "/health/live"), (self.am_port, "/-/ready"),
+                           (self.prom_port, "/-/ready")):
+            self.wait(lambda port=port, path=path: self.get(port, path)[0] == 200,
+                      f"127.0.0.1:{port}{path} answering", timeout=60)
 
     def start(self, argv, env=None, stdout=subprocess.DEVNULL):
         self.procs.append(subprocess.Popen(argv, env=env, stdout=stdout, stderr=subprocess.DEVNULL,
