@@ -350,7 +350,7 @@ static int handler_stream_start(hk_request_t *req) {
   hk_response_t *res = &req->response;
   const hk_http_request_t *http = req->http;
   bool chunked = http->version_minor == 1;
-  bool keep_alive = chunked && http->keep_alive && !conn->worker->draining;
+  bool keep_alive = chunked && http->keep_alive && !hk__worker_draining(conn->worker);
   int rc = hk_response_append_head_start(&conn->out, res->status, hk__worker_date(conn->worker), req->id,
                                          res->content_type);
   if (rc == 0 && chunked) rc = hk_buf_append_str(&conn->out, "Transfer-Encoding: chunked\r\n");
@@ -512,7 +512,7 @@ static void conn_finish_request(hk_request_t *req) {
     if (conn->handles_open == 0) conn_free(conn);
     return;
   }
-  bool keep_alive = req->http->keep_alive && !worker->draining;
+  bool keep_alive = req->http->keep_alive && !hk__worker_draining(worker);
   if (req->stream_started) {
     /* The handler streamed its body: end it (a failure midway has already been logged; the
      * body just ends, as HTTP offers no way to take back a status that went out). */
@@ -625,7 +625,7 @@ static void conn_process(hk_conn_t *conn) {
     hk_buf_consume(&conn->in, consumed);
     switch (ev) {
       case HK_HTTP_NEED_MORE:
-        if (conn->worker->draining && conn->parser.state == HK_HTTP_STATE_IDLE && conn->in.len == 0) {
+        if (hk__worker_draining(conn->worker) && conn->parser.state == HK_HTTP_STATE_IDLE && conn->in.len == 0) {
           conn->processing = false;
           conn_close(conn);
           return;

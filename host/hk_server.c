@@ -53,6 +53,8 @@ struct hk_server_s {
   unsigned *requested;  /* admin reload requests received per worker (cumulative) */
   unsigned *swapped;    /* per worker: the last reload seq it swapped to */
   unsigned stopped;     /* workers whose threads have finished */
+  unsigned listeners_closed; /* workers that stopped accepting, at shutdown */
+  bool drain_sent;
   /* Control thread only: */
   unsigned *covered;    /* per worker: requests the running reload answers */
   unsigned *answered;   /* per worker: requests answered so far */
@@ -72,6 +74,7 @@ struct hk_server_s {
   int port;
   unsigned control_cell, loader_cell;
   _Atomic size_t connections; /* open in every worker, against --max-connections */
+  _Atomic bool shutting_down;  /* read by the workers' connections */
 };
 
 static void reload_start(hk_server_t *server, const char *trigger);
@@ -88,6 +91,14 @@ void hk__server_request_reload(hk_server_t *server, hk_worker_t *worker) {
 void hk__server_generation_swapped(hk_server_t *server, hk_worker_t *worker, unsigned seq) {
   pthread_mutex_lock(&server->lock);
   server->swapped[worker->index] = seq;
+  pthread_mutex_unlock(&server->lock);
+  uv_async_send(&server->wake);
+}
+
+void hk__server_listener_closed(hk_server_t *server, hk_worker_t *worker) {
+  (void)worker;
+  pthread_mutex_lock(&server->lock);
+  server->listeners_closed++;
   pthread_mutex_unlock(&server->lock);
   uv_async_send(&server->wake);
 }
@@ -137,7 +148,7 @@ static void reload_finish(hk_server_t *server, bool success, const char *error);
 static void on_wake(uv_async_t *async) {
   hk_server_t *server = async->data;
   bool new_requests = false, all_swapped = true;
-  unsigned stopped;
+  unsigned stopped, listeners_closed;
   pthread_mutex_lock(&server->lock);
   for (unsigned i = 0; i < server->worker_count; i++) {
     if (server->requested[i] != server->seen_requested[i]) new_requests = true;
@@ -145,7 +156,20 @@ static void on_wake(uv_async_t *async) {
     if (server->swapped[i] != server->reload_seq) all_swapped = false;
   }
   stopped = server->stopped;
+  listeners_closed = server->listeners_closed;
   pthread_mutex_unlock(&server->lock);
+  /* Shutdown, second step: every listener is closed, so idle connections may go now without a
+   * new one arriving at a worker that still listens. */
+  if (server->draining && !server->drain_sent && listeners_closed >= server->worker_count) {
+    server->drain_sent = true;
+    for (unsigned i = 0; i < server->worker_count; i++) {
+      hk_worker_t *worker = &server->workers[i];
+      pthread_mutex_lock(&worker->inbox_lock);
+      worker->inbox.drain = true;
+      pthread_mutex_unlock(&worker->inbox_lock);
+      hk__worker_post(worker);
+    }
+  }
   if (server->awaiting_swaps && all_swapped) {
     server->awaiting_swaps = false;
     reload_finish(server, true, NULL);
@@ -320,6 +344,7 @@ static void on_signal(uv_signal_t *handle, int signum) {
   hk_server_t *server = handle->data;
   if (server->draining) return;
   server->draining = true;
+  atomic_store_explicit(&server->shutting_down, true, memory_order_release);
   hk_log_event(HK_LOG_INFO, NULL, "shutdown_started", "signal received: draining connections",
                (hk_log_field_t[]){HK_LOG_S("signal", signum == SIGTERM ? "SIGTERM" : "SIGINT"),
                                   HK_LOG_I("connections", open_connections(server))}, 2);
@@ -330,7 +355,7 @@ static void on_signal(uv_signal_t *handle, int signum) {
   for (unsigned i = 0; i < server->worker_count; i++) {
     hk_worker_t *worker = &server->workers[i];
     pthread_mutex_lock(&worker->inbox_lock);
-    worker->inbox.drain = true;
+    worker->inbox.stop_listening = true;
     pthread_mutex_unlock(&worker->inbox_lock);
     hk__worker_post(worker);
   }
@@ -452,6 +477,7 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *m
                          server->carry, shared_fd, &port, err, errsize);
     server->worker_count = i + 1;
     server->workers[i].process_connections = &server->connections;
+    server->workers[i].process_draining = &server->shutting_down;
     if (rc != 0) {
       hk_server_free(server);
       return rc;

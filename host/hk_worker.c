@@ -310,6 +310,7 @@ static void on_wake(uv_async_t *async) {
   hk_worker_inbox_t inbox = worker->inbox;
   worker->inbox.generation = NULL;
   worker->inbox.has_answer = false;
+  worker->inbox.stop_listening = false;
   pthread_mutex_unlock(&worker->inbox_lock);
   if (inbox.generation != NULL) {
     if (worker->draining) {
@@ -322,6 +323,13 @@ static void on_wake(uv_async_t *async) {
   if (inbox.has_answer)
     answer_reload_waiters(worker, inbox.answer_upto, inbox.answer_success, inbox.answer_generation,
                           inbox.answer_error);
+  if (inbox.stop_listening) {
+    if (worker->listener_open) {
+      uv_close((uv_handle_t *)&worker->listener, NULL); /* the socket closes here, at once */
+      worker->listener_open = false;
+    }
+    hk__server_listener_closed(worker->server, worker);
+  }
   if (inbox.drain) worker_drain(worker);
 }
 

@@ -122,7 +122,8 @@ typedef struct hk_worker_inbox_s {
   bool answer_success;
   unsigned answer_generation;
   char answer_error[512];
-  bool drain;
+  bool stop_listening; /* shutdown, first step: no new connections anywhere */
+  bool drain;          /* second step, once every worker has stopped listening */
 } hk_worker_inbox_t;
 
 struct hk_worker_s {
@@ -149,6 +150,7 @@ struct hk_worker_s {
   size_t conn_count;
   _Atomic size_t open_connections; /* conn_count, for the scrape-time collector */
   _Atomic size_t *process_connections; /* every worker's, against --max-connections */
+  _Atomic bool *process_draining;      /* set by the control thread before it tells the workers */
   uint64_t conns_rejected;
   uint64_t last_reject_log_ms;
   bool draining;
@@ -173,6 +175,13 @@ void hk__worker_post(hk_worker_t *worker);
 /* After the thread has ended (or never started): closes the loop and frees what is left. */
 void hk__worker_destroy(hk_worker_t *worker);
 
+/* The process is shutting down (responses from now on close their connection), even before
+ * this worker has read the control thread's word. */
+static inline bool hk__worker_draining(const hk_worker_t *worker) {
+  return worker->draining ||
+         (worker->process_draining != NULL && atomic_load_explicit(worker->process_draining, memory_order_acquire));
+}
+
 /* Used by hk_conn: */
 void hk__conn_log_started(const hk_request_t *req);
 const char *hk__worker_date(hk_worker_t *worker);
@@ -185,5 +194,6 @@ void hk__worker_conn_closed(hk_worker_t *worker); /* a connection has been freed
 void hk__server_request_reload(hk_server_t *server, hk_worker_t *worker);
 void hk__server_generation_swapped(hk_server_t *server, hk_worker_t *worker, unsigned seq);
 void hk__server_worker_stopped(hk_server_t *server, hk_worker_t *worker);
+void hk__server_listener_closed(hk_server_t *server, hk_worker_t *worker);
 
 #endif
