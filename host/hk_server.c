@@ -12,7 +12,9 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <uv.h>
 
@@ -44,6 +46,8 @@ struct hk_server_s {
   uv_signal_t sigterm, sigint, sighup;
   uv_fs_event_t watch;
   bool watching;
+  struct subdir_watch_s *subdir_handles[256]; /* one per directory below the scripts directory */
+  size_t subdir_count;
   uv_timer_t debounce_timer;
   uv_timer_t sample_timer;
   uv_work_t sample_work;
@@ -78,6 +82,7 @@ struct hk_server_s {
 };
 
 static void reload_start(hk_server_t *server, const char *trigger);
+static void rewatch_subdirs(hk_server_t *server);
 
 /* ---- what workers post ------------------------------------------------------------------------ */
 
@@ -135,6 +140,8 @@ static void close_walk(uv_handle_t *handle, void *arg) {
 
 /* Every worker has stopped: the control loop ends too. */
 static void control_finish(hk_server_t *server) {
+  server->draining = true;
+  rewatch_subdirs(server); /* closes them, with their memory */
   hk__gens_cancel_all(&server->gens);
   if (server->client != NULL) {
     hk_client_close(server->client);
@@ -205,6 +212,7 @@ static void job_free(reload_job_t *job, unsigned worker_count) {
  * requests it covered, and start the next one when triggers came meanwhile. */
 static void reload_finish(hk_server_t *server, bool success, const char *error) {
   if (success) {
+    rewatch_subdirs(server); /* directories may have come or gone with the new scripts */
     server->generation++;
     hk_host_metrics_reload(server->metrics, server->metrics->collector_cell, true, server->generation);
     hk_log_event(HK_LOG_INFO, NULL, "reload_succeeded", "scripts reloaded",
@@ -331,6 +339,62 @@ static void on_scripts_changed(uv_fs_event_t *handle, const char *filename, int 
   uv_timer_start(&server->debounce_timer, on_debounced_change, 200, 0);
 }
 
+/* inotify is not recursive: every directory below the scripts directory (modules such as
+ * the files of scripts/api/) gets a watch of its own, following symlinks (a ConfigMap's entries point
+ * into its ..data directory). The set is rebuilt after every reload, since directories come and
+ * go — a ConfigMap swap replaces all of them. Hidden entries are skipped: the top directory's
+ * watch already sees ..data being swapped. */
+#define MAX_SUBDIR_WATCHES (sizeof ((hk_server_t *)0)->subdir_handles / sizeof ((hk_server_t *)0)->subdir_handles[0])
+#define MAX_WATCH_DEPTH 8
+
+typedef struct subdir_watch_s {
+  uv_fs_event_t handle;
+} subdir_watch_t;
+
+static void on_subdir_closed(uv_handle_t *handle) { free(handle->data); }
+
+static void watch_dir(hk_server_t *server, const char *dir, int depth) {
+  if (depth > MAX_WATCH_DEPTH) return;
+  uv_fs_t req;
+  if (uv_fs_scandir(NULL, &req, dir, 0, NULL) < 0) {
+    uv_fs_req_cleanup(&req);
+    return;
+  }
+  uv_dirent_t entry;
+  while (uv_fs_scandir_next(&req, &entry) != UV_EOF) {
+    if (entry.name[0] == '.') continue;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", dir, entry.name) >= (int)sizeof path) continue;
+    uv_fs_t st;
+    bool is_dir = uv_fs_stat(NULL, &st, path, NULL) == 0 && (st.statbuf.st_mode & S_IFMT) == S_IFDIR;
+    uv_fs_req_cleanup(&st);
+    if (!is_dir || server->subdir_count >= MAX_SUBDIR_WATCHES) continue;
+    subdir_watch_t *w = calloc(1, sizeof *w);
+    if (w == NULL) continue;
+    uv_fs_event_init(&server->loop, &w->handle);
+    w->handle.data = server;
+    if (uv_fs_event_start(&w->handle, on_scripts_changed, path, 0) != 0) {
+      w->handle.data = w;
+      uv_close((uv_handle_t *)&w->handle, on_subdir_closed);
+      continue;
+    }
+    server->subdir_handles[server->subdir_count++] = w;
+    watch_dir(server, path, depth + 1);
+  }
+  uv_fs_req_cleanup(&req);
+}
+
+/* Closes the subdirectory watches and takes a new set. */
+static void rewatch_subdirs(hk_server_t *server) {
+  for (size_t i = 0; i < server->subdir_count; i++) {
+    subdir_watch_t *w = server->subdir_handles[i];
+    w->handle.data = w;
+    uv_close((uv_handle_t *)&w->handle, on_subdir_closed);
+  }
+  server->subdir_count = 0;
+  if (!server->draining && server->watching) watch_dir(server, server->config->scripts_dir, 1);
+}
+
 /* ---- shutdown --------------------------------------------------------------------------------- */
 
 static size_t open_connections(const hk_server_t *server) {
@@ -351,6 +415,7 @@ static void on_signal(uv_signal_t *handle, int signum) {
   uv_timer_stop(&server->debounce_timer);
   uv_timer_stop(&server->sample_timer);
   if (server->watching) uv_fs_event_stop(&server->watch);
+  rewatch_subdirs(server); /* draining: closes them */
   uv_signal_stop(&server->sighup);
   for (unsigned i = 0; i < server->worker_count; i++) {
     hk_worker_t *worker = &server->workers[i];
@@ -505,6 +570,7 @@ int hk_server_run(hk_server_t *server) {
     if (!server->watching)
       hk_log_event(HK_LOG_WARNING, NULL, "watch_unavailable", "scripts directory not watched; reload with SIGHUP",
                    (hk_log_field_t[]){HK_LOG_S("dir", server->config->scripts_dir)}, 1);
+    rewatch_subdirs(server);
   }
   uv_timer_start(&server->sample_timer, on_sample, 0, HK_HOST_METRICS_SAMPLE_INTERVAL_MS);
   uv_unref((uv_handle_t *)&server->sample_timer);

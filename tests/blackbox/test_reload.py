@@ -2,6 +2,7 @@
 a broken script never goes live; requests in flight finish on their own generation; metrics,
 and settings such as health thresholds, follow the new scripts; memory stays flat."""
 import json
+import tempfile
 import os
 import signal
 import threading
@@ -200,6 +201,53 @@ class ReloadTest(unittest.TestCase):
         text = self.metrics()
         self.assertEqual(metric_value(text, "hancock_script_generation"), 1201)
 
+
+    def test_edit_in_a_subdirectory_reloads(self):
+        scripts = harness.write_scripts({"main.lua": 'local hk = require "hancock"\n'
+                                         'local lib = require "lib.answer"\n'
+                                         'hk.route("GET", "/answer", function() return { answer = lib.value } end)\n'})
+        os.makedirs(os.path.join(scripts, "lib"))
+        with open(os.path.join(scripts, "lib", "answer.lua"), "w") as f:
+            f.write("return { value = 1 }\n")
+        server = harness.Server(scripts=scripts)
+        self.addCleanup(server.stop)
+        self.assertEqual(json.loads(harness.request(server, "GET", "/answer")[2]), {"answer": 1})
+        with open(os.path.join(scripts, "lib", "answer.lua"), "w") as f:
+            f.write("return { value = 2 }\n")
+        server.wait_event("reload_succeeded", predicate=lambda e: e["trigger"] == "file_change")
+        self.assertEqual(json.loads(harness.request(server, "GET", "/answer")[2]), {"answer": 2})
+
+    def test_configmap_style_swap_reloads(self):
+        # Kubernetes mounts a ConfigMap as ..data -> ..<timestamp>/ with each key a symlink
+        # through ..data, and updates it by swapping ..data atomically.
+        root = tempfile.mkdtemp(prefix="hancock-configmap-")
+
+        def version(name, value):
+            d = os.path.join(root, name)
+            os.makedirs(os.path.join(d, "lib"))
+            with open(os.path.join(d, "main.lua"), "w") as f:
+                f.write('local hk = require "hancock"\nlocal lib = require "lib.answer"\n'
+                        'hk.route("GET", "/answer", function() return { answer = lib.value } end)\n')
+            with open(os.path.join(d, "lib", "answer.lua"), "w") as f:
+                f.write("return { value = %d }\n" % value)
+
+        version("..2026_01", 1)
+        os.symlink("..2026_01", os.path.join(root, "..data"))
+        os.symlink("..data/main.lua", os.path.join(root, "main.lua"))
+        os.symlink("..data/lib", os.path.join(root, "lib"))
+        server = harness.Server(scripts=root)
+        self.addCleanup(server.stop)
+        self.assertEqual(json.loads(harness.request(server, "GET", "/answer")[2]), {"answer": 1})
+        version("..2026_02", 2)
+        os.symlink("..2026_02", os.path.join(root, "..data_tmp"))
+        os.rename(os.path.join(root, "..data_tmp"), os.path.join(root, "..data"))
+        server.wait_event("reload_succeeded", predicate=lambda e: e["trigger"] == "file_change")
+        self.assertEqual(json.loads(harness.request(server, "GET", "/answer")[2]), {"answer": 2})
+        # and the new version's subdirectory is watched in turn
+        with open(os.path.join(root, "..2026_02", "lib", "answer.lua"), "w") as f:
+            f.write("return { value = 3 }\n")
+        server.wait_event("reload_succeeded", predicate=lambda e: e["generation"] == 3)
+        self.assertEqual(json.loads(harness.request(server, "GET", "/answer")[2]), {"answer": 3})
 
 if __name__ == "__main__":
     unittest.main()
