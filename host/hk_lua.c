@@ -1339,6 +1339,14 @@ static int sandbox_print(lua_State *L) {
   return 0;
 }
 
+/* The wrapped standard function (upvalue 1) called with the stack as its arguments. */
+static int call_original(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 /* load(chunk, name, mode, env): text chunks only, whatever mode the script asks for. An absent
  * env stays absent (the chunk then gets the global table), an explicit one is passed on. */
 static int sandbox_load(lua_State *L) {
@@ -1347,10 +1355,7 @@ static int sandbox_load(lua_State *L) {
   lua_settop(L, nargs < 3 ? 3 : nargs);
   lua_pushliteral(L, "t");
   lua_replace(L, 3);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  return lua_gettop(L);
+  return call_original(L);
 }
 
 /* xpcall's message handler, guarded: when the error is the budget's or the clock's, the
@@ -1371,10 +1376,7 @@ static int sandbox_xpcall(lua_State *L) {
   lua_pushvalue(L, 2);
   lua_pushcclosure(L, guarded_message_handler, 1);
   lua_replace(L, 2);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  return lua_gettop(L);
+  return call_original(L);
 }
 
 /* A finalizer runs in a coroutine of its own: Lua runs __gc with hooks off, so the budget and

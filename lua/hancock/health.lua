@@ -568,6 +568,18 @@ return function(hk)
     return nil
   end
 
+  -- A carried record as a check's result (the cache /health answers from).
+  local function result_of(saved)
+    return {
+      status = saved.status,
+      detail = saved.detail,
+      fields = saved.fields,
+      latency_ms = saved.latency_ms,
+      seconds = saved.latency_seconds,
+      at = saved.checked_at,
+    }
+  end
+
   -- Adopts the result an earlier generation left for this same definition: it becomes the
   -- cache, and the gauges say it again (it is no new probe: runs_total does not count it).
   -- Returns the milliseconds until the probe the earlier generation would have run next, or
@@ -582,14 +594,7 @@ return function(hk)
       end
       return nil
     end
-    check.result = {
-      status = saved.status,
-      detail = saved.detail,
-      fields = saved.fields,
-      latency_ms = saved.latency_ms,
-      seconds = saved.latency_seconds,
-      at = saved.checked_at,
-    }
+    check.result = result_of(saved)
     local labels = { check = check.name }
     metrics.status:set(labels, LEVELS[saved.status])
     metrics.latency:set(labels, saved.latency_seconds)
@@ -597,21 +602,14 @@ return function(hk)
     return math.max(0, math.min(check.interval_ms, due_ms))
   end
 
-  -- A worker's copy of the scripts probes nothing: the control thread's copy does, once per
-  -- process, and leaves every result in the carry map, which each worker reads when asked.
-  -- Takes the newest result of this definition from the carry map, wherever it was probed.
+  -- A worker's copy of the scripts probes on its own only to refresh a stale result (claimed
+  -- for the process); the control thread's copy probes on schedule. Every probe leaves its
+  -- result in the carry map: this takes the newest one of this definition, wherever it came from.
   local function adopt(check)
     local saved = carried_result(core.carry_get(CARRY_PREFIX .. check.name))
     if saved ~= nil and saved.fingerprint == fingerprint(check)
         and (check.result == nil or saved.checked_at > check.result.at) then
-      check.result = {
-        status = saved.status,
-        detail = saved.detail,
-        fields = saved.fields,
-        latency_ms = saved.latency_ms,
-        seconds = saved.latency_seconds,
-        at = saved.checked_at,
-      }
+      check.result = result_of(saved)
     end
   end
 
