@@ -402,6 +402,8 @@ int hk__worker_init(hk_worker_t *worker, hk_server_t *server, unsigned index, co
   if (rc != 0) {
     snprintf(err, errsize, "cannot start an event loop: %s", uv_strerror(rc));
     hk_lua_free(first);
+    pthread_mutex_destroy(&worker->inbox_lock);
+    worker->destroyed = true; /* nothing for hk__worker_destroy to close */
     return rc;
   }
   uv_timer_init(&worker->loop, &worker->drain_timer);
