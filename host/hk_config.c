@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include <arpa/inet.h>
+#include <sched.h>
 #include <unistd.h>
 
 typedef enum {
@@ -286,7 +287,9 @@ int hk_config_load(hk_config_t *cfg, int argc, char **argv, int first, unsigned 
     }
   }
   if (cfg->workers == 0) {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    /* The CPUs this process may run on (taskset, cpusets), not merely those online. */
+    cpu_set_t set;
+    long cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
     cfg->workers = cpus < 1 ? 1 : cpus > HK_CONFIG_MAX_WORKERS ? HK_CONFIG_MAX_WORKERS : (int)cpus;
   }
   return 0;
