@@ -117,11 +117,15 @@ static void settings_init(void) {
 
 static void request_reset(hk_http_request_t *req) {
   hk_buf_t head = req->head, body = req->body;
+  hk_http_header_t *headers = req->headers;
+  size_t header_cap = req->header_cap;
   hk_buf_reset(&head);
   hk_buf_reset(&body);
   memset(req, 0, sizeof *req);
   req->head = head;
   req->body = body;
+  req->headers = headers;
+  req->header_cap = header_cap;
   req->content_length = -1;
 }
 
@@ -138,6 +142,9 @@ void hk_http_parser_init(hk_http_parser_t *parser, uint64_t max_body) {
 void hk_http_parser_free(hk_http_parser_t *parser) {
   hk_buf_free(&parser->request.head);
   hk_buf_free(&parser->request.body);
+  free(parser->request.headers);
+  parser->request.headers = NULL;
+  parser->request.header_cap = 0;
 }
 
 void hk_http_parser_next(hk_http_parser_t *parser) {
@@ -217,6 +224,14 @@ static const char *parse_header_line(hk_http_request_t *req, const char *line, s
   while (i < len && hk_text_is_tchar((unsigned char)line[i])) i++;
   if (i == len || line[i] != ':' || i == 0) return "malformed header name";
   if (req->header_count == HK_HTTP_MAX_HEADERS) return "too many headers";
+  if (req->header_count == req->header_cap) {
+    size_t cap = req->header_cap ? req->header_cap * 2 : 16;
+    if (cap > HK_HTTP_MAX_HEADERS) cap = HK_HTTP_MAX_HEADERS;
+    hk_http_header_t *grown = realloc(req->headers, cap * sizeof *grown);
+    if (grown == NULL) return "out of memory for the headers";
+    req->headers = grown;
+    req->header_cap = cap;
+  }
   size_t vstart = i + 1, vend = len;
   while (vstart < vend && (line[vstart] == ' ' || line[vstart] == '\t')) vstart++;
   while (vend > vstart && (line[vend - 1] == ' ' || line[vend - 1] == '\t')) vend--;

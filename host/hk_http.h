@@ -50,8 +50,11 @@ typedef struct hk_http_request_s {
   const char *query; /* after '?', NULL when absent */
   size_t query_len;
   int version_minor; /* HTTP/1.<minor>: 0 or 1 */
-  hk_http_header_t headers[HK_HTTP_MAX_HEADERS];
+  hk_http_header_t *headers; /* grown on demand up to HK_HTTP_MAX_HEADERS and kept for the
+                                connection's next requests: an idle connection holds a few
+                                entries, not a hundred */
   size_t header_count;
+  size_t header_cap;
   hk_buf_t body; /* de-chunked */
   int64_t content_length; /* -1 when absent */
   bool chunked;
