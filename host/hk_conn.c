@@ -27,6 +27,8 @@
 /* Unparsed input kept while a request is being answered; past it, reading pauses. */
 #define INPUT_HIGH_WATER (64 * 1024)
 #define LINGER_MS 2000
+/* Bytes of an offloaded body produced per threadpool job, at most (plus one slice). */
+#define OFFLOAD_BATCH (256 * 1024)
 
 static void conn_process(hk_conn_t *conn);
 static void conn_close(hk_conn_t *conn);
@@ -287,7 +289,8 @@ static void stream_work(uv_work_t *work) {
   bool done = false;
   hk_buf_reset(&conn->framed);
   int rc = 0;
-  while (rc == 0 && conn->framed.len == 0 && !done) rc = stream_produce_framed(conn, &conn->framed, &done);
+  /* Several slices per trip to the threadpool: the hop costs more than rendering 64 KiB. */
+  while (rc == 0 && conn->framed.len < OFFLOAD_BATCH && !done) rc = stream_produce_framed(conn, &conn->framed, &done);
   conn->stream_rc = rc;
   conn->stream_done = done;
 }
