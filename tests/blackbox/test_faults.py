@@ -272,7 +272,8 @@ class FaultsTest(harness.ServersTestCase):
         hang_wait = time.monotonic() + 10
         while hang.accepted < 1 and time.monotonic() < hang_wait:
             time.sleep(0.01)
-        self.assertEqual(hang.accepted, 1, "the chat never reached the backend")
+        # >= 1: the shipped health check may probe the same backend (it hangs there too).
+        self.assertGreaterEqual(hang.accepted, 1, "the chat never reached the backend")
         # While the call hangs, the server answers everything else.
         for _ in range(5):
             self.assert_serving(server)
