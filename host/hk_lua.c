@@ -981,6 +981,18 @@ static void push_disk(lua_State *L, uint64_t blocks, uint64_t available, uint64_
   lua_setfield(L, -2, "free");
 }
 
+/* Resumes a task with what `build` (protected, on the main thread) pushed onto its coroutine:
+ * *nres values, set by build. A state out of memory ends the task instead (task_abort). */
+static void task_resume_built(hk_lua_task_t *task, lua_CFunction build, void *ud, const int *nres,
+                              const char *why) {
+  lua_State *L = task->lua->L;
+  int top = lua_gettop(L);
+  int status = run_protected(L, build, ud);
+  lua_settop(L, top);
+  if (status != LUA_OK) task_abort(task, why);
+  else task_resume(task, *nres);
+}
+
 typedef struct statfs_result_s {
   hk_lua_task_t *task;
   const uv_fs_t *fs;
@@ -1010,13 +1022,8 @@ static void on_statfs_done(uv_fs_t *fs) {
   if (task != NULL) {
     task->statfs = NULL;
     task->op = OP_NONE;
-    lua_State *L = task->lua->L;
     statfs_result_t r = {task, fs, 0};
-    int top = lua_gettop(L);
-    int status = run_protected(L, push_statfs_result, &r);
-    lua_settop(L, top);
-    if (status != LUA_OK) task_abort(task, "not enough memory for disk()'s result");
-    else task_resume(task, r.nres);
+    task_resume_built(task, push_statfs_result, &r, &r.nres, "not enough memory for disk()'s result");
   }
   uv_fs_req_cleanup(fs);
   free(fs);
@@ -2194,14 +2201,8 @@ static void on_http_done(void *data, const hk_client_result_t *result) {
   if (task->on_chunk_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, task->on_chunk_ref);
   task->on_chunk_ref = LUA_NOREF;
   http_result_t r = {task, result, 0};
-  int top = lua_gettop(L);
-  int status = run_protected(L, push_http_result, &r);
-  lua_settop(L, top);
-  if (status != LUA_OK) {
-    task_abort(task, "not enough memory for the outbound call's response (--lua-memory-limit)");
-    return;
-  }
-  task_resume(task, r.nres);
+  task_resume_built(task, push_http_result, &r, &r.nres,
+                    "not enough memory for the outbound call's response (--lua-memory-limit)");
 }
 
 /* Streams a response body into the script's on_chunk(bytes); returning false stops the call.
