@@ -10,6 +10,7 @@ over one keep-alive connection. Only 127.0.0.1 is contacted.
 import fcntl
 import json
 import os
+import platform
 import select
 import signal
 import socket
@@ -99,15 +100,16 @@ class ShutdownTest(unittest.TestCase):
             pass  # lines still in the pipe (EBUSY): it stays at its size, and fills all the same
         capacity = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
         self.traffic(port, REQUESTS)
-        # Precondition: the pipe is full, i.e. the writer is stuck. It writes within milliseconds
-        # of a line being queued; this waits for that state, it does not time anything.
-        # "Full" leaves room for less than one line: a write of a batch no larger than PIPE_BUF
-        # is atomic, so the writer can block with a gap of one line's size still free.
-        full = capacity - min(2048, capacity // 2)
+        # Precondition: the log writer is stuck, i.e. one of the process's threads sits in
+        # write(2) on fd 1. It writes within milliseconds of a line being queued; this waits
+        # for that state, it does not time anything. (How full the pipe looks says little: a
+        # write of at most PIPE_BUF bytes is atomic and blocks while any smaller gap is free.)
         deadline = time.monotonic() + 30
-        while self.pipe_bytes(fd) < full and time.monotonic() < deadline:
+        while not self.blocked_writing_stdout(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        self.assertGreaterEqual(self.pipe_bytes(fd), full, "stdout pipe never filled up")
+        self.assertTrue(self.blocked_writing_stdout(proc.pid),
+                        "the log writer never blocked on stdout (pipe holds %d of %d bytes)"
+                        % (self.pipe_bytes(fd), capacity))
         code, stderr = self.stop(proc)
         self.assertEqual(code, 0, stderr)
         # The last word, on stderr (stdout is what blocks): how many lines were dropped.
@@ -126,6 +128,21 @@ class ShutdownTest(unittest.TestCase):
         code, stderr = self.stop(proc)
         self.assertEqual(code, 0, stderr)
         self.assertNotIn("log_abandoned", stderr)  # nothing blocks on a closed pipe: a clean stop
+
+    @staticmethod
+    def blocked_writing_stdout(pid):
+        """True when a thread of `pid` is inside write(2) on fd 1 (from /proc/PID/task/*/syscall:
+        the syscall number, then its arguments)."""
+        write_nr = {"x86_64": 1, "aarch64": 64}[platform.machine()]
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/syscall" % (pid, tid)) as f:
+                    fields = f.read().split()
+            except OSError:
+                continue
+            if len(fields) >= 2 and fields[0] == str(write_nr) and int(fields[1], 16) == 1:
+                return True
+        return False
 
     @staticmethod
     def pipe_bytes(fd):
