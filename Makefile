@@ -3,9 +3,13 @@
 #   make run              install what is missing, build, serve scripts/ on :5000
 #   make test             install what is missing, build, run the whole suite (ctest)
 #   make test SANITIZE=1  the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make test-tsan        the unit tests and the 4-worker black-box suites under ThreadSanitizer
+#                         (build-tsan; one documented run, not part of CI: docs/testing.md)
 #   make bench            wrk against the real binary (tests/bench/run.sh)
 #   make compare          the host against nginx+Lua, Flask, Node and a do-nothing responder
 #                         (tests/bench/compare/run.sh; installs their packages with --bench)
+#   make install PREFIX=P the binary, libhancock (static, shared), hancock.h, pkg-config and CMake
+#                         package files under P (default /usr/local): docs/embedding.md
 #   make stack            hancock + Prometheus (generated rules) + Alertmanager, natively, on free
 #                         127.0.0.1 ports (docs/deploy.md); Ctrl-C or SIGTERM stops all three
 
@@ -23,7 +27,7 @@ endif
 CMAKE_FLAGS = -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DHK_SANITIZE=$(if $(filter 1,$(SANITIZE)),ON,OFF) \
               -DHK_WERROR=$(if $(filter 1,$(WERROR)),ON,OFF)
 
-.PHONY: all build run test bench compare stack deps deps-test clean
+.PHONY: all build run test bench compare stack deps deps-test clean install test-tsan
 
 all: build
 
@@ -50,6 +54,16 @@ bench: deps-test
 compare:
 	@$(MAKE) --no-print-directory build BUILD_TYPE=Release
 	./tests/bench/compare/run.sh
+
+test-tsan: deps-test
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHK_TSAN=ON -DHK_WERROR=$(if $(filter 1,$(WERROR)),ON,OFF) >/dev/null
+	@cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	  ctest --output-on-failure -j $(JOBS) --timeout 300 -R '^(unit|blackbox4|embed)\.'
+
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD_DIR) --prefix $(PREFIX)
 
 # exec: make then waits on stack.py itself, which a SIGTERM to make reaches (make passes it on to
 # its children) and which stops its own children and removes its temporary directory.

@@ -248,7 +248,7 @@ int hk_config_load(hk_config_t *cfg, int argc, char **argv, int first, unsigned 
   }
   for (size_t i = 0; i < OPTION_COUNT; i++) {
     const option_t *opt = &options[i];
-    const char *value = opt->env ? getenv(opt->env) : NULL;
+    const char *value = opt->env && !(allowed & HK_CONFIG_IGNORE_ENV) ? getenv(opt->env) : NULL;
     if (value == NULL || *value == '\0' || !(opt->commands & allowed)) continue;
     if (apply(cfg, opt, value) != 0) {
       fail_value(err, errsize, opt->env, opt, value);

@@ -41,7 +41,13 @@ typedef struct hk_config_s {
  * Returns 0, or -EINVAL with one line for the user in err ("--workers: expected an integer
  * from 1 to 256, got 'x'"). `allowed` is a bit set of HK_CONFIG_FOR_* naming the flags the
  * command accepts. */
-enum { HK_CONFIG_FOR_SERVE = 1, HK_CONFIG_FOR_SCRIPTS = 2 };
+enum {
+  HK_CONFIG_FOR_SERVE = 1,
+  HK_CONFIG_FOR_SCRIPTS = 2,
+  /* Defaults and flags only: an embedding program's settings are its own, not the process
+   * environment's. */
+  HK_CONFIG_IGNORE_ENV = 1 << 8,
+};
 int hk_config_load(hk_config_t *cfg, int argc, char **argv, int first, unsigned allowed,
                    char *err, size_t errsize);
 

@@ -42,7 +42,35 @@ static struct {
   uint64_t writing_lines; /* lines in the batch the writer is writing */
   uint64_t dropped_total;
   uint64_t dropped_unreported;
+  hk_log_sink_cb sink; /* instead of fd: an embedder's callback, one line per call */
+  void *sink_data;
 } writer = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .fd = 1};
+
+/* Serialises calls into the sink: lines written through (no writer thread) come from any
+ * thread, and the sink is promised one line at a time. */
+static pthread_mutex_t sink_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void hk_log_set_sink(hk_log_sink_cb sink, void *data) {
+  pthread_mutex_lock(&writer.lock);
+  writer.sink = sink;
+  writer.sink_data = data;
+  pthread_mutex_unlock(&writer.lock);
+}
+
+/* Hands each line of `data` (lines ending in '\n') to the sink, NUL-terminated in place. */
+static void sink_lines(hk_log_sink_cb sink, void *sink_data, char *data, size_t len) {
+  pthread_mutex_lock(&sink_lock);
+  for (char *p = data, *end = data + len; p < end;) {
+    char *nl = memchr(p, '\n', (size_t)(end - p));
+    size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+    char saved = nl ? '\n' : 0;
+    if (nl) *nl = '\0';
+    if (n > 0) sink(p, n, sink_data);
+    if (nl) *nl = saved;
+    p += n + 1;
+  }
+  pthread_mutex_unlock(&sink_lock);
+}
 
 static const char *const level_names[] = {"DEBUG", "INFO", "WARNING", "ERROR"};
 
@@ -265,9 +293,13 @@ static void *writer_main(void *arg) {
     hk_buf_reset(&writer.queue);
     writer.writing_lines = writer.queue_lines;
     writer.queue_lines = 0;
+    hk_log_sink_cb sink = writer.sink;
+    void *sink_data = writer.sink_data;
     pthread_mutex_unlock(&writer.lock);
-    int error;
-    size_t written = write_all(fd, out.data, out.len, &error);
+    int error = 0;
+    size_t written = out.len;
+    if (sink != NULL) sink_lines(sink, sink_data, out.data, out.len);
+    else written = write_all(fd, out.data, out.len, &error);
     pthread_mutex_lock(&writer.lock);
     if (writer.generation != generation) break;
     writer.writing_lines = 0;
@@ -386,6 +418,8 @@ void hk_log_stop(void) { hk_log_stop_within(HK_LOG_STOP_DEFAULT_MS); }
 void hk_log_write_line(const char *line, size_t len) {
   pthread_mutex_lock(&writer.lock);
   if (!writer.running && !writer.abandoned && !writer.broken) {
+    hk_log_sink_cb sink = writer.sink;
+    void *sink_data = writer.sink_data;
     pthread_mutex_unlock(&writer.lock);
     /* No writer thread: one-shot commands and start-up/shutdown messages write through. */
     char *copy = malloc(len + 1);
@@ -393,7 +427,8 @@ void hk_log_write_line(const char *line, size_t len) {
     memcpy(copy, line, len);
     copy[len] = '\n';
     int error;
-    write_all(writer.fd, copy, len + 1, &error);
+    if (sink != NULL) sink_lines(sink, sink_data, copy, len + 1);
+    else write_all(writer.fd, copy, len + 1, &error);
     free(copy);
     return;
   }

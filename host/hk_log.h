@@ -124,6 +124,13 @@ void hk_log_set_enricher(hk_log_enrich_cb enrich, void *data);
 void hk_log_event_plain(hk_log_level_t level, const char *request_id, const char *event,
                         const char *message, const hk_log_field_t *fields, size_t field_count);
 
+/* Sends every line to `sink` instead of the descriptor (an embedding program's log sink;
+ * NULL restores the descriptor). With the writer thread running, the sink is called from that
+ * thread; without it, from the thread that logs. Either way one line at a time (serialised),
+ * NUL-terminated, without the newline; the line is only valid during the call. */
+typedef void (*hk_log_sink_cb)(const char *line, size_t len, void *data);
+void hk_log_set_sink(hk_log_sink_cb sink, void *data);
+
 /* Lines dropped since the process started: the queue was full, stdout failed for good
  * (EPIPE), or hk_log_stop_within abandoned them. */
 uint64_t hk_log_dropped(void);

@@ -25,6 +25,7 @@
 #include "hk_crypto.h"
 #include "hk_embedded.h"
 #include "hk_json.h"
+#include "hk_native.h"
 #include "hk_lua_metrics.h"
 #include "hk_ratelimit.h"
 #include "hk_router.h"
@@ -46,6 +47,7 @@ typedef struct budget_s {
 struct hk_lua_s {
   lua_State *L;
   hk_metrics_t *metrics;
+  const hk_native_set_t *natives; /* the embedder's functions and checks; borrowed */
   unsigned worker;
   hk_router_t *router;
   char *scripts_dir;
@@ -1227,6 +1229,8 @@ static int open_core(lua_State *L) {
   lua_setfield(L, -2, "metrics");
   hk_json_open_limited(L, &lua->memory_limit);
   lua_setfield(L, -2, "json");
+  hk_native_push_functions(L, lua->natives);
+  lua_setfield(L, -2, "native");
   lua_pushstring(L, HK_VERSION);
   lua_setfield(L, -2, "version");
   return 1;
@@ -1537,11 +1541,18 @@ int hk_lua_new(const char *scripts_dir, hk_metrics_t *metrics, unsigned worker, 
   return hk_lua_new_opts(&opts, out, err);
 }
 
+/* define_native_checks(hk): hk_native_define_checks in a protected call. */
+static int define_native_checks(lua_State *L) {
+  hk_native_define_checks(L, 1, context_of(L)->natives);
+  return 0;
+}
+
 int hk_lua_new_opts(const hk_lua_opts_t *opts, hk_lua_t **out, char **err) {
   *err = NULL;
   hk_lua_t *lua = calloc(1, sizeof *lua);
   if (lua == NULL) goto oom;
   lua->metrics = opts->metrics;
+  lua->natives = opts->natives;
   lua->worker = opts->worker;
   lua->respond_ref = lua->log_hooks_ref = LUA_NOREF;
   lua->scripts_dir = strdup(opts->scripts_dir);
@@ -1580,6 +1591,15 @@ int hk_lua_new_opts(const hk_lua_opts_t *opts, hk_lua_t **out, char **err) {
     goto fail;
   }
   lua->respond_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* The embedder's health checks, defined as a script would, before the scripts run. */
+  if (lua->natives != NULL) {
+    lua_pushcfunction(L, define_native_checks);
+    lua_pushvalue(L, -2);
+    if (protected_call(L, 1, 0) != LUA_OK) {
+      *err = dup_message(lua_tostring(L, -1));
+      goto fail;
+    }
+  }
   lua_pop(L, 1);
 
   if (load_scripts(lua, err) != 0) goto fail;

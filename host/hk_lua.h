@@ -38,6 +38,7 @@ typedef struct hk_lua_opts_s {
   size_t memory_limit;        /* bytes for the whole state; 0: none */
   uint64_t time_limit_ms;     /* wall clock per entry, enforced by hk_watchdog; 0: none */
   const char *script_env;     /* extra names hk.env may read, "A,B" (copied); NULL: none */
+  const struct hk_native_set_s *natives; /* hk.native functions and C checks (hk_native); borrowed */
 } hk_lua_opts_t;
 /* Defaults: 10 M instructions, 256 MiB, no time limit, no extra names. */
 void hk_lua_opts_init(hk_lua_opts_t *opts, const char *scripts_dir, hk_metrics_t *metrics, unsigned worker);

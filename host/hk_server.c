@@ -18,6 +18,7 @@
 
 #include <uv.h>
 
+#include "hk_drive.h"
 #include "hk_log.h"
 #include "hk_lua_metrics.h"
 #include "hk_watchdog.h"
@@ -79,6 +80,14 @@ struct hk_server_s {
   unsigned control_cell, loader_cell;
   _Atomic size_t connections; /* open in every worker, against --max-connections */
   _Atomic bool shutting_down;  /* read by the workers' connections */
+  hk_server_opts_t opts;
+  /* Asked from any thread (hk_server_stop, hk_server_reload), acted on by on_wake: */
+  _Atomic bool stop_asked;
+  _Atomic bool reload_asked;
+  bool finished; /* the control loop has ended (attached: once its last handle closed) */
+  uv_thread_t control_thread; /* hk_server_start's */
+  bool control_threaded;
+  hk_drive_t *control_drive, *worker_drive; /* attached: both loops run from the caller's */
 };
 
 static void reload_start(hk_server_t *server, const char *trigger);
@@ -152,8 +161,12 @@ static void control_finish(hk_server_t *server) {
 
 static void reload_finish(hk_server_t *server, bool success, const char *error);
 
+static void begin_drain(hk_server_t *server, const char *cause);
+
 static void on_wake(uv_async_t *async) {
   hk_server_t *server = async->data;
+  if (atomic_exchange(&server->stop_asked, false)) begin_drain(server, "api");
+  if (atomic_exchange(&server->reload_asked, false)) reload_start(server, "api");
   bool new_requests = false, all_swapped = true;
   unsigned stopped, listeners_closed;
   pthread_mutex_lock(&server->lock);
@@ -312,6 +325,7 @@ static void reload_start(hk_server_t *server, const char *trigger) {
   /* The control generation builds on the loader's cell (a worker's is written by that worker
    * meanwhile); the workers' copies record nothing at load, so a top level counts once. */
   hk_lua_opts_from_config(&job->control_opts, server->config, server->metrics->registry, server->loader_cell);
+  job->control_opts.natives = server->opts.natives;
   job->worker_opts = job->control_opts;
   job->worker_opts.worker = HK_LUA_METRICS_SILENT;
   server->reload = job;
@@ -404,14 +418,16 @@ static size_t open_connections(const hk_server_t *server) {
   return total;
 }
 
-static void on_signal(uv_signal_t *handle, int signum) {
-  hk_server_t *server = handle->data;
+/* Shutdown, first step: no new connections, no more reloads; `cause` is the signal's name or
+ * "api" (hk_server_stop). */
+static void begin_drain(hk_server_t *server, const char *cause) {
   if (server->draining) return;
   server->draining = true;
   atomic_store_explicit(&server->shutting_down, true, memory_order_release);
-  hk_log_event(HK_LOG_INFO, NULL, "shutdown_started", "signal received: draining connections",
-               (hk_log_field_t[]){HK_LOG_S("signal", signum == SIGTERM ? "SIGTERM" : "SIGINT"),
-                                  HK_LOG_I("connections", open_connections(server))}, 2);
+  hk_log_event(HK_LOG_INFO, NULL, "shutdown_started",
+               strcmp(cause, "api") == 0 ? "stop requested: draining connections"
+                                         : "signal received: draining connections",
+               (hk_log_field_t[]){HK_LOG_S("signal", cause), HK_LOG_I("connections", open_connections(server))}, 2);
   uv_timer_stop(&server->debounce_timer);
   uv_timer_stop(&server->sample_timer);
   if (server->watching) uv_fs_event_stop(&server->watch);
@@ -424,6 +440,10 @@ static void on_signal(uv_signal_t *handle, int signum) {
     pthread_mutex_unlock(&worker->inbox_lock);
     hk__worker_post(worker);
   }
+}
+
+static void on_signal(uv_signal_t *handle, int signum) {
+  begin_drain(handle->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
 /* ---- process metrics -------------------------------------------------------------------------- */
@@ -472,9 +492,12 @@ static void collect_workers(hk_metrics_t *registry, void *data) {
 /* ---- public ----------------------------------------------------------------------------------- */
 
 int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *metrics,
-                  hk_server_t **out, char *err, size_t errsize) {
+                  const hk_server_opts_t *opts, hk_server_t **out, char *err, size_t errsize) {
   hk_server_t *server = calloc(1, sizeof *server);
-  unsigned n = (unsigned)config->workers;
+  /* Attached to a caller's loop: one worker. The metric cells keep the registry's layout
+   * (made for metrics->collector_cell workers), whatever number of them runs. */
+  unsigned n = opts != NULL && opts->attach_loop != NULL ? 1 : (unsigned)config->workers;
+  unsigned layout = metrics->collector_cell;
   if (server == NULL) {
     hk_lua_free(lua);
     snprintf(err, errsize, "out of memory");
@@ -482,10 +505,11 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *m
   }
   server->config = config;
   server->metrics = metrics;
+  server->opts = opts != NULL ? *opts : (hk_server_opts_t){.handle_signals = true};
   server->worker_count = 0;
   server->generation = 1;
-  server->control_cell = hk_server_control_cell(n);
-  server->loader_cell = hk_server_loader_cell(n);
+  server->control_cell = hk_server_control_cell(layout);
+  server->loader_cell = hk_server_loader_cell(layout);
   pthread_mutex_init(&server->lock, NULL);
   int rc = uv_loop_init(&server->loop);
   if (rc != 0) {
@@ -530,9 +554,10 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *m
   for (unsigned i = 0; i < n; i++) {
     hk_lua_t *first = NULL;
     char *lua_err = NULL;
-    hk_lua_opts_t opts;
-    hk_lua_opts_from_config(&opts, config, metrics->registry, HK_LUA_METRICS_SILENT);
-    if (hk_lua_new_opts(&opts, &first, &lua_err) != 0) {
+    hk_lua_opts_t lua_opts;
+    hk_lua_opts_from_config(&lua_opts, config, metrics->registry, HK_LUA_METRICS_SILENT);
+    lua_opts.natives = server->opts.natives;
+    if (hk_lua_new_opts(&lua_opts, &first, &lua_err) != 0) {
       snprintf(err, errsize, "worker %u: %s", i, lua_err ? lua_err : "cannot load the scripts");
       free(lua_err);
       hk_server_free(server);
@@ -560,10 +585,14 @@ unsigned hk_server_loader_cell(unsigned workers) { return workers + 2; }
 
 int hk_server_port(const hk_server_t *server) { return server->port; }
 
-int hk_server_run(hk_server_t *server) {
-  uv_signal_start(&server->sigterm, on_signal, SIGTERM);
-  uv_signal_start(&server->sigint, on_signal, SIGINT);
-  uv_signal_start(&server->sighup, on_sighup, SIGHUP);
+/* Everything before the control loop runs: watches, sampling, the workers (threads, or driven
+ * from the caller's loop when attached). */
+static int server_begin(hk_server_t *server) {
+  if (server->opts.handle_signals) {
+    uv_signal_start(&server->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&server->sigint, on_signal, SIGINT);
+    uv_signal_start(&server->sighup, on_sighup, SIGHUP);
+  }
   if (uv_fs_event_init(&server->loop, &server->watch) == 0) {
     server->watch.data = server;
     server->watching = uv_fs_event_start(&server->watch, on_scripts_changed, server->config->scripts_dir, 0) == 0;
@@ -575,7 +604,7 @@ int hk_server_run(hk_server_t *server) {
   uv_timer_start(&server->sample_timer, on_sample, 0, HK_HOST_METRICS_SAMPLE_INTERVAL_MS);
   uv_unref((uv_handle_t *)&server->sample_timer);
   hk_lua_attach_log(server->gens.current); /* this thread's events go through the scripts' hooks */
-  for (unsigned i = 0; i < server->worker_count; i++) {
+  for (unsigned i = 0; i < server->worker_count && server->opts.attach_loop == NULL; i++) {
     if (hk__worker_start(&server->workers[i]) != 0) {
       hk_log_event(HK_LOG_ERROR, NULL, "worker_failed", "cannot start a worker thread",
                    (hk_log_field_t[]){HK_LOG_I("worker", i)}, 1);
@@ -585,7 +614,7 @@ int hk_server_run(hk_server_t *server) {
   }
   server->started = true;
   /* A signal that came while the scripts loaded, before this loop watched for it. */
-  int early = hk_watchdog_signal_seen();
+  int early = server->opts.handle_signals ? hk_watchdog_signal_seen() : 0;
   if (early != 0) on_signal(&server->sigterm, early);
   const hk_config_t *cfg = server->config;
   hk_log_event(HK_LOG_INFO, NULL, "server_listening", "listening",
@@ -593,15 +622,113 @@ int hk_server_run(hk_server_t *server) {
                                   HK_LOG_I("routes", hk_lua_route_count(server->gens.current)),
                                   HK_LOG_I("workers", server->worker_count),
                                   HK_LOG_S("version", HK_VERSION)}, 5);
-  uv_run(&server->loop, UV_RUN_DEFAULT);
-  for (unsigned i = 0; i < server->worker_count; i++) uv_thread_join(&server->workers[i].thread);
-  hk_log_event(HK_LOG_INFO, NULL, "shutdown_complete", "all connections closed", NULL, 0);
-  hk_lua_attach_log(NULL);
   return 0;
 }
 
+/* After the control loop has ended: every worker is done. */
+static void server_end(hk_server_t *server) {
+  if (server->opts.attach_loop == NULL)
+    for (unsigned i = 0; i < server->worker_count; i++) uv_thread_join(&server->workers[i].thread);
+  server->finished = true;
+  hk_log_event(HK_LOG_INFO, NULL, "shutdown_complete", "all connections closed", NULL, 0);
+  hk_lua_attach_log(NULL);
+}
+
+int hk_server_run(hk_server_t *server) {
+  server_begin(server);
+  uv_run(&server->loop, UV_RUN_DEFAULT);
+  server_end(server);
+  return 0;
+}
+
+static void control_thread_main(void *arg) {
+  hk_server_t *server = arg;
+  hk_lua_attach_log(server->gens.current);
+  uv_run(&server->loop, UV_RUN_DEFAULT);
+  server_end(server);
+}
+
+int hk_server_start(hk_server_t *server) {
+  if (server->started || server->opts.attach_loop != NULL) return -EALREADY;
+  server_begin(server);
+  hk_lua_attach_log(NULL); /* the control generation's hooks belong to the control thread */
+  int rc = uv_thread_create(&server->control_thread, control_thread_main, server);
+  if (rc != 0) {
+    /* Nobody runs the control loop: stop the workers' threads by hand. */
+    begin_drain(server, "api");
+    uv_run(&server->loop, UV_RUN_DEFAULT);
+    server_end(server);
+    return rc;
+  }
+  server->control_threaded = true;
+  return 0;
+}
+
+/* Attached: after each run of the worker's loop or the control loop, the steps a thread would
+ * take when its loop returns. */
+static void after_worker_run(void *data) {
+  hk_server_t *server = data;
+  if (hk__worker_finish_attached(&server->workers[0])) {
+    hk_drive_close(server->worker_drive);
+    server->worker_drive = NULL;
+    hk_drive_kick(server->control_drive); /* its wake-up is waiting on the control loop */
+  }
+}
+
+static void after_control_run(void *data) {
+  hk_server_t *server = data;
+  if (server->finished || !server->started || server->stopped < server->worker_count ||
+      uv_loop_alive(&server->loop))
+    return;
+  server_end(server);
+  hk_drive_close(server->control_drive);
+  server->control_drive = NULL;
+  if (server->opts.on_stopped) server->opts.on_stopped(server->opts.stopped_data);
+}
+
+int hk_server_attach(hk_server_t *server) {
+  uv_loop_t *outer = server->opts.attach_loop;
+  if (outer == NULL || server->started) return -EALREADY;
+  int rc = hk_drive_start(outer, &server->workers[0].loop, after_worker_run, server, &server->worker_drive);
+  if (rc == 0) rc = hk_drive_start(outer, &server->loop, after_control_run, server, &server->control_drive);
+  if (rc != 0) {
+    hk_drive_close(server->worker_drive);
+    server->worker_drive = NULL;
+    return rc;
+  }
+  server_begin(server);
+  hk_lua_attach_log(server->workers[0].lua); /* the caller's thread serves the requests */
+  hk_drive_kick(server->control_drive);
+  hk_drive_kick(server->worker_drive);
+  return 0;
+}
+
+int hk_server_stop(hk_server_t *server) {
+  if (server->finished) return -EALREADY;
+  atomic_store(&server->stop_asked, true);
+  uv_async_send(&server->wake);
+  if (server->control_threaded) {
+    uv_thread_join(&server->control_thread);
+    server->control_threaded = false;
+  }
+  return 0;
+}
+
+int hk_server_reload(hk_server_t *server) {
+  if (!server->started || server->finished) return -EAGAIN;
+  atomic_store(&server->reload_asked, true);
+  uv_async_send(&server->wake);
+  return 0;
+}
+
+bool hk_server_finished(const hk_server_t *server) { return server->finished; }
+
 void hk_server_free(hk_server_t *server) {
   if (server == NULL) return;
+  if (server->control_threaded) hk_server_stop(server); /* a running control thread: drain first */
+  /* Attached and not stopped yet: the caller's loop stops driving ours, which close below. */
+  hk_drive_close(server->worker_drive);
+  hk_drive_close(server->control_drive);
   /* The registry outlives the server: nothing may call back into it from a scrape. */
   hk_metrics_remove_collector(server->metrics->registry, collect_workers, server);
   server->draining = true; /* a reload still building is dropped when it comes back */

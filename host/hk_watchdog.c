@@ -158,19 +158,24 @@ static void watchdog_main(void *arg) {
   uv_loop_close(&dog.loop);
 }
 
-int hk_watchdog_start(uint64_t drain_timeout_ms) {
+int hk_watchdog_start(uint64_t drain_timeout_ms) { return hk_watchdog_start_opts(drain_timeout_ms, true); }
+
+int hk_watchdog_start_opts(uint64_t drain_timeout_ms, bool watch_signals) {
   atomic_store(&dog.drain_timeout_ms, drain_timeout_ms);
   if (dog.started) return 0;
   int rc = uv_loop_init(&dog.loop);
   if (rc != 0) return rc;
   uv_timer_init(&dog.loop, &dog.timer);
   uv_async_init(&dog.loop, &dog.stop, on_stop);
-  uv_signal_init(&dog.loop, &dog.sigterm);
-  uv_signal_init(&dog.loop, &dog.sigint);
-  /* libuv hands a signal to every loop watching it: the server's loop drains, this one keeps
-   * the time in case that loop never gets to. */
-  uv_signal_start(&dog.sigterm, on_signal, SIGTERM);
-  uv_signal_start(&dog.sigint, on_signal, SIGINT);
+  dog.watch_signals = watch_signals;
+  if (watch_signals) {
+    uv_signal_init(&dog.loop, &dog.sigterm);
+    uv_signal_init(&dog.loop, &dog.sigint);
+    /* libuv hands a signal to every loop watching it: the server's loop drains, this one
+     * keeps the time in case that loop never gets to. */
+    uv_signal_start(&dog.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&dog.sigint, on_signal, SIGINT);
+  }
   uv_timer_start(&dog.timer, on_tick, HK_WATCHDOG_TICK_MS, HK_WATCHDOG_TICK_MS);
   rc = uv_thread_create(&dog.thread, watchdog_main, NULL);
   if (rc != 0) {

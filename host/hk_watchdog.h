@@ -32,6 +32,9 @@ extern _Atomic uint64_t hk__watchdog_tick;
 /* Starts the thread (once per process; later calls only update the drain timeout). Without it
  * no entry ever expires. Returns 0 or a negative code. */
 int hk_watchdog_start(uint64_t drain_timeout_ms);
+/* The same; without watch_signals (a library inside another program, whose signals are its
+ * own) the thread keeps only the time limits: it never watches a signal or ends the process. */
+int hk_watchdog_start_opts(uint64_t drain_timeout_ms, bool watch_signals);
 /* The first SIGTERM or SIGINT the watchdog saw (0 when none): libuv hands a signal only to
  * the loops watching it when it arrives, so a server loop started later (while the scripts
  * loaded) asks here. */

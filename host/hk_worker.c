@@ -256,6 +256,7 @@ const char *hk__worker_date(hk_worker_t *worker) {
 static void worker_maybe_stop(hk_worker_t *worker) {
   if (!worker->draining || worker->conn_count > 0) return;
   uv_timer_stop(&worker->drain_timer);
+  worker->loop_done = true; /* for a loop driven from a caller's (hk__worker_finish_attached) */
   uv_stop(&worker->loop);
 }
 
@@ -473,6 +474,16 @@ static void worker_main(void *arg) {
 }
 
 int hk__worker_start(hk_worker_t *worker) { return uv_thread_create(&worker->thread, worker_main, worker); }
+
+/* The thread's part of worker_main, for a worker whose loop a caller's loop drives: called
+ * after each run of it, it ends the worker once the drain is over. */
+bool hk__worker_finish_attached(hk_worker_t *worker) {
+  if (!worker->loop_done || worker->finished) return false;
+  worker->finished = true;
+  worker_shutdown(worker);
+  hk__server_worker_stopped(worker->server, worker);
+  return true;
+}
 
 void hk__worker_destroy(hk_worker_t *worker) {
   if (worker->destroyed) return;

@@ -146,6 +146,8 @@ struct hk_worker_s {
   hk_conn_t *reload_waiters, *reload_waiters_tail; /* FIFO, in the order asked of control */
   unsigned reload_tickets; /* admin requests this worker has passed to control */
   bool destroyed;
+  bool loop_done; /* drained: the loop was told to stop */
+  bool finished;  /* attached: hk__worker_finish_attached has ended it */
   hk_conn_t *conns; /* doubly-linked list of open connections */
   size_t conn_count;
   _Atomic size_t open_connections; /* conn_count, for the scrape-time collector */
@@ -170,6 +172,9 @@ int hk__worker_init(hk_worker_t *worker, hk_server_t *server, unsigned index, co
 /* The worker's listening socket (for the next worker's fallback without SO_REUSEPORT). */
 int hk__worker_listen_fd(const hk_worker_t *worker);
 int hk__worker_start(hk_worker_t *worker); /* starts its thread */
+/* Without a thread (a caller's loop drives the worker's): after each run of the worker's loop,
+ * ends the worker once it has drained, as its thread would. True when it just did. */
+bool hk__worker_finish_attached(hk_worker_t *worker);
 /* Called by the control thread: wakes the worker to read its inbox. */
 void hk__worker_post(hk_worker_t *worker);
 /* After the thread has ended (or never started): closes the loop and frees what is left. */

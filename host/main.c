@@ -164,7 +164,7 @@ static int command_serve(int argc, char **argv, int first) {
   }
   hk_server_t *server = NULL;
   char msg[512];
-  if (hk_server_new(&cfg, lua, &host, &server, msg, sizeof msg) != 0) { /* takes lua */
+  if (hk_server_new(&cfg, lua, &host, NULL, &server, msg, sizeof msg) != 0) { /* takes lua */
     print_first_line("hancock: ", msg);
     hk_metrics_free(registry);
     return 1;

@@ -10,6 +10,9 @@ local hk = {
   json = json,
   version = core.version,
   log = {},
+  -- C functions of the program that embeds the host (hk_native_add in hancock.h); empty in
+  -- the hancock binary.
+  native = core.native,
 }
 
 local ErrorResponse = { __name = "hancock.ErrorResponse" }
