@@ -5,6 +5,9 @@
 #   make test SANITIZE=1  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make test-tsan        the unit tests and the 4-worker black-box suites under ThreadSanitizer
 #                         (build-tsan; one documented run, not part of CI: docs/testing.md)
+#   make fuzz FUZZ_SECONDS=60  build build-fuzz (clang, libFuzzer + ASan/UBSan) and run every fuzz
+#                         target that long, new inputs in a scratch corpus (tests/fuzz/campaign.sh,
+#                         docs/fuzzing.md); fails when a target finds a crash
 #   make bench            wrk against the real binary (tests/bench/run.sh)
 #   make compare          the host against nginx+Lua, Flask, Node and a do-nothing responder
 #                         (tests/bench/compare/run.sh; installs their packages with --bench)
@@ -27,7 +30,7 @@ endif
 CMAKE_FLAGS = -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DHK_SANITIZE=$(if $(filter 1,$(SANITIZE)),ON,OFF) \
               -DHK_WERROR=$(if $(filter 1,$(WERROR)),ON,OFF)
 
-.PHONY: all build run test bench compare stack deps deps-test clean install test-tsan
+.PHONY: all build run test bench compare stack deps deps-test clean install test-tsan fuzz
 
 all: build
 
@@ -46,6 +49,13 @@ run: build
 
 test: deps-test build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+# libFuzzer needs clang; build-fuzz is its own tree (hk_core instrumented too). FUZZ_SECONDS per
+# target (default 60); FUZZ_TARGETS, FUZZ_PARALLEL, FUZZ_NICE, FUZZ_WORK: see tests/fuzz/campaign.sh.
+fuzz:
+	@CC=clang cmake -S . -B build-fuzz -DHK_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build build-fuzz -j $(JOBS)
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) ./tests/fuzz/campaign.sh build-fuzz
 
 bench: deps-test
 	@$(MAKE) --no-print-directory build BUILD_TYPE=Release

@@ -4,6 +4,7 @@
  * (hk_server: on threads of its own, or attached to the caller's loop). Also the C metric
  * handles, which write a cell of the registry reserved for the embedder's threads. */
 #include "hancock.h"
+#include "hk_embed.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -50,6 +51,7 @@ struct hk_host_s {
   pthread_mutex_t list_lock;    /* the handle list: registration may come from any thread */
   embed_metric_t *handles;
   bool attached, log_thread, watchdog;
+  bool binary; /* the hancock binary's serve (hk__host_serve): signals are its own */
   void (*on_stopped)(hk_host_t *host, void *data);
   void *on_stopped_data;
 };
@@ -164,6 +166,40 @@ static int load_settings(const hk_host_config_t *in, hk_config_t *out) {
   return 0;
 }
 
+/* A host for validated settings: the registry, the native set, and the process's one slot. */
+static int host_create(const hk_config_t *config, hk_host_t **out) {
+  hk_host_t *host = calloc(1, sizeof *host);
+  if (host == NULL) return -ENOMEM;
+  host->config = *config;
+  hk_log_set_level(host->config.log_level);
+  int rc = -ENOMEM;
+  /* Reference-counted by libcurl; thread-safe in the libcurl this builds against (>= 7.84). */
+  bool curl = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
+  unsigned workers = (unsigned)host->config.workers;
+  host->embed_cell = hk_server_cells(workers);
+  char err[256];
+  if (curl) rc = hk_metrics_new(hk_server_cells(workers) + 1, &host->registry);
+  if (rc == 0) rc = hk_host_metrics_init(&host->metrics, host->registry, workers, err, sizeof err);
+  if (rc == 0) rc = hk_native_set_new(&host->natives);
+  if (rc == 0) {
+    pthread_mutex_lock(&live_lock);
+    if (live_host != NULL) rc = -EBUSY; /* another thread got there first */
+    else live_host = host;
+    pthread_mutex_unlock(&live_lock);
+  }
+  if (rc != 0) {
+    hk_native_set_free(host->natives);
+    hk_metrics_free(host->registry);
+    if (curl) curl_global_cleanup();
+    free(host);
+    return rc < 0 ? rc : -ENOMEM;
+  }
+  pthread_mutex_init(&host->update_lock, NULL);
+  pthread_mutex_init(&host->list_lock, NULL);
+  *out = host;
+  return 0;
+}
+
 int hk_host_new(const hk_host_config_t *cfg, hk_host_t **out) {
   if (cfg == NULL || out == NULL) return -EINVAL;
   *out = NULL;
@@ -172,52 +208,11 @@ int hk_host_new(const hk_host_config_t *cfg, hk_host_t **out) {
   pthread_mutex_unlock(&live_lock);
   if (busy) return -EBUSY;
   hk_log_set_sink(cfg->log_sink, cfg->log_sink_data);
-  hk_host_t *host = calloc(1, sizeof *host);
-  if (host == NULL) return -ENOMEM;
-  int rc = load_settings(cfg, &host->config);
-  if (rc != 0) {
-    free(host);
-    hk_log_set_sink(NULL, NULL);
-    return rc;
-  }
-  hk_log_set_level(host->config.log_level);
-  /* Reference-counted by libcurl; thread-safe in the libcurl this builds against (>= 7.84). */
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-    free(host);
-    hk_log_set_sink(NULL, NULL);
-    return -ENOMEM;
-  }
-  unsigned workers = (unsigned)host->config.workers;
-  host->embed_cell = hk_server_cells(workers);
-  char err[256];
-  rc = hk_metrics_new(hk_server_cells(workers) + 1, &host->registry);
-  if (rc == 0) rc = hk_host_metrics_init(&host->metrics, host->registry, workers, err, sizeof err);
-  if (rc == 0) rc = hk_native_set_new(&host->natives);
-  if (rc != 0) {
-    hk_native_set_free(host->natives);
-    hk_metrics_free(host->registry);
-    curl_global_cleanup();
-    free(host);
-    hk_log_set_sink(NULL, NULL);
-    return rc < 0 ? rc : -ENOMEM;
-  }
-  pthread_mutex_init(&host->update_lock, NULL);
-  pthread_mutex_init(&host->list_lock, NULL);
-  pthread_mutex_lock(&live_lock);
-  if (live_host != NULL) rc = -EBUSY; /* another thread won the race */
-  else live_host = host;
-  pthread_mutex_unlock(&live_lock);
-  if (rc != 0) {
-    hk_native_set_free(host->natives);
-    hk_metrics_free(host->registry);
-    curl_global_cleanup();
-    pthread_mutex_destroy(&host->update_lock);
-    pthread_mutex_destroy(&host->list_lock);
-    free(host);
-    return rc;
-  }
-  *out = host;
-  return 0;
+  hk_config_t config;
+  int rc = load_settings(cfg, &config);
+  if (rc == 0) rc = host_create(&config, out);
+  if (rc != 0) hk_log_set_sink(NULL, NULL);
+  return rc;
 }
 
 static void on_server_stopped(void *data) {
@@ -225,39 +220,45 @@ static void on_server_stopped(void *data) {
   if (host->on_stopped) host->on_stopped(host, host->on_stopped_data);
 }
 
-/* Loads the control generation and sets up the server; attach_loop NULL: threads. */
-static int host_begin(hk_host_t *host, uv_loop_t *attach_loop) {
+/* Loads the control generation and sets up the server; attach_loop NULL: threads. What went
+ * wrong is logged and, first line only, left in err. */
+static int host_begin(hk_host_t *host, uv_loop_t *attach_loop, char *err, size_t errsize) {
   if (!is_live(host)) return -EINVAL;
   if (host->server != NULL) return -EALREADY;
   const hk_config_t *cfg = &host->config;
-  if (cfg->lua_time_limit_ms > 0) {
-    /* The time limits only: the embedder's signals are its own, and the process is never
-     * ended from here. */
-    if (hk_watchdog_start_opts(cfg->drain_timeout_ms, false) != 0) return -ENOMEM;
+  if (cfg->lua_time_limit_ms > 0 || host->binary) {
+    /* Embedded: the time limits only — the program's signals are its own, and the process is
+     * never ended from here. The binary's also ends a shutdown that cannot finish. */
+    if (hk_watchdog_start_opts(cfg->drain_timeout_ms, host->binary) != 0) {
+      snprintf(err, errsize, "cannot start the watchdog thread");
+      return -ENOMEM;
+    }
     host->watchdog = true;
   }
   hk_lua_opts_t opts;
   hk_lua_opts_from_config(&opts, cfg, host->registry, 0);
   opts.natives = host->natives;
   hk_lua_t *lua = NULL;
-  char *err = NULL;
-  if (hk_lua_new_opts(&opts, &lua, &err) != 0) {
+  char *lua_err = NULL;
+  if (hk_lua_new_opts(&opts, &lua, &lua_err) != 0) {
     hk_log_event(HK_LOG_ERROR, NULL, "script_error", "scripts failed to load",
-                 (hk_log_field_t[]){HK_LOG_S("error", err)}, 1);
-    free(err);
+                 (hk_log_field_t[]){HK_LOG_S("error", lua_err)}, 1);
+    const char *nl = lua_err ? strchr(lua_err, '\n') : NULL;
+    snprintf(err, errsize, "script error: %.*s", nl ? (int)(nl - lua_err) : (int)strlen(lua_err ? lua_err : ""),
+             lua_err ? lua_err : "");
+    free(lua_err);
     return -EINVAL;
   }
   hk_server_opts_t server_opts = {
-      .handle_signals = false,
+      .handle_signals = host->binary,
       .attach_loop = attach_loop,
       .on_stopped = on_server_stopped,
       .stopped_data = host,
       .natives = host->natives,
   };
-  char msg[512];
-  int rc = hk_server_new(cfg, lua, &host->metrics, &server_opts, &host->server, msg, sizeof msg); /* takes lua */
+  int rc = hk_server_new(cfg, lua, &host->metrics, &server_opts, &host->server, err, errsize); /* takes lua */
   if (rc != 0) {
-    log_refusal("start_failed", msg);
+    if (!host->binary) log_refusal("start_failed", err); /* the binary says it on stderr */
     host->server = NULL;
     return rc < 0 ? rc : -EINVAL;
   }
@@ -265,7 +266,8 @@ static int host_begin(hk_host_t *host, uv_loop_t *attach_loop) {
 }
 
 int hk_host_start(hk_host_t *host) {
-  int rc = host_begin(host, NULL);
+  char err[512];
+  int rc = host_begin(host, NULL, err, sizeof err);
   if (rc != 0) return rc;
   if (!host->log_thread && hk_log_start(1, LOG_QUEUE_LIMIT) == 0) host->log_thread = true;
   rc = hk_server_start(host->server);
@@ -278,7 +280,8 @@ int hk_host_start(hk_host_t *host) {
 
 int hk_host_attach(hk_host_t *host, struct uv_loop_s *loop) {
   if (loop == NULL) return -EINVAL;
-  int rc = host_begin(host, loop);
+  char err[512];
+  int rc = host_begin(host, loop, err, sizeof err);
   if (rc != 0) return rc;
   host->attached = true;
   rc = hk_server_attach(host->server);
@@ -450,4 +453,29 @@ int hk_health_add(hk_host_t *host, const char *name, hk_health_fn check, void *d
   if (!is_live(host)) return -EINVAL;
   if (host->server != NULL) return -EBUSY;
   return hk_native_set_add_check(host->natives, name, check, data, opts);
+}
+
+/* ---- the hancock binary ---------------------------------------------------------------------- */
+
+int hk__host_serve(const hk_config_t *config, char *err, size_t errsize) {
+  hk_host_t *host = NULL;
+  int rc = host_create(config, &host);
+  if (rc != 0) {
+    snprintf(err, errsize, "%s", rc == -EBUSY ? "another host is running" : "out of memory");
+    return 1;
+  }
+  host->binary = true;
+  int status = 1;
+  if (host_begin(host, NULL, err, errsize) == 0) {
+    /* Start-up problems above went out synchronously; from here a slow stdout never stalls
+     * a loop. */
+    if (hk_log_start(1, LOG_QUEUE_LIMIT) != 0) {
+      snprintf(err, errsize, "cannot start the log writer");
+    } else {
+      host->log_thread = true;
+      status = hk_server_run(host->server);
+    }
+  }
+  hk_host_free(host);
+  return status;
 }

@@ -1,6 +1,7 @@
 /* hancock: the command line. Parses the command and its flags (through hk_config), then runs
- * `serve` (the HTTP host) or `check` (load the scripts as serve would and report). Everything
- * else lives in the hk_* modules; this file only wires them together and picks exit codes. */
+ * `serve` (the library's host, hk_embed, as the embedding API runs it) or a one-shot command
+ * (`check`, `rules`, `dashboard`: load the scripts as serve would and report). This file only
+ * wires them together and picks exit codes. */
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
@@ -11,13 +12,11 @@
 #include <curl/curl.h>
 
 #include "hk_config.h"
+#include "hk_embed.h"
 #include "hk_host_metrics.h"
 #include "hk_log.h"
 #include "hk_lua.h"
 #include "hk_server.h"
-#include "hk_watchdog.h"
-
-#define LOG_QUEUE_LIMIT (8u * 1024 * 1024)
 
 static void print_usage(FILE *out) {
   fprintf(out,
@@ -135,51 +134,15 @@ static int command_check(int argc, char **argv, int first) {
   return 0;
 }
 
+/* `hancock serve`: the library's host (hk_embed) on threads of its own, with the process's
+ * signals. */
 static int command_serve(int argc, char **argv, int first) {
   hk_config_t cfg;
   if (load_config(&cfg, argc, argv, first, HK_CONFIG_FOR_SERVE) != 0) return 1;
   if (check_scripts_dir(cfg.scripts_dir) != 0) return 1;
-
-  hk_metrics_t *registry = NULL;
-  hk_host_metrics_t host;
-  if (metrics_new((unsigned)cfg.workers, &registry, &host) != 0) return 1;
-  hk_lua_t *lua = NULL;
-  char *err = NULL;
-  /* Before the scripts run: their time limit is kept by the watchdog thread, which also ends a
-   * shutdown that cannot finish (a stuck script, a blocked stdout). */
-  if (hk_watchdog_start(cfg.drain_timeout_ms) != 0) {
-    fprintf(stderr, "hancock: cannot start the watchdog thread\n");
-    hk_metrics_free(registry);
-    return 1;
-  }
-  hk_lua_opts_t opts;
-  hk_lua_opts_from_config(&opts, &cfg, registry, 0);
-  if (hk_lua_new_opts(&opts, &lua, &err) != 0) {
-    print_first_line("hancock: script error: ", err);
-    hk_log_event(HK_LOG_ERROR, NULL, "script_error", "scripts failed to load",
-                 (hk_log_field_t[]){HK_LOG_S("error", err)}, 1);
-    free(err);
-    hk_metrics_free(registry);
-    return 1;
-  }
-  hk_server_t *server = NULL;
-  char msg[512];
-  if (hk_server_new(&cfg, lua, &host, NULL, &server, msg, sizeof msg) != 0) { /* takes lua */
-    print_first_line("hancock: ", msg);
-    hk_metrics_free(registry);
-    return 1;
-  }
-  int status = 0;
-  if (hk_log_start(1, LOG_QUEUE_LIMIT) != 0) {
-    fprintf(stderr, "hancock: cannot start the log writer\n");
-    status = 1;
-  } else {
-    status = hk_server_run(server);
-  }
-  hk_server_free(server);
-  hk_metrics_free(registry);
-  hk_log_stop();
-  hk_watchdog_stop();
+  char err[1024] = "";
+  int status = hk__host_serve(&cfg, err, sizeof err);
+  if (status != 0 && err[0] != '\0') print_first_line("hancock: ", err);
   return status;
 }
 

@@ -10,6 +10,7 @@
 #define _POSIX_C_SOURCE 200809L /* uv.h needs POSIX threads types under -std=c11 */
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,9 @@ typedef struct service_s {
   hk_host_t *host;
   hk_counter_t *jobs_done;
   hk_gauge_t *queue_depth;
+  /* The queue: on Hancock's threads (--threads) natives run on its workers while this loop
+   * drains it, so it is guarded; attached, everything runs on this thread anyway. */
+  pthread_mutex_t lock;
   int queued;
   long processed;
   int exit_status;
@@ -38,13 +42,15 @@ static const char *const KIND[] = {"kind"};
 
 static void on_work(uv_timer_t *timer) {
   service_t *svc = timer->data;
-  for (int i = 0; i < 5 && svc->queued > 0; i++) {
-    svc->queued--;
-    svc->processed++;
-    const char *kind[] = {"queued"};
-    hk_counter_add(svc->jobs_done, kind, 1);
-  }
-  hk_gauge_set(svc->queue_depth, NULL, svc->queued);
+  const char *kind[] = {"queued"};
+  pthread_mutex_lock(&svc->lock);
+  int done = svc->queued < 5 ? svc->queued : 5;
+  svc->queued -= done;
+  svc->processed += done;
+  int depth = svc->queued;
+  pthread_mutex_unlock(&svc->lock);
+  if (done > 0) hk_counter_add(svc->jobs_done, kind, done); /* metric handles: any thread */
+  hk_gauge_set(svc->queue_depth, NULL, depth);
 }
 
 /* ---- C called from Lua ----------------------------------------------------------------------- */
@@ -55,17 +61,21 @@ static int native_enqueue(hk_call_t *call, void *data) {
   int64_t n = 0;
   if (hk_call_integer(call, 0, &n) != 0 || n < 1 || n > 1000)
     return hk_call_error(call, "expected a job count from 1 to 1000");
-  svc->queued += (int)n;
-  hk_gauge_set(svc->queue_depth, NULL, svc->queued);
-  return hk_call_push_integer(call, svc->queued);
+  pthread_mutex_lock(&svc->lock);
+  int depth = svc->queued += (int)n;
+  pthread_mutex_unlock(&svc->lock);
+  hk_gauge_set(svc->queue_depth, NULL, depth);
+  return hk_call_push_integer(call, depth);
 }
 
 /* hk.native.stats() -> {queued = n, processed = n, version = "..."} */
 static int native_stats(hk_call_t *call, void *data) {
   service_t *svc = data;
   char json[160];
+  pthread_mutex_lock(&svc->lock);
   snprintf(json, sizeof json, "{\"queued\":%d,\"processed\":%ld,\"version\":\"%s\"}", svc->queued, svc->processed,
            hk_version());
+  pthread_mutex_unlock(&svc->lock);
   return hk_call_push_json(call, json, strlen(json));
 }
 
@@ -90,8 +100,11 @@ static int native_lookup(hk_call_t *call, void *data) {
 
 static int check_queue(void *data, char *detail, size_t size) {
   service_t *svc = data;
-  snprintf(detail, size, "queue_depth=%d", svc->queued);
-  return svc->queued > QUEUE_WARN_DEPTH ? HK_HEALTH_DEGRADED : HK_HEALTH_OK;
+  pthread_mutex_lock(&svc->lock);
+  int depth = svc->queued;
+  pthread_mutex_unlock(&svc->lock);
+  snprintf(detail, size, "queue_depth=%d", depth);
+  return depth > QUEUE_WARN_DEPTH ? HK_HEALTH_DEGRADED : HK_HEALTH_OK;
 }
 
 /* ---- life ------------------------------------------------------------------------------------ */
@@ -161,6 +174,7 @@ int main(int argc, char **argv) {
 
   service_t svc;
   memset(&svc, 0, sizeof svc);
+  pthread_mutex_init(&svc.lock, NULL);
   uv_loop_init(&svc.loop);
   int rc = setup(&svc, &cfg);
   if (rc != 0) {
@@ -184,9 +198,7 @@ int main(int argc, char **argv) {
    * from the loop when the drain is over; on Hancock's threads, from hk_host_stop. */
   hk_host_on_stopped(svc.host, on_host_stopped, &svc);
   if (threads) {
-    /* Natives then run on Hancock's workers, concurrently with this loop: a real service
-     * would guard svc->queued with a mutex (this example's race is on a counter only). */
-    rc = hk_host_start(svc.host);
+    rc = hk_host_start(svc.host); /* natives now run on Hancock's workers: svc.lock guards */
   } else {
     rc = hk_host_attach(svc.host, &svc.loop);
   }
@@ -206,5 +218,6 @@ int main(int argc, char **argv) {
     fprintf(stderr, "embed-service: handles left open on the loop\n");
     svc.exit_status = 1;
   }
+  pthread_mutex_destroy(&svc.lock);
   return svc.exit_status;
 }
