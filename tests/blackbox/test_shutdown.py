@@ -129,6 +129,38 @@ class ShutdownTest(unittest.TestCase):
         self.assertEqual(code, 0, stderr)
         self.assertNotIn("log_abandoned", stderr)  # nothing blocks on a closed pipe: a clean stop
 
+    def test_disk_full_for_logs_drops_lines_and_keeps_serving(self):
+        # stdout is a file on a full disk: /dev/full fails every write with ENOSPC. The log
+        # writer counts what it could not write; requests, scrapes and the stop are unaffected.
+        stderr = tempfile.TemporaryFile()
+        self.addCleanup(stderr.close)
+        port = harness.free_port()
+        env = dict(os.environ, LOG_LEVEL="INFO")
+        env.pop("HANCOCK_PORT", None)
+        with open("/dev/full", "w") as full:
+            proc = subprocess.Popen(
+                [harness.BIN, "serve", "--listen", "127.0.0.1:%d" % port, "--scripts", harness.SCRIPTS,
+                 "--drain-timeout", "1s"], stdout=full, stderr=stderr, env=env)
+        proc.stdout = open(os.devnull)  # for tearDown
+        self.procs.append(proc)
+        proc.stderr_file = stderr
+        deadline = time.monotonic() + 10
+        while True:  # no server_listening line to read: wait for the port instead
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                self.assertIsNone(proc.poll(), "hancock exited with stdout on a full disk")
+                self.assertLess(time.monotonic(), deadline, "not listening within 10 s")
+                time.sleep(0.05)
+        self.traffic(port, 200)
+        dropped = harness.metric_value(self.scrape(port), "hancock_log_lines_dropped_total")
+        self.assertIsNotNone(dropped)
+        self.assertGreaterEqual(dropped, 200)  # at least a request_completed line per request
+        code, stderr_text = self.stop(proc)
+        self.assertEqual(code, 0, stderr_text)
+        self.assertNotIn("log_abandoned", stderr_text)  # a failing write does not block the stop
+
     @staticmethod
     def blocked_writing_stdout(pid):
         """True when a thread of `pid` is inside write(2) on fd 1 (from /proc/PID/task/*/syscall:
