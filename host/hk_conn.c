@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -347,6 +348,14 @@ static int conn_queue_response(hk_conn_t *conn, hk_request_t *req, bool keep_ali
 
 /* ---- responses streamed by a handler ---------------------------------------------------- */
 
+/* HEAD runs the GET handler (the router falls back), so a streaming handler writes a body that
+ * must not go out: a HEAD response ends with its head, and body bytes after it would be read by
+ * a keep-alive client as the next response (found by tests/fuzz/fuzz_conn.c). */
+static bool request_is_head(const hk_request_t *req) {
+  const hk_http_request_t *http = req->http;
+  return http != NULL && http->method_len == 4 && memcmp(http->method, "HEAD", 4) == 0;
+}
+
 static int handler_stream_start(hk_request_t *req) {
   hk_conn_t *conn = req->owner;
   if (conn == NULL || conn->closing) return -EPIPE;
@@ -371,7 +380,7 @@ static int handler_stream_start(hk_request_t *req) {
 static int handler_stream_write(hk_request_t *req, const char *data, size_t len) {
   hk_conn_t *conn = req->owner;
   if (conn == NULL || conn->closing) return -EPIPE;
-  if (len == 0) return 0;
+  if (len == 0 || request_is_head(req)) return 0; /* HEAD: the head went out, the body never does */
   if (conn->out.len + conn->writing.len > HK_STREAM_HARD_LIMIT) return -EAGAIN;
   int rc = 0;
   if (conn->stream_chunked) rc = hk_buf_appendf(&conn->out, "%zx\r\n", len);
@@ -429,33 +438,111 @@ static void request_default_mode(hk_request_t *req) {
     req->mode[0] = '\0';
 }
 
+/* ---- trace ids ---------------------------------------------------------------------------- */
+
+static bool is_lower_hex(const char *s, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
+  }
+  return true;
+}
+
+/* Lower-case hex and not all zeros: what W3C Trace Context requires of trace and span ids. */
+static bool is_trace_hex(const char *s, size_t len) {
+  if (!is_lower_hex(s, len)) return false;
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] != '0') return true;
+  }
+  return false;
+}
+
+static uint64_t fnv1a64(const char *prefix, const char *s) {
+  uint64_t hash = 0xcbf29ce484222325u;
+  for (const char *p = prefix; *p; p++) hash = (hash ^ (unsigned char)*p) * 0x100000001b3u;
+  for (const char *p = s; *p; p++) hash = (hash ^ (unsigned char)*p) * 0x100000001b3u;
+  return hash;
+}
+
+/* True when v[0..len) is a valid W3C traceparent: version-traceid-parentid-flags in lower-case
+ * hex, ids not all zeros, version ff invalid, version 00 exactly 55 characters. */
+static bool traceparent_valid(const char *v, size_t len) {
+  return len >= 55 && v[2] == '-' && v[35] == '-' && v[52] == '-' && is_lower_hex(v, 2) &&
+         memcmp(v, "ff", 2) != 0 && (len == 55 || (memcmp(v, "00", 2) != 0 && v[55] == '-')) &&
+         is_trace_hex(v + 3, 32) && is_trace_hex(v + 36, 16) && is_lower_hex(v + 53, 2);
+}
+
+/* The request's W3C trace id, 32 lower-case hex digits, by the rule hancock.llm follows too
+ * (lua/hancock/llm.lua, trace_of), so the core's lines and the scripts' name the same trace
+ * without sharing state: the trace-id of a valid inbound `traceparent` (of its first entry, when
+ * a client joined several with commas); else the request id's hex digits when it is a UUID;
+ * else two FNV-1a 64 digests of the request id. */
+static void request_trace_id(const hk_request_t *req, char out[33]) {
+  const hk_http_header_t *tp = req->http ? hk_http_header_find(req->http, "traceparent") : NULL;
+  if (tp != NULL) {
+    size_t len = tp->value_len;
+    const char *comma = memchr(tp->value, ',', len);
+    if (comma != NULL) len = (size_t)(comma - tp->value);
+    while (len > 0 && (tp->value[len - 1] == ' ' || tp->value[len - 1] == '\t')) len--;
+    if (traceparent_valid(tp->value, len)) {
+      memcpy(out, tp->value + 3, 32);
+      out[32] = '\0';
+      return;
+    }
+  }
+  const char *id = req->id;
+  size_t n = 0;
+  bool uuid = strlen(id) == 36;
+  for (size_t i = 0; uuid && i < 36; i++) {
+    char c = id[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      uuid = c == '-';
+    } else if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) {
+      out[n++] = c;
+    } else if (c >= 'A' && c <= 'F') {
+      out[n++] = (char)(c - 'A' + 'a');
+    } else {
+      uuid = false;
+    }
+  }
+  out[32] = '\0';
+  if (uuid && is_trace_hex(out, 32)) return;
+  snprintf(out, 33, "%016llx%016llx", (unsigned long long)fnv1a64("", id),
+           (unsigned long long)fnv1a64("trace:", id));
+}
+
 void hk__conn_log_started(const hk_request_t *req) {
   if (!hk_log_enabled(HK_LOG_INFO)) return;
   const hk_http_request_t *http = req->http;
+  char trace_id[33];
+  request_trace_id(req, trace_id);
   hk_log_field_t fields[] = {
       HK_LOG_SN("method", http->method, http->method_len),
       HK_LOG_S("endpoint", req->endpoint),
       HK_LOG_SN("path", http->path, http->path_len),
       HK_LOG_S("client", req->remote_addr),
+      HK_LOG_SN("trace_id", trace_id, 32),
       HK_LOG_S("mode", req->mode),
   };
   hk_log_event(HK_LOG_INFO, req->id, "request_started", "request started", fields,
-             req->mode[0] ? 5 : 4);
+             req->mode[0] ? 6 : 5);
 }
 
 static void log_request_completed(const hk_request_t *req) {
   if (!hk_log_enabled(HK_LOG_INFO)) return;
   const hk_http_request_t *http = req->http;
   double latency_ms = (double)(hk_now_ns() - req->start_ns) / 1e6;
+  char trace_id[33];
+  request_trace_id(req, trace_id);
   hk_log_field_t fields[] = {
       HK_LOG_SN("method", http->method, http->method_len),
       HK_LOG_S("endpoint", req->endpoint),
       HK_LOG_I("status", req->response.status),
       HK_LOG_D("latency_ms", latency_ms),
+      HK_LOG_SN("trace_id", trace_id, 32),
       HK_LOG_S("mode", req->mode),
   };
   hk_log_event(HK_LOG_INFO, req->id, "request_completed", "request completed", fields,
-             req->mode[0] ? 5 : 4);
+             req->mode[0] ? 6 : 5);
 }
 
 static void record_request(hk_worker_t *worker, const hk_request_t *req) {
@@ -519,7 +606,8 @@ static void conn_finish_request(hk_request_t *req) {
   if (req->stream_started) {
     /* The handler streamed its body: end it (a failure midway has already been logged; the
      * body just ends, as HTTP offers no way to take back a status that went out). */
-    if (conn->stream_chunked && hk_buf_append_str(&conn->out, "0\r\n\r\n") != 0) conn_close(conn);
+    if (conn->stream_chunked && !request_is_head(req) && hk_buf_append_str(&conn->out, "0\r\n\r\n") != 0)
+      conn_close(conn);
     if (conn->closing) return;
   } else if (conn_queue_response(conn, req, keep_alive) != 0) {
     conn_close(conn);

@@ -111,3 +111,44 @@ alert("HancockScriptReloadFailed", {
   description = "The last script reload on {{ $labels.instance }} failed; the previous scripts "
     .. "are still serving. See the reload_failed log event.",
 })
+
+-- The model backend ------------------------------------------------------------------------------
+
+-- Exact, not estimated: the gauges count the calls in flight right now that have run longer than
+-- HANCOCK_LLM_HANG_MS, or streams silent for HANCOCK_LLM_STALL_MS (docs/llm-observability.md), so
+-- the alert fires while such a call runs and resolves when it ends. The delay is the threshold
+-- itself; no `for` on top of it.
+alert("HancockLLMRequestHanging", {
+  group = "hancock.llm",
+  expr = "max by (instance, backend) (hancock_llm_requests_hanging) > 0",
+  ["for"] = "0s",
+  severity = "warning",
+  summary = "A model call is hanging",
+  description = "{{ $value }} call(s) to the {{ $labels.backend }} backend on {{ $labels.instance }} "
+    .. "have been in flight for longer than HANCOCK_LLM_HANG_MS; see the llm_request_hanging log event.",
+})
+
+alert("HancockLLMStreamStalled", {
+  group = "hancock.llm",
+  expr = "max by (instance, backend) (hancock_llm_streams_stalled) > 0",
+  ["for"] = "0s",
+  severity = "warning",
+  summary = "A streamed model answer has stalled",
+  description = "{{ $value }} streamed call(s) to the {{ $labels.backend }} backend on "
+    .. "{{ $labels.instance }} have received nothing for HANCOCK_LLM_STALL_MS; see the "
+    .. "llm_stream_stalled log event.",
+})
+
+-- A model Ollama has loaded with part of it outside GPU memory (size_vram < size, from
+-- /api/ps): it answers several times slower. On a machine without a GPU every model is "spilled";
+-- silence the alert there.
+alert("HancockLLMModelSpilledToCPU", {
+  group = "hancock.llm",
+  expr = "max by (instance, model) (hancock_llm_model_size_bytes - hancock_llm_model_vram_bytes) > 0 "
+    .. "and on (instance, model) max by (instance, model) (hancock_llm_model_loaded) == 1",
+  ["for"] = "5m",
+  severity = "warning",
+  summary = "An Ollama model runs partly on the CPU",
+  description = "Model {{ $labels.model }} behind {{ $labels.instance }} has {{ $value | humanize1024 }}B "
+    .. "outside GPU memory (size_vram < size in /api/ps) for 5 minutes.",
+})

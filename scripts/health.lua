@@ -72,6 +72,20 @@ for _, backend in ipairs(llm.backends()) do
   hk.health.check(CHECK_NAMES[backend.name], opts)
 end
 
+-- Which models Ollama has loaded, their size and how much of it is in VRAM (GET /api/ps), on
+-- the same interval: hancock_llm_model_* and the HancockLLMModelSpilledToCPU alert. Not a
+-- check: a model not loaded yet is not a failure.
+llm.watch_residency(every)
+
+-- Each backend's state (hancock_llm_backend_state: ok, degraded, cooldown) from its check above
+-- and the outcome of its last calls, once a second.
+llm.watch_state {
+  probe = function(backend)
+    local check = hk.health.report().checks[CHECK_NAMES[backend]]
+    return check and check.status
+  end,
+}
+
 -- The machine --------------------------------------------------------------------------------
 
 hk.health.check("memory", { kind = "memory", interval_ms = every.interval_ms })

@@ -119,3 +119,16 @@ concrete defensive actions: blocks, hunts and what to look for in which logs. Yo
 lookups: say which sources (passive DNS, WHOIS, sandbox reports, VirusTotal) would confirm your
 assessment, and never present a guess as a fact.]],
 })
+
+-- What the modes' calls cost: hancock_llm_cost_total{model, mode, currency} counts it, and a
+-- call to a model missing here is counted in hancock_llm_unpriced_calls_total rather than as
+-- free (docs/llm-observability.md). Prices per million tokens (input, output), or per second of
+-- the model's work for a local model (Ollama's total_duration). Edit and save: a reload applies it.
+llm.prices {
+  currency = "USD",
+  -- OpenAI's list price for gpt-4o-mini when this was written; check your contract.
+  ["gpt-4o-mini"] = { input = 0.15, output = 0.60 },
+  -- Local models cost no tokens; set per_second to what a second of your GPU costs you.
+  ["llama3.1:8b"] = { per_second = 0 },
+  ["qwen2.5-coder:7b"] = { per_second = 0 },
+}

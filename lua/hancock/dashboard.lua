@@ -19,6 +19,24 @@ local COVERED = {
   hancock_health_check_critical = true,
   hancock_health_status = true,
 }
+-- hancock.llm's families (docs/llm-observability.md): the LLM rows below.
+for _, name in ipairs {
+  "gen_ai_client_operation_duration_seconds", "gen_ai_server_time_to_first_token_seconds",
+  "gen_ai_server_time_per_output_token_seconds", "gen_ai_client_token_usage",
+  "hancock_gateway_overhead_seconds", "hancock_llm_load_duration_seconds",
+  "hancock_llm_prefill_duration_seconds", "hancock_llm_decode_duration_seconds",
+  "hancock_llm_prefill_tokens_per_second", "hancock_llm_decode_tokens_per_second",
+  "hancock_llm_cold_starts_total", "hancock_llm_finish_reasons_total",
+  "hancock_llm_requests_in_flight", "hancock_llm_requests_hanging", "hancock_llm_streams_stalled",
+  "hancock_llm_hangs_total", "hancock_llm_stalls_total", "hancock_llm_requests_queued",
+  "hancock_llm_queue_wait_seconds", "hancock_llm_admission_refused_total",
+  "hancock_llm_cost_total", "hancock_llm_unpriced_calls_total", "hancock_llm_compute_seconds_total",
+  "hancock_llm_fallbacks_total", "hancock_llm_empty_answers_total", "hancock_llm_prompt_info",
+  "hancock_llm_model_loaded", "hancock_llm_model_size_bytes", "hancock_llm_model_vram_bytes",
+  "hancock_llm_model_context_length", "hancock_llm_backend_state",
+} do
+  COVERED[name] = true
+end
 
 local function target(expr, legend, ref)
   return { expr = expr, legendFormat = legend, refId = ref or "A", datasource = DATASOURCE }
@@ -61,6 +79,108 @@ local function quantiles(metric, by, legend)
       ("p%d %s"):format(math.floor(q * 100 + 0.5), legend), string.char(64 + i))
   end
   return targets
+end
+
+-- One quantile of a histogram, by `by`.
+local function quantile(q, metric, by, legend, ref)
+  return target(("histogram_quantile(%s, sum by (le, %s) (rate(%s_bucket[5m])))"):format(q, by, metric),
+                legend, ref)
+end
+
+-- The rows for hancock.llm's families, when the scripts use it.
+local function llm_panels(panels)
+  local families = require("hancock").metrics._registered()
+  if families.gen_ai_client_operation_duration_seconds == nil then
+    return
+  end
+  local LOADED = "(max by (model) (hancock_llm_model_loaded) == 1)"
+  local MODEL = "gen_ai_provider_name, gen_ai_request_model"
+  local BY_MODEL = "{{gen_ai_provider_name}} {{gen_ai_request_model}}"
+  local rows = {
+    row("LLM latency (OpenTelemetry GenAI)"),
+    timeseries("Time to First Token", "s",
+      quantiles("gen_ai_server_time_to_first_token_seconds", MODEL, BY_MODEL)),
+    timeseries("Time per Output Token", "s",
+      quantiles("gen_ai_server_time_per_output_token_seconds", MODEL, BY_MODEL)),
+    timeseries("Model Call Duration", "s",
+      quantiles("gen_ai_client_operation_duration_seconds", MODEL, BY_MODEL)),
+    timeseries("Model Call Errors by Type", "reqps", {
+      target('sum by (gen_ai_provider_name, error_type) '
+        .. '(rate(gen_ai_client_operation_duration_seconds_count{error_type!=""}[5m]))',
+        "{{gen_ai_provider_name}} {{error_type}}"),
+    }),
+    timeseries("Tokens per Second", "short", {
+      target("sum by (gen_ai_provider_name, gen_ai_token_type) (rate(gen_ai_client_token_usage_sum[5m]))",
+        "{{gen_ai_provider_name}} {{gen_ai_token_type}}"),
+    }),
+    timeseries("Gateway Overhead", "s", quantiles("hancock_gateway_overhead_seconds", "endpoint", "{{endpoint}}")),
+
+    row("Ollama phases"),
+    timeseries("Load, Prefill, Decode (p95)", "s", {
+      quantile(0.95, "hancock_llm_load_duration_seconds", "model", "load {{model}}", "A"),
+      quantile(0.95, "hancock_llm_prefill_duration_seconds", "model", "prefill {{model}}", "B"),
+      quantile(0.95, "hancock_llm_decode_duration_seconds", "model", "decode {{model}}", "C"),
+    }),
+    timeseries("Tokens per Second (median)", "short", {
+      quantile(0.5, "hancock_llm_prefill_tokens_per_second", "model", "prefill {{model}}", "A"),
+      quantile(0.5, "hancock_llm_decode_tokens_per_second", "model", "decode {{model}}", "B"),
+    }),
+    timeseries("Cold Starts", "short", {
+      target("sum by (model) (increase(hancock_llm_cold_starts_total[5m]))", "{{model}}"),
+    }),
+    timeseries("Finish Reasons", "reqps", {
+      target("sum by (mode, reason) (rate(hancock_llm_finish_reasons_total[5m]))", "{{mode}} {{reason}}"),
+    }),
+    timeseries("Resident Models: Size and VRAM", "bytes", {
+      target("max by (model) (hancock_llm_model_size_bytes) and on (model) " .. LOADED, "size {{model}}", "A"),
+      target("max by (model) (hancock_llm_model_vram_bytes) and on (model) " .. LOADED, "vram {{model}}", "B"),
+    }),
+
+    row("LLM backends and quality"),
+    timeseries("Backend State (0 ok, 1 degraded, 2 cooldown)", "short", {
+      target("max by (backend) (hancock_llm_backend_state)", "{{backend}}"),
+    }),
+    timeseries("Fallbacks", "reqps", {
+      target("sum by (from, to, reason, outcome) (rate(hancock_llm_fallbacks_total[5m]))",
+        "{{from}} → {{to}} {{reason}} {{outcome}}"),
+    }),
+    timeseries("Empty Answers", "reqps", {
+      target("sum by (mode, backend) (rate(hancock_llm_empty_answers_total[5m]))", "{{mode}} {{backend}}"),
+    }),
+    timeseries("Prompt Versions Loaded", "short", {
+      target("max by (mode, prompt_version) (hancock_llm_prompt_info) == 1", "{{mode}} {{prompt_version}}"),
+    }),
+
+    row("LLM cost"),
+    timeseries("Cost per Hour by Model and Mode", "short", {
+      target("sum by (model, mode, currency) (increase(hancock_llm_cost_total[1h]))",
+        "{{model}} {{mode}} ({{currency}})"),
+    }),
+    timeseries("Unpriced Calls", "reqps", {
+      target("sum by (model, reason) (rate(hancock_llm_unpriced_calls_total[5m]))", "{{model}} {{reason}}"),
+    }),
+    timeseries("Local Model Compute (busy seconds per second)", "short", {
+      target("sum by (model) (rate(hancock_llm_compute_seconds_total[5m]))", "{{model}}"),
+    }),
+
+    row("LLM calls in flight"),
+    timeseries("In Flight, Queued, Hanging, Stalled", "short", {
+      target("sum by (backend) (hancock_llm_requests_in_flight)", "in flight {{backend}}", "A"),
+      target("sum by (backend) (hancock_llm_requests_queued)", "queued {{backend}}", "B"),
+      target("sum by (backend) (hancock_llm_requests_hanging)", "hanging {{backend}}", "C"),
+      target("sum by (backend) (hancock_llm_streams_stalled)", "stalled {{backend}}", "D"),
+    }),
+    timeseries("Queue Wait", "s", quantiles("hancock_llm_queue_wait_seconds", "backend", "{{backend}}")),
+    timeseries("Admission Refusals", "reqps", {
+      target("sum by (backend, reason) (rate(hancock_llm_admission_refused_total[5m]))",
+        "{{backend}} {{reason}}"),
+    }),
+    timeseries("Hangs and Stalls", "short", {
+      target("sum by (backend) (increase(hancock_llm_hangs_total[5m]))", "hangs {{backend}}", "A"),
+      target("sum by (backend) (increase(hancock_llm_stalls_total[5m]))", "stalls {{backend}}", "B"),
+    }),
+  }
+  table.move(rows, 1, #rows, #panels + 1, panels)
 end
 
 local function script_panels(panels)
@@ -167,6 +287,7 @@ function M.build()
       target("max(hancock_script_generation)", "generation", "B"),
     }),
   }
+  llm_panels(panels)
   script_panels(panels)
   layout(panels)
   return {

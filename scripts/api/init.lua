@@ -138,7 +138,17 @@ function api.route(method, path, mode, handler)
       return status, body, headers
     end
     req.rate_limit_headers = headers -- for handlers that stream (req:stream)
-    return respond(req, headers, handler(req))
+    -- The model calls the handler makes are accounted to this request (gateway overhead, the
+    -- request_completed line) until it returns or is cancelled.
+    local scope <close> = llm.track(req)
+    local first, content, extra = handler(req)
+    if scope.retry_after then -- a model call refused for want of a slot (HANCOCK_LLM_MAX_CONCURRENCY)
+      headers["Retry-After"] = tostring(scope.retry_after)
+    end
+    if scope.backend then -- the backend that answered (or was tried last): ollama, nvidia, openai
+      headers["X-Hancock-Backend"] = scope.backend
+    end
+    return respond(req, headers, first, content, extra)
   end)
 end
 
