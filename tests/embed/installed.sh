@@ -30,6 +30,14 @@ for sym in hk_host_new hk_host_attach hk_counter_add hk_native_add hk_call_push_
   echo "$exported" | grep -q -x "$sym" || { echo "libhancock.so does not export $sym" >&2; exit 1; }
 done
 
+# The header stands alone, in strict C99 and (when there is a C++ compiler) in C++.
+printf '#include <hancock.h>\nint main(void) { return hk_strerror(0) == 0; }\n' > "$prefix/header.c"
+cc -std=c99 -pedantic -Wall -Wextra -Werror -fsyntax-only -I"$prefix/include" "$prefix/header.c"
+if command -v c++ >/dev/null; then
+  cp "$prefix/header.c" "$prefix/header.cpp"
+  c++ -std=c++11 -pedantic -Wall -Wextra -Werror -fsyntax-only -I"$prefix/include" "$prefix/header.cpp"
+fi
+
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 pkg-config --exists hancock
 # shellcheck disable=SC2046,SC2086
