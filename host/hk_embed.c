@@ -99,6 +99,7 @@ void hk_host_config_init(hk_host_config_t *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->listen = "0.0.0.0:5000";
   cfg->log_level = "INFO";
+  cfg->lua_time_limit_ms = 2000; /* --lua-time-limit's default; here 0 means none */
 }
 
 static void log_refusal(const char *event, const char *message) {
@@ -137,7 +138,7 @@ static int load_settings(const hk_host_config_t *in, hk_config_t *out) {
   if (in->max_body_bytes) add_flag(&flags, "--max-body=%llu", (unsigned long long)in->max_body_bytes);
   if (in->max_connections) add_flag(&flags, "--max-connections=%llu", (unsigned long long)in->max_connections);
   if (in->drain_timeout_ms) add_flag(&flags, "--drain-timeout=%llums", (unsigned long long)in->drain_timeout_ms);
-  if (in->lua_time_limit_ms) add_flag(&flags, "--lua-time-limit=%llums", (unsigned long long)in->lua_time_limit_ms);
+  add_flag(&flags, "--lua-time-limit=%llums", (unsigned long long)in->lua_time_limit_ms);
   int argc = flags.argc;
   char **argv = flags.argv;
   char err[512];

@@ -75,6 +75,8 @@ typedef struct hk_host_config_s {
   uint64_t max_body_bytes;
   uint64_t max_connections;
   uint64_t drain_timeout_ms;
+  /* Wall clock a script may run without yielding; hk_host_config_init sets 2000. Keeping it needs
+   * the process-wide watchdog thread; 0 turns the limit (and that thread) off. */
   uint64_t lua_time_limit_ms;
   /* Bearer token for POST /admin/reload; NULL or "": no admin route. */
   const char *admin_token;

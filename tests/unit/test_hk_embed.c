@@ -2,6 +2,7 @@
  * misuse answered with a clear code (NULL and freed hosts, a second host, a second run, stop and
  * reload out of order, conflicting metrics, bad names, registration after start), natives that
  * raise, and a whole attach–stop–free cycle on a caller's loop that leaves the loop empty. */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -177,6 +178,32 @@ HK_TEST(second_run_and_out_of_order_calls) {
   HK_ASSERT_INT_EQ(hk_host_stop(host), -EALREADY);
   hk_host_free(host);
   HK_ASSERT_INT_EQ(uv_loop_close(&loop), 0); /* nothing of the host is left on the caller's loop */
+  remove_scripts();
+}
+
+static int thread_count(void) {
+  int n = 0;
+  DIR *dir = opendir("/proc/self/task");
+  HK_ASSERT(dir != NULL);
+  for (struct dirent *e; (e = readdir(dir)) != NULL;) n += e->d_name[0] != '.';
+  closedir(dir);
+  return n;
+}
+
+HK_TEST(attached_host_starts_no_thread) {
+  write_script("local hk = require 'hancock'\nhk.route('GET', '/x', function() return 200, {} end)\n");
+  hk_host_config_t cfg = config();
+  cfg.lua_time_limit_ms = 0; /* no watchdog: the one thread a time limit needs */
+  int before = thread_count();
+  hk_host_t *host = NULL;
+  HK_ASSERT_INT_EQ(hk_host_new(&cfg, &host), 0);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  HK_ASSERT_INT_EQ(hk_host_attach(host, &loop), 0);
+  HK_ASSERT_INT_EQ(thread_count(), before); /* no worker, control or log thread */
+  stop_attached(host, &loop);
+  hk_host_free(host);
+  HK_ASSERT_INT_EQ(uv_loop_close(&loop), 0);
   remove_scripts();
 }
 
@@ -464,7 +491,7 @@ HK_TEST(strerror_and_version) {
 
 HK_TEST_MAIN(HK_CASE(null_host_is_einval), HK_CASE(freed_host_is_einval), HK_CASE(one_host_at_a_time),
              HK_CASE(bad_settings_are_refused_with_a_reason), HK_CASE(second_run_and_out_of_order_calls),
-             HK_CASE(free_while_attached_leaves_the_loop_empty), HK_CASE(metrics_conflicts_and_bad_values),
+             HK_CASE(attached_host_starts_no_thread), HK_CASE(free_while_attached_leaves_the_loop_empty), HK_CASE(metrics_conflicts_and_bad_values),
              HK_CASE(series_past_the_cap_are_enospc), HK_CASE(native_and_check_names),
              HK_CASE(natives_raise_lua_errors), HK_CASE(uncaught_native_error_fails_the_load),
              HK_CASE(busy_port_is_eaddrinuse), HK_CASE(c_metrics_from_many_threads_are_exact),
