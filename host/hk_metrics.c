@@ -697,18 +697,26 @@ static void describe(char *buf, size_t size, hk_metric_type_t type, unsigned fla
 #undef PUT
 }
 
-/* The names a family's exposition uses, in either format: samples and family names. */
+/* The names a family's exposition uses, in either format: samples and family names. OpenMetrics
+ * also reserves x_created for a counter x_total and h_created for a histogram h (the samples of
+ * their created timestamps): we never write them, but a gauge of that name next to them is a
+ * clash the spec forbids ("a gauge called foo_created as a counter called foo could create a
+ * foo_created") and that strict parsers (client_python's) reject. Found by fuzz_exposition. */
+#define FAMILY_NAMES_MAX 5
 static size_t family_names(hk_metric_type_t type, unsigned flags, const char *name,
-                           char out[4][NAME_MAX_LEN + 16]) {
+                           char out[FAMILY_NAMES_MAX][NAME_MAX_LEN + 16]) {
   size_t n = 0;
   snprintf(out[n++], sizeof out[0], "%s", name);
   if (type == HK_METRIC_COUNTER && !(flags & HK_METRIC_LEGACY_COUNTER_NAME)) {
     snprintf(out[n++], sizeof out[0], "%.*s", (int)(strlen(name) - 6), name);
+    snprintf(out[n++], sizeof out[0], "%.*s_created", (int)(strlen(name) - 6), name);
   } else if (type == HK_METRIC_HISTOGRAM) {
     snprintf(out[n++], sizeof out[0], "%s_bucket", name);
     snprintf(out[n++], sizeof out[0], "%s_sum", name);
     snprintf(out[n++], sizeof out[0], "%s_count", name);
+    snprintf(out[n++], sizeof out[0], "%s_created", name);
   }
+  assert(n <= FAMILY_NAMES_MAX);
   return n;
 }
 
@@ -738,8 +746,8 @@ static const hk_metric_t *name_owner(const hk_metrics_t *r, const char *name) {
   if (found) return r->families[at];
   char base[NAME_MAX_LEN + 16];
   size_t len = strlen(name);
-  static const char *const suffixes[] = {"_bucket", "_sum", "_count"};
-  for (size_t i = 0; i < 3; i++) {
+  static const char *const suffixes[] = {"_bucket", "_sum", "_count", "_created"};
+  for (size_t i = 0; i < 4; i++) {
     size_t n = strlen(suffixes[i]);
     if (len <= n || len - n >= sizeof base || !ends_with(name, suffixes[i])) continue;
     memcpy(base, name, len - n);
@@ -749,6 +757,14 @@ static const hk_metric_t *name_owner(const hk_metrics_t *r, const char *name) {
   }
   if (len + 6 < sizeof base) {
     snprintf(base, sizeof base, "%s_total", name);
+    at = family_search(r, base, &found);
+    if (found && r->families[at]->type == HK_METRIC_COUNTER &&
+        !(r->families[at]->flags & HK_METRIC_LEGACY_COUNTER_NAME))
+      return r->families[at];
+  }
+  /* x_created of a counter x_total. */
+  if (len > 8 && len - 8 + 6 < sizeof base && ends_with(name, "_created")) {
+    snprintf(base, sizeof base, "%.*s_total", (int)(len - 8), name);
     at = family_search(r, base, &found);
     if (found && r->families[at]->type == HK_METRIC_COUNTER &&
         !(r->families[at]->flags & HK_METRIC_LEGACY_COUNTER_NAME))
@@ -911,7 +927,7 @@ int hk_metrics_register(hk_metrics_t *metrics, const hk_metric_opts_t *opts, hk_
   /* Two families must not write the same name in either format: a histogram h owns h_bucket,
    * h_sum and h_count; an OpenMetrics counter x_total is the family x. */
   {
-    char mine[4][NAME_MAX_LEN + 16];
+    char mine[FAMILY_NAMES_MAX][NAME_MAX_LEN + 16];
     size_t my_count = family_names(opts->type, flags, name, mine);
     for (size_t i = 0; i < my_count; i++) {
       const hk_metric_t *other = name_owner(metrics, mine[i]);

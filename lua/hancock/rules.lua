@@ -26,6 +26,11 @@ local function check_string(name, opts, key, pattern)
   if pattern and not value:match(pattern) then
     error(("hk.alert %s: %s %q is not valid"):format(name, key, value), 3)
   end
+  -- YAML streams are Unicode: one invalid byte makes Prometheus (and promtool) reject the
+  -- whole rules file ("invalid leading UTF-8 octet"). Found by tests/fuzz/fuzz_generators.c.
+  if utf8.len(value) == nil then
+    error(("hk.alert %s: %s is not valid UTF-8"):format(name, key), 3)
+  end
   return value
 end
 
@@ -102,11 +107,24 @@ end
 
 local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
 
---- A YAML double-quoted scalar.
+-- Characters that are valid UTF-8 but must not appear raw in a double-quoted scalar: the C1
+-- controls (not YAML-printable), NEL, LS and PS (YAML parsers fold them as line breaks, so the
+-- value would change), the BOM and the noncharacters U+FFFE/U+FFFF. Written as \uXXXX.
+local UNPRINTABLE = { "\194[\128-\159]", "\226\128[\168\169]", "\239\187\191", "\239\191[\190\191]" }
+
+--- A YAML double-quoted scalar. Every value passed here is valid UTF-8 (check_string and the
+--- overrides' patterns see to it); the check below keeps the document valid if one is not.
 local function quote(s)
-  return '"' .. s:gsub('[%c"\\]', function(c)
+  if utf8.len(s) == nil then
+    error(("hancock rules: %q is not valid UTF-8"):format(s), 0)
+  end
+  s = s:gsub('[%c"\\]', function(c)
     return ESCAPES[c] or ("\\x%02X"):format(c:byte())
-  end) .. '"'
+  end)
+  for _, pattern in ipairs(UNPRINTABLE) do
+    s = s:gsub(pattern, function(c) return ("\\u%04X"):format(utf8.codepoint(c)) end)
+  end
+  return '"' .. s .. '"'
 end
 
 -- A runbook_url as rendered: a relative one (no scheme) under the base URL, when there is one.
@@ -122,7 +140,7 @@ local function override(name, pattern, what)
   if value == nil or value == "" then
     return nil
   end
-  if not value:match(pattern) then
+  if not value:match(pattern) or utf8.len(value) == nil then
     error(("%s=%q is not %s"):format(name, value, what or "a duration such as 30s or 5m"), 0)
   end
   return value
