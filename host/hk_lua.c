@@ -1716,8 +1716,16 @@ static void collect_response(lua_State *co, int nres, hk_request_t *req) {
     fail_request(req, "handler_bad_response", "out of memory");
     return;
   }
-  if (nres >= 3 && lua_type(co, 3) == LUA_TSTRING)
-    snprintf(res->content_type, sizeof res->content_type, "%s", lua_tostring(co, 3));
+  if (nres >= 3 && lua_type(co, 3) == LUA_TSTRING) {
+    size_t type_len;
+    const char *type = lua_tolstring(co, 3, &type_len);
+    /* It goes into the head as it is: a control byte (CR LF above all) would split it. */
+    if (type_len >= sizeof res->content_type || !hk_text_is_field_value(type, type_len)) {
+      fail_request(req, "handler_bad_response", "invalid content type");
+      return;
+    }
+    memcpy(res->content_type, type, type_len + 1);
+  }
   if (nres >= 4 && lua_istable(co, 4)) {
     lua_pushnil(co);
     while (lua_next(co, 4) != 0) {

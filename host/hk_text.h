@@ -29,6 +29,16 @@ static inline bool hk_text_is_token(const char *s, size_t len) {
   return true;
 }
 
+/* A field value as a response may carry it (RFC 9110 §5.5): visible ASCII, obs-text, SP and
+ * HTAB; no other control byte (CR and LF would split the response, the rest are invalid). */
+static inline bool hk_text_is_field_value(const char *s, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+  }
+  return true;
+}
+
 static inline bool hk_text_is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
 static inline bool hk_text_is_alpha(unsigned char c) {

@@ -276,6 +276,27 @@ hk.route("GET", "/ok", function() return { ok = true } end)
 
     # ---- responses ----------------------------------------------------------------------------
 
+    def test_control_bytes_never_reach_the_response_head(self):
+        # A script reflecting client input into a header or the content type: a control byte
+        # (CR LF would split the response; %01 was found by fuzz_conn) makes the response a 500
+        # with the reason logged, and the keep-alive connection still carries exactly one
+        # response per request.
+        server = self.start()
+        with server.connect() as sock:
+            for path in ("/reflect-header/a%01b", "/reflect-header/a%0d%0aX-Injected:%20yes",
+                         "/reflect-type/%0d%0aX-Injected:%20yes", "/reflect-type/;%7f"):
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
+                status, headers, body = harness.recv_response(sock)
+                self.assertEqual(status, 500, (path, body))
+                self.assertNotIn("x-injected", headers)
+                ev = server.wait_event("handler_bad_response",
+                                       predicate=lambda e, rid=headers["x-request-id"]: e["request_id"] == rid)
+                self.assertIn("invalid", ev["error"])
+            sock.sendall(b"GET /reflect-header/plain HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            status, headers, _ = harness.recv_response(sock)
+            self.assertEqual(status, 200)
+            self.assertEqual(headers["x-name"], "plain")
+
     def test_informational_status_is_not_a_final_response(self):
         server = self.start()
         for code in (100, 101, 103, 199):

@@ -140,3 +140,12 @@ hk.route("GET", "/slow", function()
   hk.sleep(tonumber(hk.env("HK_TEST_SLOW_MS", "2000")))
   return { slow = true }
 end)
+
+-- Client input reflected into the head: a header value or a content type with a control byte.
+hk.route("GET", "/reflect-header/:value", function(req)
+  return 200, { ok = true }, { ["X-Name"] = req.params.value }
+end)
+
+hk.route("GET", "/reflect-type/:value", function(req)
+  return 200, "body", { ["Content-Type"] = "text/plain" .. req.params.value }
+end)
