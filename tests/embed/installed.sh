@@ -53,6 +53,8 @@ echo "built with find_package(hancock)"
 cd "$src/tests/embed"
 for bin in "$prefix/embed-pkgconfig" "$prefix/build-find-package/embed-service"; do
   # Linked against the installed library, not the build tree's.
-  ldd "$bin" | grep -q "$prefix/lib/libhancock.so.0" || { echo "$bin does not use the installed library" >&2; exit 1; }
+  resolved=$(ldd "$bin" | awk '/libhancock\.so/ {print $3}')
+  [ -n "$resolved" ] && [ "$(realpath "$resolved")" = "$(realpath "$prefix/lib/libhancock.so.0")" ] || {
+    echo "$bin does not use the installed library:" >&2; ldd "$bin" >&2; exit 1; }
   EMBED_BIN=$bin EMBED_MODE=attach HANCOCK_SOURCE_DIR=$src python3 -m unittest test_embed
 done
