@@ -11,7 +11,8 @@ set -eu
 build_pkgs="build-essential cmake pkg-config liblua5.4-dev libuv1-dev node-llhttp
   libcurl4-openssl-dev libssl-dev zlib1g-dev"
 # docker-compose (1.29): tests/deploy_test.sh checks that the compose file parses with it.
-test_pkgs="python3 python3-yaml lua-check wrk curl prometheus prometheus-alertmanager docker-compose"
+test_pkgs="python3 python3-yaml lua-check wrk curl prometheus prometheus-alertmanager docker-compose
+  chromium"
 bench_pkgs="nginx libnginx-mod-http-lua lua-cjson python3-flask python3-prometheus-client gunicorn"
 
 want="$build_pkgs"

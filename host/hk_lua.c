@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 #include <sys/statvfs.h>
 
@@ -21,6 +22,7 @@
 #include <lualib.h>
 
 #include "hk_carry.h"
+#include "hk_history.h"
 #include "hk_client.h"
 #include "hk_crypto.h"
 #include "hk_embedded.h"
@@ -65,6 +67,7 @@ struct hk_lua_s {
   hk_client_t *client;
   hk_ratelimit_t *ratelimit; /* the worker's buckets: they outlive script generations */
   hk_carry_t *carry;          /* values handed to the next generation (health results) */
+  hk_history_t *history;      /* the process's own samples; the control copy's only */
   _Atomic size_t memory_used; /* bytes the state holds: written by the owning thread only,
                                  read by the scrape-time collector on any thread */
   size_t memory_limit;        /* 0: unlimited */
@@ -1195,6 +1198,104 @@ static int core_carry_claim(lua_State *L) {
   return 1;
 }
 
+/* ---- the process's own sample history (the in-process alert evaluator) ------------------- */
+
+/* core.history_record({name, ...}, retention_ms) -> now_ms | nil, message: one sample of every
+ * series behind the names, at the monotonic clock's now, kept for retention_ms; nil, "no
+ * history" in a copy that has none (a worker's, a one-shot command's)  [-2, +(1|2), e] */
+static int core_history_record(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer retention = luaL_checkinteger(L, 2);
+  if (retention < 0) return luaL_error(L, "history_record: retention_ms must not be negative");
+  if (lua->history == NULL) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "no history");
+    return 2;
+  }
+  lua_Integer count = luaL_len(L, 1);
+  if (count > 256) return luaL_error(L, "history_record: at most 256 names");
+  const char *names[256];
+  for (lua_Integer i = 1; i <= count; i++) {
+    lua_geti(L, 1, i);
+    names[i - 1] = luaL_checkstring(L, -1);
+    lua_pop(L, 1); /* the string stays alive: the table holds it */
+  }
+  int64_t now_ms = (int64_t)(hk_now_ns() / 1000000u);
+  int rc = hk_history_record(lua->history, lua->metrics, names, (size_t)count, now_ms, retention);
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(-rc));
+    return 2;
+  }
+  lua_pushinteger(L, now_ms);
+  return 1;
+}
+
+static int push_stream(const hk_history_stream_t *stream, void *data) {
+  lua_State *L = data;
+  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, (int)stream->label_count + 1);
+  lua_pushstring(L, stream->name);
+  lua_setfield(L, -2, "__name__");
+  for (size_t i = 0; i < stream->label_count; i++) {
+    lua_pushstring(L, stream->label_values[i]);
+    lua_setfield(L, -2, stream->label_names[i]);
+  }
+  lua_setfield(L, -2, "labels");
+  lua_createtable(L, (int)stream->point_count, 0);
+  for (size_t i = 0; i < stream->point_count; i++) {
+    lua_pushinteger(L, stream->times_ms[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "t");
+  lua_createtable(L, (int)stream->point_count, 0);
+  for (size_t i = 0; i < stream->point_count; i++) {
+    lua_pushnumber(L, stream->values[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "v");
+  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+  return 0;
+}
+
+/* core.history_select(name) -> { {labels = {__name__ = name, ...}, t = {ms...}, v = {...}}, ... }
+ * (empty without a history)  [-1, +1, m] */
+static int core_history_select(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  const char *name = luaL_checkstring(L, 1);
+  lua_newtable(L);
+  if (lua->history != NULL) hk_history_visit(lua->history, name, push_stream, L);
+  return 1;
+}
+
+/* core.history_stats() -> streams, dropped (0, 0 without a history)  [-0, +2, -] */
+static int core_history_stats(lua_State *L) {
+  hk_lua_t *lua = context_of(L);
+  lua_pushinteger(L, lua->history ? (lua_Integer)hk_history_stream_count(lua->history) : 0);
+  lua_pushinteger(L, lua->history ? (lua_Integer)hk_history_dropped(lua->history) : 0);
+  return 2;
+}
+
+/* core.wall_time() -> seconds since the epoch, with a fraction (alert timestamps)  [-0, +1, -] */
+static int core_wall_time(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+/* core.hostname() -> the machine's host name (a pod's name in Kubernetes)  [-0, +1, -] */
+static int core_hostname(lua_State *L) {
+  char name[256];
+  if (gethostname(name, sizeof name) != 0) snprintf(name, sizeof name, "localhost");
+  name[sizeof name - 1] = '\0';
+  lua_pushstring(L, name);
+  return 1;
+}
+
+void hk_lua_bind_history(hk_lua_t *lua, hk_history_t *history) { lua->history = history; }
+
 /* core.monotonic() -> seconds on a monotonic clock  [-0, +1, -] */
 static int core_monotonic(lua_State *L) {
   lua_pushnumber(L, (double)hk_now_ns() / 1e9);
@@ -1221,6 +1322,11 @@ static int open_core(lua_State *L) {
       {"carry_get", core_carry_get},
       {"carry_claim", core_carry_claim},
       {"carry_set", core_carry_set},
+      {"history_record", core_history_record},
+      {"history_select", core_history_select},
+      {"history_stats", core_history_stats},
+      {"wall_time", core_wall_time},
+      {"hostname", core_hostname},
       {NULL, NULL},
   };
   hk_lua_t *lua = context_of(L);
@@ -1636,6 +1742,11 @@ size_t hk_lua_route_count(const hk_lua_t *lua) { return hk_router_count(lua->rou
 void hk_lua_set_cell(hk_lua_t *lua, unsigned cell) { lua->worker = cell; }
 
 int hk_lua_render(hk_lua_t *lua, const char *module, const char *function, char **out, char **err) {
+  return hk_lua_render_input(lua, module, function, NULL, 0, out, err);
+}
+
+int hk_lua_render_input(hk_lua_t *lua, const char *module, const char *function, const char *input,
+                        size_t input_len, char **out, char **err) {
   lua_State *L = lua->L;
   int top = lua_gettop(L);
   *out = *err = NULL;
@@ -1653,7 +1764,8 @@ int hk_lua_render(hk_lua_t *lua, const char *module, const char *function, char 
     *err = dup_message(msg);
     goto done;
   }
-  if (protected_call(L, 0, 1) != LUA_OK) {
+  if (input != NULL) lua_pushlstring(L, input, input_len);
+  if (protected_call(L, input != NULL ? 1 : 0, 1) != LUA_OK) {
     *err = dup_message(lua_tostring(L, -1));
     goto done;
   }

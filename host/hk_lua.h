@@ -61,6 +61,9 @@ void hk_lua_set_cell(hk_lua_t *lua, unsigned cell);
 /* Calls require(module)[function]() in the loaded state and returns its string result in *out
  * (malloc'ed), for generators such as `hancock rules`. On failure *err holds the message. */
 int hk_lua_render(hk_lua_t *lua, const char *module, const char *function, char **out, char **err);
+/* The same with one string argument (input, input_len bytes), for `hancock test-alerts`. */
+int hk_lua_render_input(hk_lua_t *lua, const char *module, const char *function, const char *input,
+                        size_t input_len, char **out, char **err);
 
 /* Matches req->http against the routes, filling req->match and req->endpoint. Returns 0,
  * HK_ROUTER_NOT_FOUND or HK_ROUTER_METHOD_NOT_ALLOWED (allow then lists the methods). */
@@ -102,5 +105,10 @@ void hk_lua_bind_loop(hk_lua_t *lua, uv_loop_t *loop, hk_client_t *client,
 /* Sends the calling thread's log events (hk_log_event) through this generation's hk.on_log
  * hooks; NULL detaches. */
 void hk_lua_attach_log(hk_lua_t *lua);
+
+/* Gives the copy the process's sample history (core.history_*, the in-process alert
+ * evaluator): the server binds it to the control copy only; NULL unbinds. Borrowed. */
+struct hk_history_s;
+void hk_lua_bind_history(hk_lua_t *lua, struct hk_history_s *history);
 
 #endif

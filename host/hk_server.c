@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "hk_drive.h"
+#include "hk_history.h"
 #include "hk_log.h"
 #include "hk_lua_metrics.h"
 #include "hk_watchdog.h"
@@ -44,6 +45,7 @@ struct hk_server_s {
   hk_client_t *client;
   hk_ratelimit_t *ratelimit;
   hk_carry_t *carry;
+  hk_history_t *history; /* the control copy's sample history: outlives every generation */
   uv_signal_t sigterm, sigint, sighup;
   uv_fs_event_t watch;
   bool watching;
@@ -274,6 +276,7 @@ static void reload_done(uv_work_t *work, int status) {
     return;
   }
   hk_lua_bind_loop(control, &server->loop, server->client, server->ratelimit, server->carry);
+  hk_lua_bind_history(control, server->history);
   hk_lua_attach_log(control);
   server->awaiting_swaps = true;
   for (unsigned i = 0; i < server->worker_count; i++) {
@@ -542,12 +545,14 @@ int hk_server_new(const hk_config_t *config, hk_lua_t *lua, hk_host_metrics_t *m
     rc = hk_client_new(&server->loop, &server->client);
   if (rc == 0) rc = hk_ratelimit_new(config->rate_limit_clients, &server->ratelimit);
   if (rc == 0) rc = hk_carry_new(&server->carry);
+  if (rc == 0) rc = hk_history_new(HK_HISTORY_DEFAULT_MAX_STREAMS, &server->history);
   if (rc != 0) {
     snprintf(err, errsize, "cannot start the server: %s", strerror(-rc));
     hk_server_free(server);
     return rc;
   }
   hk_lua_bind_loop(lua, &server->loop, server->client, server->ratelimit, server->carry);
+  hk_lua_bind_history(lua, server->history);
   hk_metrics_add_collector(metrics->registry, collect_workers, server);
   int port = config->port;
   int shared_fd = -1;
@@ -742,6 +747,7 @@ void hk_server_free(hk_server_t *server) {
   hk__gens_free(&server->gens);
   hk_ratelimit_free(server->ratelimit);
   hk_carry_free(server->carry);
+  hk_history_free(server->history);
   pthread_mutex_destroy(&server->lock);
   free(server->requested);
   free(server->swapped);

@@ -25,6 +25,10 @@ static void print_usage(FILE *out) {
           "                                   file:line: message and exit 1 on error\n"
           "       hancock rules [options]     Prometheus alerting rules (YAML) from the scripts\n"
           "       hancock dashboard [options] Grafana dashboard (JSON) from the scripts\n"
+          "       hancock test-alerts FILE.json [options]\n"
+          "                                   run promtool test cases (the YAML as JSON) through the\n"
+          "                                   in-process alert evaluator; prints the firing alerts\n"
+          "                                   at each eval_time as JSON (docs/alerts.md)\n"
           "       hancock --help | --version\n"
           "\n"
           "Options (flags override environment variables):\n");
@@ -123,6 +127,60 @@ static int command_generate(int argc, char **argv, int first, const char *module
   return status;
 }
 
+/* The whole of a small file, NUL-terminated (*len without it); NULL after printing why. */
+static char *read_file(const char *path, size_t max, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    fprintf(stderr, "hancock: cannot read %s: %s\n", path, strerror(errno));
+    return NULL;
+  }
+  char *data = malloc(max + 1);
+  size_t n = data ? fread(data, 1, max + 1, f) : 0;
+  int failed = data == NULL || ferror(f);
+  fclose(f);
+  if (failed || n > max) {
+    fprintf(stderr, "hancock: cannot read %s: %s\n", path, failed ? "read error" : "larger than 16 MiB");
+    free(data);
+    return NULL;
+  }
+  data[n] = '\0';
+  *len = n;
+  return data;
+}
+
+/* `hancock test-alerts FILE.json`: promtool's rule tests through lua/hancock/alerting.lua. */
+static int command_test_alerts(int argc, char **argv) {
+  if (argc < 3 || argv[2][0] == '-') {
+    fprintf(stderr, "hancock: test-alerts needs a file: hancock test-alerts FILE.json [options]\n");
+    return 2;
+  }
+  size_t len = 0;
+  char *input = read_file(argv[2], 16u << 20, &len);
+  if (input == NULL) return 1;
+  hk_config_t cfg;
+  hk_metrics_t *registry = NULL;
+  hk_lua_t *lua = NULL;
+  if (load_scripts_once(argc, argv, 3, &cfg, &registry, &lua) != 0) {
+    free(input);
+    return 1;
+  }
+  char *err = NULL, *out = NULL;
+  int status = 1;
+  if (hk_lua_render_input(lua, "hancock.alerting", "replay", input, len, &out, &err) != 0) {
+    print_first_line("hancock: ", err);
+  } else {
+    fputs(out, stdout);
+    fputc('\n', stdout);
+    status = ferror(stdout) ? 1 : 0;
+  }
+  free(out);
+  free(err);
+  free(input);
+  hk_lua_free(lua);
+  hk_metrics_free(registry);
+  return status;
+}
+
 static int command_check(int argc, char **argv, int first) {
   hk_config_t cfg;
   hk_metrics_t *registry = NULL;
@@ -174,6 +232,7 @@ int main(int argc, char **argv) {
   if (strcmp(command, "check") == 0) return command_check(argc, argv, 2);
   if (strcmp(command, "rules") == 0) return command_generate(argc, argv, 2, "hancock.rules");
   if (strcmp(command, "dashboard") == 0) return command_generate(argc, argv, 2, "hancock.dashboard");
+  if (strcmp(command, "test-alerts") == 0) return command_test_alerts(argc, argv);
   if (strncmp(command, "--", 2) == 0) return command_serve(argc, argv, 1);
   fprintf(stderr, "hancock: unknown command '%s' (see hancock --help)\n", command);
   return 1;

@@ -247,4 +247,11 @@ end
 -- The module receives hk rather than requiring "hancock", which is still loading here.
 hk.health = require("hancock.health")(hk)
 
+-- The hk.alert rules evaluated in the host, GET /alerts and the status page's data
+-- (lua/hancock/alerting.lua).
+hk.alerts = require("hancock.alerting").attach(hk)
+
+-- GET /status, the live page, and the /status.json it refreshes from (lua/hancock/status.lua).
+require("hancock.status").attach(hk)
+
 return hk
