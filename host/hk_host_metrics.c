@@ -28,6 +28,7 @@ static const char *const rate_limit_labels[] = {"endpoint", "client_id"};
 static const char *const version_label[] = {"version"};
 static const char *const result_label[] = {"result"};
 static const char *const generation_label[] = {"generation"};
+static const char *const alert_labels[] = {"alertname", "severity"};
 
 typedef struct family_s {
   hk_metric_t **slot;
@@ -267,6 +268,21 @@ int hk_host_metrics_init(hk_host_metrics_t *host, hk_metrics_t *registry, unsign
       {&host->build_info, {HK_METRIC_GAUGE, "hancock_build_info",
                            "Always 1; the version label says which build is running.",
                            LABELS(version_label), NULL, 0, 0, 0}},
+      {&host->alerts_firing,
+       {HK_METRIC_GAUGE, "hancock_alerts_firing",
+        "In-process alerts firing now, by rule (the hk.alert rules evaluated in the host).",
+        LABELS(alert_labels), NULL, 0, 0, 0}},
+      {&host->alerts_pending,
+       {HK_METRIC_GAUGE, "hancock_alerts_pending",
+        "In-process alerts pending (their for: not yet over), by rule.", LABELS(alert_labels), NULL,
+        0, 0, 0}},
+      {&host->alert_evaluations,
+       {HK_METRIC_COUNTER, "hancock_alert_evaluations_total",
+        "In-process rule evaluations, by result (ok, error).", LABELS(result_label), NULL, 0, 0, 0}},
+      {&host->alert_notifications,
+       {HK_METRIC_COUNTER, "hancock_alert_notifications_total",
+        "Batches of alerts sent to Alertmanager, by result (ok, error).", LABELS(result_label), NULL,
+        0, 0, 0}},
   };
   for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
     int rc = hk_metrics_register(registry, &families[i].opts, families[i].slot, err, errsize);

@@ -50,6 +50,13 @@ typedef struct hk_host_metrics_s {
   hk_metric_t *last_reload_timestamp;   /* hancock_config_last_reload_success_timestamp_seconds */
   hk_metric_t *script_generation;       /* hancock_script_generation */
   hk_metric_t *lua_memory;              /* hancock_lua_memory_bytes{generation} */
+  /* The in-process alert evaluator's (lua/hancock/alerting.lua sets them through
+   * hk.metrics.get): registered here so they are the host's own families, not a share of the
+   * scripts' family cap. */
+  hk_metric_t *alerts_firing;           /* hancock_alerts_firing{alertname,severity} */
+  hk_metric_t *alerts_pending;          /* hancock_alerts_pending{alertname,severity} */
+  hk_metric_t *alert_evaluations;       /* hancock_alert_evaluations_total{result} */
+  hk_metric_t *alert_notifications;     /* hancock_alert_notifications_total{result} */
   hk_series_t *requests_total_series; /* label-less families: looked up once */
   hk_series_t *errors_total_series;
   unsigned collector_cell; /* the cell index the collector writes (one past the workers') */

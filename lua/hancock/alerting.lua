@@ -24,6 +24,7 @@ local RESOLVED_RETENTION_MS = 15 * 60 * 1000 -- Prometheus keeps resolved alerts
 local CARRY_STATE = "alerts.state"
 local CARRY_ALERTS = "alerts.json"
 local CARRY_STATUS = "status.json"
+local CARRY_TICK = "alerts.tick" -- monotonic ms of the last evaluation, whichever generation ran it
 local CARRY_MAX = 16 * 1024 - 64 -- what one carry value holds (HK_CARRY_MAX_VALUE)
 
 -- ---- numbers and templates as Prometheus prints them -------------------------------------------
@@ -392,7 +393,28 @@ function M.replay(input)
       end
       t = t + default_interval
     end
-    out.tests[index] = { results = array(results) }
+    -- promtool's promql_expr_test: the expression's samples at eval_time, for comparing the
+    -- PromQL engine itself with Prometheus'.
+    local exprs = array()
+    for _, case in ipairs(test.promql_expr_test or {}) do
+      local at = promql.duration_ms(case.eval_time)
+      local tree, perr = promql.parse(case.expr)
+      if at == nil or tree == nil then
+        error(("test-alerts: test %d: expr %q: %s"):format(index, tostring(case.expr), perr or "bad eval_time"), 0)
+      end
+      local value, eerr = promql.eval(tree, storage, at)
+      if value == nil then error(("test-alerts: test %d: expr %q: %s"):format(index, case.expr, eerr), 0) end
+      local samples = array()
+      if value.type == "scalar" then
+        samples[1] = { labels = {}, value = go_float(value.v) }
+      else
+        for i, sample in ipairs(value.samples) do
+          samples[i] = { labels = sample.labels, value = go_float(sample.v) }
+        end
+      end
+      exprs[#exprs + 1] = { expr = case.expr, eval_time = case.eval_time, samples = samples }
+    end
+    out.tests[index] = { results = array(results), exprs = exprs }
   end
   return json.encode(out)
 end
@@ -599,15 +621,11 @@ function M.attach(hk)
       end
     end
 
-    local firing_gauge = hk.metrics.gauge("hancock_alerts_firing",
-      "In-process alerts firing now, by rule (the hk.alert rules evaluated in the host)",
-      { "alertname", "severity" })
-    local pending_gauge = hk.metrics.gauge("hancock_alerts_pending",
-      "In-process alerts pending (their `for:` not yet over), by rule", { "alertname", "severity" })
-    local evaluations = hk.metrics.counter("hancock_alert_evaluations_total",
-      "In-process rule evaluations, by result (ok, error)", { "result" })
-    local notifications = hk.metrics.counter("hancock_alert_notifications_total",
-      "Batches of alerts sent to Alertmanager, by result (ok, error)", { "result" })
+    -- The host's own families (host/hk_host_metrics.c): not a share of the scripts' cap.
+    local firing_gauge = hk.metrics.get("hancock_alerts_firing")
+    local pending_gauge = hk.metrics.get("hancock_alerts_pending")
+    local evaluations = hk.metrics.get("hancock_alert_evaluations_total")
+    local notifications = hk.metrics.get("hancock_alert_notifications_total")
 
     local function target_labels(labels)
       local out = {}
@@ -828,7 +846,17 @@ function M.attach(hk)
     end
 
     alerts.interval_ms = interval_ms
+    -- Evaluations keep their cadence across reloads, as Prometheus' do: a new generation waits
+    -- out the interval its predecessor started. Evaluating at once on every reload would add a
+    -- sample per reload to the history, so a burst of reloads would fill every range with
+    -- points and make each evaluation slower than the last.
+    local last_tick = math.tointeger(tonumber(core.carry_get(CARRY_TICK) or ""))
+    if last_tick then
+      local wait = last_tick + interval_ms - math.floor(core.monotonic() * 1000)
+      if wait > 0 then hk.sleep(math.min(wait, interval_ms)) end
+    end
     while true do
+      core.carry_set(CARRY_TICK, tostring(math.floor(core.monotonic() * 1000)))
       local ok, err = pcall(tick)
       if not ok then
         hk.log.error("alerts_tick_failed", { message = "in-process alert evaluation failed: " .. tostring(err) })

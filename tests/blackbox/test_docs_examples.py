@@ -223,8 +223,8 @@ class DocsExamplesTest(harness.ServersTestCase):
 
     def test_readme_command_line_lists_every_command(self):
         help_text = subprocess.run([harness.BIN, "--help"], capture_output=True, text=True).stdout
-        commands = re.findall(r"^(?:Usage:)?\s+hancock \[?(\w+)\]?", help_text, re.M)
-        self.assertEqual(set(commands) - {"serve"}, {"check", "rules", "dashboard"}, help_text)
+        commands = re.findall(r"^(?:Usage:)?\s+hancock \[?(\w[\w-]*)\]?", help_text, re.M)
+        self.assertEqual(set(commands) - {"serve"}, {"check", "rules", "dashboard", "test-alerts"}, help_text)
         block = next(b for lang, b, _ in blocks("README.md") if lang == "" and "hancock --help" in b)
         for command in commands:
             self.assertRegex(block, r"hancock \[?%s\]?" % command)
