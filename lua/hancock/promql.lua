@@ -340,7 +340,7 @@ local SET = { ["and"] = true, ["or"] = true, ["unless"] = true }
 local FUNCTIONS = {
   rate = { "matrix" }, increase = { "matrix" }, delta = { "matrix" }, irate = { "matrix" },
   deriv = { "matrix" }, absent = { "vector" }, histogram_quantile = { "scalar", "vector" },
-  abs = { "vector" }, ceil = { "vector" }, floor = { "vector" }, round = { "vector" },
+  abs = { "vector" }, ceil = { "vector" }, floor = { "vector" }, round = { "vector", "scalar", optional = 1 },
   sqrt = { "vector" }, clamp_min = { "vector", "scalar" }, clamp_max = { "vector", "scalar" },
   time = {}, vector = { "scalar" }, scalar = { "vector" },
   avg_over_time = { "matrix" }, min_over_time = { "matrix" }, max_over_time = { "matrix" },
@@ -477,8 +477,10 @@ function Parser:primary()
         if not self:is(")") then self:expect(",") end
       end
       self:expect(")")
-      if #args ~= #signature then
-        self:fail(("%s takes %d argument(s), got %d"):format(word, #signature, #args), token)
+      local least = #signature - (signature.optional or 0)
+      if #args < least or #args > #signature then
+        local count = least == #signature and tostring(least) or ("%d to %d"):format(least, #signature)
+        self:fail(("%s takes %s argument(s), got %d"):format(word, count, #args), token)
       end
       return { kind = "call", name = word, args = args }
     end
@@ -667,11 +669,12 @@ local function select_matrix(node, ctx)
       local t, v = {}, {}
       local last = last_at_or_before(stream.t, ctx.t)
       if last then
-        for i = last, 1, -1 do
-          if stream.t[i] < from then break end
+        local first = last + 1
+        while first > 1 and stream.t[first - 1] >= from do first = first - 1 end
+        for i = first, last do
           if not (stream.stale and stream.stale[i]) then
-            table.insert(t, 1, stream.t[i])
-            table.insert(v, 1, stream.v[i])
+            t[#t + 1] = stream.t[i]
+            v[#v + 1] = stream.v[i]
           end
         end
       end
@@ -709,9 +712,11 @@ local function extrapolated(series, ctx, range_ms, is_counter, is_rate)
   local interval = sampled
   interval = interval + (to_start < threshold and to_start or average / 2)
   interval = interval + (to_end < threshold and to_end or average / 2)
-  result = result * (interval / sampled)
-  if is_rate then result = result / (range_ms / 1000) end
-  return result
+  -- In Prometheus' order (a factor, divided by the range for a rate, then applied): the same
+  -- operations in another order differ in the last bit.
+  local factor = interval / sampled
+  if is_rate then factor = factor / (range_ms / 1000) end
+  return result * factor
 end
 
 local function regression_slope(series)
@@ -894,6 +899,13 @@ local function call(node, ctx)
       local v = s.v
       if name == "clamp_min" then v = math.max(v, bound) else v = math.min(v, bound) end
       out[#out + 1] = { labels = drop_name(s.labels), v = v }
+    end
+    return { type = "vector", samples = out }
+  elseif name == "round" and values[2] then
+    -- Prometheus': floor(v / to_nearest + 0.5) * to_nearest, through the inverse as it does.
+    local inverse = 1 / values[2].v
+    for _, s in ipairs(values[1].samples) do
+      out[#out + 1] = { labels = drop_name(s.labels), v = math.floor(s.v * inverse + 0.5) / inverse }
     end
     return { type = "vector", samples = out }
   end
@@ -1115,6 +1127,34 @@ function evaluate(node, ctx)
   eval_error("cannot evaluate a " .. tostring(kind))
 end
 
+-- Prometheus' labels.Compare: the label sets as sorted (name, value) pairs, compared pair by
+-- pair, a prefix first. Storage hands series over in this order, and sums are added in it, so
+-- the same order gives the same last bit.
+local function label_pairs(labels)
+  local names = {}
+  for name in pairs(labels) do names[#names + 1] = name end
+  table.sort(names)
+  local pairs_ = {}
+  for i, name in ipairs(names) do pairs_[i] = { name, labels[name] } end
+  return pairs_
+end
+
+local function sort_streams(streams)
+  local keyed = {}
+  for i, stream in ipairs(streams) do keyed[i] = { pairs = label_pairs(stream.labels), stream = stream } end
+  table.sort(keyed, function(a, b)
+    local x, y = a.pairs, b.pairs
+    for i = 1, math.min(#x, #y) do
+      if x[i][1] ~= y[i][1] then return x[i][1] < y[i][1] end
+      if x[i][2] ~= y[i][2] then return x[i][2] < y[i][2] end
+    end
+    return #x < #y
+  end)
+  local out = {}
+  for i, k in ipairs(keyed) do out[i] = k.stream end
+  return out
+end
+
 --- Evaluates a parsed expression at t_ms over storage (see the top of this file): a value
 --- { type = "vector", samples = { {labels, v}, ... } } or { type = "scalar", v }, or nil and a
 --- message. select results are cached for the one evaluation.
@@ -1125,7 +1165,7 @@ function M.eval(tree, storage, t_ms)
     select = function(name)
       local streams = cache[name]
       if streams == nil then
-        streams = storage.select(name) or {}
+        streams = sort_streams(storage.select(name) or {})
         cache[name] = streams
       end
       return streams

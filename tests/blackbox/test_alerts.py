@@ -3,7 +3,9 @@ Prometheus on promtool's own test cases, GET /alerts, hancock_alerts_firing, a l
 transition, delivery to a real Alertmanager (the Debian package) and resolution, state kept
 across a reload, and clear errors for what it cannot do."""
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +19,7 @@ from harness import (BIN, SOURCE_DIR, Server, ServersTestCase, free_port, metric
                      write_scripts)
 
 RULES_TEST = os.path.join(SOURCE_DIR, "monitoring", "alerting_rules_test.yaml")
+PROMQL_CASES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "promql_cases.yaml")
 SCRIPTS = os.path.join(SOURCE_DIR, "scripts")
 TOKEN = "alerts-test-admin-token-0123456789"
 
@@ -159,6 +162,64 @@ class AlertsTest(ServersTestCase):
                 fired += len(expected)
         self.assertGreaterEqual(compared, 20)
         self.assertGreaterEqual(fired, 10)
+
+    def test_promql_engine_answers_as_prometheus(self):
+        """Every expression of promql_cases.yaml (selectors, lookback and staleness, rate and its
+        kin over resets, aggregations, vector matching, set operators, histogram_quantile, the
+        math and *_over_time functions): the host's answers, written in as exp_samples, are what
+        promtool computes, sample for sample; a value may differ only in its last bits, where
+        Prometheus' own summation order varies between runs."""
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            self.skipTest("promtool is not installed (make deps-test)")
+        with open(PROMQL_CASES) as f:
+            doc = yaml.safe_load(f)
+        work = tempfile.mkdtemp(prefix="hancock-promql-")
+        self.addCleanup(shutil.rmtree, work, True)
+        with open(os.path.join(work, "cases.json"), "w") as f:
+            json.dump(doc, f)
+        out = subprocess.run([BIN, "test-alerts", os.path.join(work, "cases.json"), "--scripts", SCRIPTS],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        answers = json.loads(out.stdout)["tests"][0]["exprs"]
+        cases = doc["tests"][0]["promql_expr_test"]
+        self.assertEqual([(a["expr"], a["eval_time"]) for a in answers],
+                         [(c["expr"], c["eval_time"]) for c in cases])
+        samples = 0
+        for case, answer in zip(cases, answers):
+            case["exp_samples"] = [{"labels": self.series_text(s["labels"]), "value": float(s["value"])}
+                                   for s in answer["samples"]]
+            samples += len(answer["samples"])
+        self.assertGreaterEqual(len(cases), 80)
+        self.assertGreaterEqual(samples, 150)
+        with open(os.path.join(work, "cases.yaml"), "w") as f:
+            yaml.safe_dump(doc, f, sort_keys=False)
+        run = subprocess.run([promtool, "test", "rules", "cases.yaml"], cwd=work, capture_output=True,
+                             text=True, timeout=120)
+        report = run.stdout + run.stderr
+        mismatches = re.findall(r'expr: "((?:[^"\\]|\\.)*)", time: (\S+),\n\s+exp: (.*)\n\s+got: (.*)', report)
+        self.assertEqual(run.returncode != 0, bool(mismatches), report)
+        for expr, at, expected, got in mismatches:
+            ours, theirs = self.parse_samples(expected), self.parse_samples(got)
+            self.assertEqual(sorted(ours), sorted(theirs), f"{expr} at {at}: series differ\n{report}")
+            for labels, value in ours.items():
+                other = theirs[labels]
+                self.assertTrue(math.isclose(value, other, rel_tol=1e-12) or (math.isnan(value) and math.isnan(other)),
+                                f"{expr} at {at} {labels}: host {value!r}, Prometheus {other!r}")
+
+    @staticmethod
+    def series_text(labels):
+        name = labels.get("__name__", "")
+        rest = ", ".join('%s="%s"' % (k, v) for k, v in sorted(labels.items()) if k != "__name__")
+        return name + ("{%s}" % rest if rest or not name else "")
+
+    @staticmethod
+    def parse_samples(text):
+        """promtool's `{a="b", c="d"} 1.5E-01, name{...} 2` into {labels text: value}."""
+        out = {}
+        for labels, value in re.findall(r'([\w:]*\{[^}]*\})\s+(\S+?)(?:,\s*|$)', text.strip()):
+            out[labels] = float(value)
+        return out
 
     def test_test_alerts_explains_bad_input(self):
         out = subprocess.run([BIN, "test-alerts"], capture_output=True, text=True)
