@@ -576,7 +576,13 @@ function M.attach(hk)
   -- ---- the loop, in the control copy only (load-time tasks run there) ------------------------
 
   local function start()
-    if (hk.env("HANCOCK_ALERTS", "on")):lower() == "off" then
+    local enabled = (hk.env("HANCOCK_ALERTS", "on")):lower()
+    if enabled ~= "on" and enabled ~= "off" then
+      hk.log.warn("alerts_config_invalid", {
+        message = ("HANCOCK_ALERTS must be on or off, not %q: on"):format(enabled),
+      })
+    end
+    if enabled == "off" then
       hk.log.info("alerts_disabled", { message = "HANCOCK_ALERTS=off: rules are not evaluated in the host" })
       return
     end
@@ -587,6 +593,17 @@ function M.attach(hk)
     local alertmanager = hk.env("ALERTMANAGER_URL")
     local external = hk.env("HANCOCK_ALERTS_EXTERNAL_URL")
     if alertmanager then alertmanager = alertmanager:gsub("/+$", "") end
+    -- Where a Prometheus evaluates the same generated rules and notifies the same Alertmanager
+    -- (the compose stack), the host's own copies would arrive as second alerts under another
+    -- instance label: HANCOCK_ALERTS_NOTIFY=off keeps /alerts and /status and sends nothing.
+    local notify = (hk.env("HANCOCK_ALERTS_NOTIFY", "on")):lower()
+    if notify ~= "on" and notify ~= "off" then
+      hk.log.warn("alerts_config_invalid", {
+        message = ("HANCOCK_ALERTS_NOTIFY must be on or off, not %q: on"):format(notify),
+      })
+    elseif notify == "off" then
+      alertmanager = nil
+    end
 
     local compiled = compile_all(rules_module.rules())
     local names, seen_names, longest = {}, {}, 60 * 1000

@@ -11,7 +11,9 @@ import subprocess
 import tempfile
 import time
 import unittest
+import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import yaml
 
@@ -382,6 +384,53 @@ class AlertsTest(ServersTestCase):
         self.assertIn("Alertmanager did not take 1 alert(s)", event["message"])
         metrics = request(server, "GET", "/metrics")[2].decode()
         self.assertGreaterEqual(metric_value(metrics, "hancock_alert_notifications_total", result="error"), 1)
+
+    def fake_alertmanager(self):
+        """A stand-in Alertmanager on loopback that keeps every alert batch POSTed to it."""
+        batches = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                batches.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self.addCleanup(httpd.server_close)
+        self.addCleanup(httpd.shutdown)
+        return f"http://127.0.0.1:{httpd.server_address[1]}", batches
+
+    def test_notify_off_keeps_alerts_in_the_host_and_sends_nothing(self):
+        url, batches = self.fake_alertmanager()
+        server = self.level_server(env={"ALERTMANAGER_URL": url, "HANCOCK_ALERTS_NOTIFY": "off"})
+        request(server, "POST", "/level/east/12")
+        server.wait_event("alert_firing", predicate=lambda e: e["alertname"] == "DemoLevelHigh")
+        self.assertEqual([a["status"]["state"] for a in self.alerts(server)
+                          if a["labels"]["alertname"] == "DemoLevelHigh"], ["firing"])
+        time.sleep(1)  # five evaluations at 200 ms: any of them would have sent the batch
+        self.assertEqual(batches, [])
+        self.assertEqual(server.events("alert_notification_failed"), [])
+
+    def test_bad_switch_values_are_reported_and_on_is_kept(self):
+        url, batches = self.fake_alertmanager()
+        server = self.level_server(env={"ALERTMANAGER_URL": url, "HANCOCK_ALERTS_NOTIFY": "maybe",
+                                        "HANCOCK_ALERTS": "yes"})
+        server.wait_event("alerts_config_invalid", predicate=lambda e: "HANCOCK_ALERTS_NOTIFY" in e["message"])
+        invalid = [e["message"] for e in server.events("alerts_config_invalid")]
+        self.assertTrue(any('HANCOCK_ALERTS must be on or off, not "yes"' in m for m in invalid), invalid)
+        self.assertTrue(any('HANCOCK_ALERTS_NOTIFY must be on or off, not "maybe"' in m for m in invalid), invalid)
+        request(server, "POST", "/level/east/12")
+        wait_for(lambda: batches, "the firing alert at the fake Alertmanager")
+        path, alerts = batches[0]
+        self.assertEqual(path, "/api/v2/alerts")
+        self.assertEqual([a["labels"]["zone"] for a in alerts if a["labels"]["alertname"] == "DemoLevelHigh"],
+                         ["east"])
 
 
 if __name__ == "__main__":
