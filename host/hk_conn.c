@@ -49,7 +49,6 @@ static void conn_free(hk_conn_t *conn) {
   else worker->conns = conn->next;
   if (conn->next) conn->next->prev = conn->prev;
   worker->conn_count--;
-  atomic_fetch_sub_explicit(worker->process_connections, 1, memory_order_relaxed);
   atomic_store_explicit(&worker->open_connections, worker->conn_count, memory_order_relaxed);
   hk_buf_free(&conn->in);
   hk_buf_free(&conn->out);
@@ -83,6 +82,10 @@ static void conn_close(hk_conn_t *conn) {
     log_request_completed(&conn->request);
     record_request(conn->worker, &conn->request);
   }
+  /* The slot under --max-connections frees with the socket, not with the memory: uv_close
+   * closes the descriptor now and calls back a loop iteration later, and a client that saw
+   * the close may connect again in between. */
+  atomic_fetch_sub_explicit(conn->worker->process_connections, 1, memory_order_relaxed);
   uv_close((uv_handle_t *)&conn->tcp, on_conn_handle_closed);
   uv_close((uv_handle_t *)&conn->timer, on_conn_handle_closed);
 }
