@@ -438,6 +438,9 @@ class FaultsTest(harness.ServersTestCase):
         while self.version(server) != 50 and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertEqual(self.version(server), 50, "the last state is loaded")
+        # Log lines travel through the log writer thread and the pipe: the event can arrive
+        # after the response that shows the reload.
+        server.wait_event("reload_succeeded")
         self.assertEqual(server.events("reload_failed"), [])
         succeeded = server.events("reload_succeeded")
         self.assertTrue(1 <= len(succeeded) <= 55, len(succeeded))  # storms coalesce
