@@ -72,6 +72,18 @@ alert("HancockHighMemoryUsage", {
 
 -- Service -------------------------------------------------------------------------------------
 
+-- One replica of a fleet that Prometheus discovers but cannot scrape: `up` is Prometheus' own
+-- series, one per target, so the alert names the instance that is down and no other.
+alert("HancockInstanceDown", {
+  group = "hancock.service",
+  expr = 'up{job="hancock"} == 0',
+  ["for"] = "1m",
+  severity = "critical",
+  summary = "A Hancock instance is down",
+  description = "Prometheus has failed to scrape {{ $labels.instance }} (job {{ $labels.job }}) "
+    .. "for 1 minute: the process is gone, hung or unreachable.",
+})
+
 -- A check in error pages only when it takes the service down: it is critical and /health is an
 -- error (a critical backend whose fallback answers is not). Any other check in error is a
 -- warning. hancock_health_check_status and hancock_health_status: 0 ok, 1 degraded, 2 error.
