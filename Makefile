@@ -15,6 +15,8 @@
 #                         package files under P (default /usr/local): docs/embedding.md
 #   make stack            hancock + Prometheus (generated rules) + Alertmanager, natively, on free
 #                         127.0.0.1 ports (docs/deploy.md); Ctrl-C or SIGTERM stops all three
+#   make fleet            three hancock replicas + one Prometheus finding them through file_sd
+#                         (tests/fleet/fleet.py, docs/deploy.md); Ctrl-C or SIGTERM stops them all
 
 SANITIZE ?= 0
 WERROR ?= $(if $(CI),1,0)
@@ -30,7 +32,7 @@ endif
 CMAKE_FLAGS = -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DHK_SANITIZE=$(if $(filter 1,$(SANITIZE)),ON,OFF) \
               -DHK_WERROR=$(if $(filter 1,$(WERROR)),ON,OFF)
 
-.PHONY: all build run test bench compare stack deps deps-test clean install test-tsan fuzz
+.PHONY: all build run test bench compare stack fleet deps deps-test clean install test-tsan fuzz
 
 all: build
 
@@ -79,6 +81,10 @@ install: build
 # its children) and which stops its own children and removes its temporary directory.
 stack: deps-test build
 	exec env HANCOCK_BIN=$(BUILD_DIR)/hancock python3 tests/stack/stack.py
+
+# As stack: exec, so that a SIGTERM to make reaches fleet.py, which stops what it started.
+fleet: deps-test build
+	exec env HANCOCK_BIN=$(BUILD_DIR)/hancock python3 tests/fleet/fleet.py
 
 clean:
 	rm -rf build build-asan
