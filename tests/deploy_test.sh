@@ -148,7 +148,8 @@ for f, d in docs:
     if "kind" not in d or "apiVersion" not in d:
         errs.append(f"{f}: document without kind/apiVersion")
     kinds.setdefault(d.get("kind"), []).append(d)
-for k in ["Deployment", "Service", "Kustomization"]:
+for k in ["Deployment", "Service", "Kustomization", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+          "ServiceMonitor"]:
     if k not in kinds:
         errs.append(f"no {k} manifest")
 if errs:
@@ -200,10 +201,81 @@ for key, val in {"prometheus.io/scrape": "true", "prometheus.io/port": "5000", "
 if svc["spec"].get("selector", {}).items() - dep["spec"]["template"]["metadata"]["labels"].items():
     errs.append("Service: selector does not match the pod labels")
 
+pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+def selects_pods(selector):
+    # A label selector (matchLabels only: these manifests use no matchExpressions) that selects
+    # the Deployment's pods: non-empty, and every label it asks for is on them.
+    labels = (selector or {}).get("matchLabels") or {}
+    return bool(labels) and not (labels.items() - pod_labels.items()) and not (selector or {}).get("matchExpressions")
+
+def cpu(quantity):
+    q = str(quantity)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+replicas = dep["spec"].get("replicas", 1)
+pdb = kinds["PodDisruptionBudget"][0]
+if pdb["apiVersion"] != "policy/v1":
+    errs.append(f"PodDisruptionBudget: apiVersion policy/v1 expected (is {pdb['apiVersion']})")
+if not selects_pods(pdb["spec"].get("selector")):
+    errs.append("PodDisruptionBudget: selector does not select the Deployment's pods")
+min_available = pdb["spec"].get("minAvailable")
+if not isinstance(min_available, int) or "maxUnavailable" in pdb["spec"]:
+    errs.append("PodDisruptionBudget: an integer minAvailable (and no maxUnavailable) expected")
+elif not 0 < min_available < replicas:
+    errs.append(f"PodDisruptionBudget: minAvailable {min_available} must be below the Deployment's "
+                f"replicas ({replicas}), or no pod could ever be evicted (node drains block)")
+
+hpa = kinds["HorizontalPodAutoscaler"][0]
+if hpa["apiVersion"] != "autoscaling/v2":
+    errs.append(f"HorizontalPodAutoscaler: apiVersion autoscaling/v2 expected (is {hpa['apiVersion']})")
+ref = hpa["spec"].get("scaleTargetRef", {})
+if (ref.get("apiVersion"), ref.get("kind"), ref.get("name")) != (dep["apiVersion"], "Deployment", dep["metadata"]["name"]):
+    errs.append(f"HorizontalPodAutoscaler: scaleTargetRef {ref} is not the Deployment")
+lo, hi = hpa["spec"].get("minReplicas", 1), hpa["spec"].get("maxReplicas", 0)
+if not lo <= replicas <= hi:
+    errs.append(f"HorizontalPodAutoscaler: the Deployment's replicas ({replicas}) outside [{lo}, {hi}]")
+if isinstance(min_available, int) and lo <= min_available:
+    errs.append(f"HorizontalPodAutoscaler: minReplicas {lo} must exceed the PDB's minAvailable {min_available}")
+resources = c.get("resources", {})
+cpu_metrics = [m["resource"]["target"] for m in hpa["spec"].get("metrics", [])
+               if m.get("type") == "Resource" and m["resource"].get("name") == "cpu"]
+if not cpu_metrics:
+    errs.append("HorizontalPodAutoscaler: no cpu Resource metric")
+for target in cpu_metrics:
+    if target.get("type") == "AverageValue" and cpu(target["averageValue"]) > cpu(resources.get("limits", {}).get("cpu", 0)):
+        errs.append(f"HorizontalPodAutoscaler: cpu target {target['averageValue']} above the container's cpu limit")
+    if target.get("type") == "Utilization" and "cpu" not in resources.get("requests", {}):
+        errs.append("HorizontalPodAutoscaler: a cpu Utilization target needs a cpu request")
+for m in hpa["spec"].get("metrics", []):
+    if m.get("type") == "Pods" and m["pods"]["target"].get("type") != "AverageValue":
+        errs.append("HorizontalPodAutoscaler: a Pods metric takes an AverageValue target")
+
+sm = kinds["ServiceMonitor"][0]
+if sm["apiVersion"] != "monitoring.coreos.com/v1":
+    errs.append(f"ServiceMonitor: apiVersion monitoring.coreos.com/v1 expected (is {sm['apiVersion']})")
+sm_labels = sm["spec"].get("selector", {}).get("matchLabels") or {}
+if not sm_labels or sm_labels.items() - svc["metadata"].get("labels", {}).items():
+    errs.append("ServiceMonitor: selector does not select the Service (by its labels)")
+port_names = {p.get("name") for p in svc["spec"].get("ports", [])}
+for ep in sm["spec"].get("endpoints", []):
+    if ep.get("port") not in port_names:
+        errs.append(f"ServiceMonitor: endpoint port {ep.get('port')!r} is not a port name of the Service {sorted(port_names)}")
+    if ep.get("path", "/metrics") != ann.get("prometheus.io/path"):
+        errs.append(f"ServiceMonitor: path {ep.get('path')} differs from the Service's prometheus.io/path")
+# The rules select job="hancock": the Operator names the job after the Service unless jobLabel says.
+rules = os.path.join(root, "monitoring", "alerting_rules.yaml")
+if os.path.exists(rules) and 'job=\\"hancock\\"' in open(rules).read():
+    if sm["spec"].get("jobLabel") or svc["metadata"]["name"] != "hancock":
+        errs.append("ServiceMonitor: the rules select job=\"hancock\", which is the job only for a Service named "
+                    "hancock and no jobLabel")
+
 kz = kinds["Kustomization"][0]
 for r in kz.get("resources", []):
     if not os.path.exists(os.path.join(k8s, r)):
         errs.append(f"kustomization: resource {r} missing")
+# Every manifest here is applied: listed in resources.
+for f in sorted({f for f, _ in docs} - {"kustomization.yaml"} - set(kz.get("resources", []))):
+    errs.append(f"kustomization: {f} is not in resources")
 gen = {g["name"]: g for g in kz.get("configMapGenerator", [])}
 for name in cms:
     if name not in gen:
@@ -223,8 +295,37 @@ for f in glob.glob(os.path.join(root, "scripts", "**", "*.lua"), recursive=True)
         errs.append(f"kustomization: {rel} is not in any configMapGenerator")
 if errs:
     print("\n".join("FAIL: " + e for e in errs)); sys.exit(1)
-print(f"k8s: {len(docs)} documents OK ({', '.join(sorted(kinds))}); scripts ConfigMaps: {', '.join(cms)}")
+print(f"k8s: {len(docs)} documents OK ({', '.join(sorted(kinds))}); scripts ConfigMaps: {', '.join(cms)}; "
+      f"PDB minAvailable {min_available} of {replicas} replicas, HPA {lo}-{hi}")
 PY
+  # What kustomize renders (labels added, ConfigMaps generated) is what gets applied: it must build,
+  # hold every kind, and its selectors must still select (kubectl's built-in kustomize, when present).
+  if command -v kubectl >/dev/null; then
+    local rendered; rendered=$(mktemp); trap 'rm -f "$rendered"' RETURN
+    kubectl kustomize --load-restrictor LoadRestrictionsNone "$deploy/k8s" >"$rendered" \
+      || fail "kubectl kustomize deploy/k8s failed"
+    python3 - "$rendered" <<'PY'
+import sys, yaml
+docs = {d["kind"]: d for d in yaml.safe_load_all(open(sys.argv[1])) if d}
+want = {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceMonitor"}
+errs = [f"rendered: no {k}" for k in sorted(want - set(docs))]
+if not errs:
+    pods = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    for kind, selector in (("Deployment", docs["Deployment"]["spec"]["selector"]["matchLabels"]),
+                           ("Service", docs["Service"]["spec"]["selector"]),
+                           ("PodDisruptionBudget", docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"])):
+        if selector.items() - pods.items():
+            errs.append(f"rendered: the {kind}'s selector {selector} does not select the pods {pods}")
+    sm = docs["ServiceMonitor"]["spec"]["selector"]["matchLabels"]
+    if sm.items() - docs["Service"]["metadata"]["labels"].items():
+        errs.append(f"rendered: the ServiceMonitor's selector {sm} does not select the Service")
+if errs:
+    print("\n".join("FAIL: " + e for e in errs)); sys.exit(1)
+print(f"k8s: kubectl kustomize renders {', '.join(sorted(docs))}; selectors select")
+PY
+  else
+    echo "note: kubectl not installed: the kustomize rendering is not checked"
+  fi
 }
 
 prometheus_config() {
