@@ -287,8 +287,9 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(self.by_instance("hancock_config_last_reload_successful"), {i: 1.0 for i in want})
         self.assertEqual(self.by_instance('hancock_reloads_total{result="failure"}'), {i: 0.0 for i in want})
         counts = {pod: (answers.count(1), answers.count(2)) for pod, answers in client.answers.items()}
-        print(f"\nfleet: rollout over {len(counts)} replicas, {client.count} requests during it, "
-              f"{len(client.failures)} failed; (old, new) answers per pod {counts}", file=sys.stderr)
+        print(f"\nfleet: rollout over {len(counts)} replicas; the client made {client.count} requests "
+              f"(from before the first swap to after the last), {len(client.failures)} failed; "
+              f"(old, new) answers per pod {counts}", file=sys.stderr)
 
 
 if __name__ == "__main__":
