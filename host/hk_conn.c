@@ -548,12 +548,38 @@ static void log_request_completed(const hk_request_t *req) {
              req->mode[0] ? 6 : 5);
 }
 
+/* The exemplar of the request's duration: its request_id and trace_id (the one its log lines
+ * carry), or request_id only for a request refused before it was parsed (no trace was logged
+ * for it). OpenMetrics allows 128 characters of exemplar labels, names included: past 78
+ * characters of a client's request id (10 + 78 + 8 + 32 = 128) the trace id is left out, and
+ * past 118 (which no longer fits beside its own name) the request id is, leaving the trace id,
+ * from which the log lines can still be found. Request ids are ASCII, so bytes are runes. */
+static size_t request_exemplar(const hk_request_t *req, char trace_id[33],
+                               hk_exemplar_label_t labels[2]) {
+  size_t id_len = strlen(req->id), count = 0;
+  size_t id_runes = sizeof "request_id" - 1 + id_len, trace_runes = sizeof "trace_id" - 1 + 32;
+  bool with_id = id_len > 0 && id_runes <= HK_METRICS_EXEMPLAR_MAX_RUNES;
+  bool with_trace = req->http != NULL;
+  if (with_id && with_trace && id_runes + trace_runes > HK_METRICS_EXEMPLAR_MAX_RUNES)
+    with_trace = false;
+  if (with_id) labels[count++] = (hk_exemplar_label_t){"request_id", {req->id, id_len}};
+  if (with_trace) {
+    request_trace_id(req, trace_id);
+    labels[count++] = (hk_exemplar_label_t){"trace_id", {trace_id, 32}};
+  }
+  return count;
+}
+
 static void record_request(hk_worker_t *worker, const hk_request_t *req) {
   const hk_http_request_t *http = req->http;
   double seconds = (double)(hk_now_ns() - req->start_ns) / 1e9;
-  hk_host_metrics_request(worker->metrics, worker->index, http ? http->method : "", http ? http->method_len : 0,
-                          req->endpoint ? req->endpoint : "unmatched", req->response.status, req->mode_label,
-                          seconds);
+  char trace_id[33];
+  hk_exemplar_label_t exemplar[2];
+  size_t exemplar_count = request_exemplar(req, trace_id, exemplar);
+  hk_host_metrics_request_exemplar(worker->metrics, worker->index, http ? http->method : "",
+                                   http ? http->method_len : 0,
+                                   req->endpoint ? req->endpoint : "unmatched", req->response.status,
+                                   req->mode_label, seconds, exemplar, exemplar_count);
 }
 
 static void conn_dispatch(hk_conn_t *conn) {

@@ -326,6 +326,14 @@ const char *hk_host_metrics_method_label(const char *method, size_t len) {
 void hk_host_metrics_request(hk_host_metrics_t *host, unsigned worker, const char *method,
                              size_t method_len, const char *endpoint, int status,
                              const char *mode, double seconds) {
+  hk_host_metrics_request_exemplar(host, worker, method, method_len, endpoint, status, mode, seconds,
+                                   NULL, 0);
+}
+
+void hk_host_metrics_request_exemplar(hk_host_metrics_t *host, unsigned worker, const char *method,
+                                      size_t method_len, const char *endpoint, int status,
+                                      const char *mode, double seconds,
+                                      const hk_exemplar_label_t *exemplar, size_t exemplar_count) {
   hk_series_add(host->requests_total_series, worker, 1);
   if (status >= 400) hk_series_add(host->errors_total_series, worker, 1);
   hk_series_add(hk_metric_series_str(host->requests_by_endpoint, &endpoint, 1), worker, 1);
@@ -334,7 +342,11 @@ void hk_host_metrics_request(hk_host_metrics_t *host, unsigned worker, const cha
   char code[8];
   snprintf(code, sizeof code, "%d", status);
   const char *labels[] = {hk_host_metrics_method_label(method, method_len), endpoint, code};
-  hk_series_observe(hk_metric_series_str(host->request_duration, labels, 3), worker, seconds);
+  hk_series_t *duration = hk_metric_series_str(host->request_duration, labels, 3);
+  if (exemplar != NULL && exemplar_count > 0)
+    (void)hk_series_observe_exemplar(duration, worker, seconds, exemplar, exemplar_count);
+  else
+    hk_series_observe(duration, worker, seconds);
 }
 
 void hk_host_metrics_reload(hk_host_metrics_t *host, unsigned collector_cell, bool success,

@@ -1,11 +1,14 @@
-/* hk_lua_metrics: hancock.Metric userdata and its methods (inc, dec, set, observe), label
- * tables checked against the family's label names, and registration from Lua. Misuse raises a
+/* hk_lua_metrics: hancock.Metric userdata and its methods (inc, dec, set, observe with an
+ * optional exemplar table), label tables checked against the family's label names, and
+ * registration from Lua. Misuse raises a
  * Lua error naming the metric; a series past its cap is dropped (and counted) silently.
  * Registrations from here are the scripts' (HK_METRIC_SCRIPT): past the registry's family cap,
  * or with help over HK_METRICS_MAX_HELP, they raise an error naming the metric and the limit. */
 #include "hk_lua_metrics.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -132,16 +135,116 @@ static int metric_set(lua_State *L) {
   return 0;
 }
 
-/* histogram:observe([labels], v)  [-(2|3), +0, e] */
+/* [a-zA-Z_][a-zA-Z0-9_]*, over all len bytes (a Lua string may hold a NUL). */
+static bool label_name_valid(const char *s, size_t len) {
+  if (len == 0) return false;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    if (!alpha && (i == 0 || c < '0' || c > '9')) return false;
+  }
+  return true;
+}
+
+static int compare_exemplar_labels(const void *a, const void *b) {
+  return strcmp(((const hk_exemplar_label_t *)a)->name, ((const hk_exemplar_label_t *)b)->name);
+}
+
+/* Reads the exemplar table at idx ({request_id = "…", trace_id = "…"}: label names to string
+ * or number values) into labels, sorted by name so the exposition does not depend on the
+ * table's order. Names and string values stay anchored by the exemplar table; numbers are
+ * converted in copies kept in a table this pushes below the caller's top (so the stack grows
+ * by at most one; the caller's settop or return drops it). Returns the count. Anything that is
+ * not such a table of at most HK_METRICS_EXEMPLAR_MAX_LABELS labels is misuse and raises; what
+ * depends on the values (too long, not UTF-8) is the caller's to report. */
+static size_t read_exemplar(lua_State *L, int idx, const metric_box_t *box, hk_exemplar_label_t *labels) {
+  const char *metric = hk_metric_name(box->metric);
+  if (!lua_istable(L, idx))
+    luaL_error(L, "metric %s: the exemplar must be a table of labels, got %s", metric, luaL_typename(L, idx));
+  size_t count = 0;
+  int anchor = 0; /* created at the first number */
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    if (lua_type(L, -2) != LUA_TSTRING)
+      luaL_error(L, "metric %s: exemplar label names must be strings, got %s", metric, luaL_typename(L, -2));
+    size_t name_len;
+    const char *name = lua_tolstring(L, -2, &name_len);
+    if (!label_name_valid(name, name_len))
+      luaL_error(L, "metric %s: exemplar label name '%s' is not valid ([a-zA-Z_][a-zA-Z0-9_]*)", metric, name);
+    int type = lua_type(L, -1);
+    if (type != LUA_TSTRING && type != LUA_TNUMBER)
+      luaL_error(L, "metric %s: exemplar label '%s' must be a string or a number, got %s", metric, name,
+                 luaL_typename(L, -1));
+    if (count == HK_METRICS_EXEMPLAR_MAX_LABELS)
+      luaL_error(L, "metric %s: an exemplar has at most %d labels", metric, HK_METRICS_EXEMPLAR_MAX_LABELS);
+    labels[count].name = name; /* anchored by the table */
+    if (type == LUA_TNUMBER) {
+      if (anchor == 0) {
+        /* Below the key and value, so lua_next still finds its key on top. */
+        lua_createtable(L, HK_METRICS_EXEMPLAR_MAX_LABELS, 0);
+        lua_insert(L, -3);
+        anchor = lua_gettop(L) - 2;
+      }
+      /* A copy converted to a string (the caller's table stays as it was), kept in `anchor`. */
+      lua_pushvalue(L, -1);
+      labels[count].value.str = lua_tolstring(L, -1, &labels[count].value.len);
+      lua_rawseti(L, anchor, (lua_Integer)count + 1);
+    } else {
+      labels[count].value.str = lua_tolstring(L, -1, &labels[count].value.len);
+    }
+    count++;
+    lua_pop(L, 1);
+  }
+  qsort(labels, count, sizeof labels[0], compare_exemplar_labels);
+  return count;
+}
+
+/* Pushes why the registry refused an exemplar, for the script.  [-0, +1, m] */
+static void push_exemplar_refusal(lua_State *L, int rc) {
+  if (rc == -E2BIG)
+    lua_pushfstring(L, "exemplar not kept: its labels are over %d characters (the OpenMetrics limit) or %d bytes",
+                    HK_METRICS_EXEMPLAR_MAX_RUNES, HK_METRICS_EXEMPLAR_MAX_BYTES);
+  else if (rc == -EINVAL)
+    lua_pushliteral(L, "exemplar not kept: a label value is not valid UTF-8");
+  else if (rc == -ENOMEM)
+    lua_pushliteral(L, "exemplar not kept: out of memory");
+  else
+    lua_pushfstring(L, "exemplar not kept (error %d)", rc);
+}
+
+/* histogram:observe([labels], v, [exemplar]) -> [true | nil, msg]  [-(2|3|4), +(0|1|2), e]
+ * The exemplar, a table of labels such as {request_id = req.id, trace_id = …}, becomes the
+ * latest exemplar of the bucket v falls in (OpenMetrics scrapes show it); nil or an empty table
+ * is none, and then nothing is returned. With one: true, or nil and why the exemplar was not
+ * kept (over 128 characters, not UTF-8: values may come from clients, so this is not an error);
+ * the observation counts either way. */
 static int metric_observe(lua_State *L) {
   metric_box_t *box = check_metric(L, 1);
   require_type(L, box, HK_METRIC_HISTOGRAM, "observe");
   int at = amount_index(L, box);
   if (lua_isnoneornil(L, at)) return luaL_error(L, "metric %s: observe needs a value", hk_metric_name(box->metric));
   double v = check_amount(L, at, 0, box);
+  hk_exemplar_label_t exemplar[HK_METRICS_EXEMPLAR_MAX_LABELS];
+  size_t exemplar_count = 0;
+  if (!lua_isnoneornil(L, at + 1)) exemplar_count = read_exemplar(L, at + 1, box, exemplar);
   hk_series_t *series = series_for(L, box, at == 2 ? 0 : 2);
-  if (*box->cell != HK_LUA_METRICS_SILENT) hk_series_observe(series, *box->cell, v);
-  return 0;
+  if (exemplar_count == 0) {
+    if (*box->cell != HK_LUA_METRICS_SILENT) hk_series_observe(series, *box->cell, v);
+    return 0;
+  }
+  /* A silent state records nothing, and a series past its cap is dropped (and counted), but
+   * both answer about the exemplar as a recording call would. -EBUSY means another worker's
+   * exemplar of the same instant took the bucket: as good as ours. */
+  int rc = *box->cell == HK_LUA_METRICS_SILENT || series == NULL
+               ? hk_metrics_exemplar_check(exemplar, exemplar_count)
+               : hk_series_observe_exemplar(series, *box->cell, v, exemplar, exemplar_count);
+  if (rc == 0 || rc == -EBUSY) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushnil(L);
+  push_exemplar_refusal(L, rc);
+  return 2;
 }
 
 static int metric_index(lua_State *L) {

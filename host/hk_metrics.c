@@ -1,6 +1,7 @@
 /* hk_metrics: the metric registry — families, their series, and the per-worker cells the hot
  * path writes. Rendering is hk_prom's and the Lua binding hk_lua's; this file knows neither.
- * Entry points: hk_metrics_new, hk_metrics_register, hk_metric_series, hk_series_add/observe. */
+ * Entry points: hk_metrics_new, hk_metrics_register, hk_metric_series, hk_series_add/observe,
+ * hk_series_observe_exemplar. */
 #include "hk_metrics.h"
 
 #include "hk_text.h"
@@ -42,7 +43,13 @@
  *
  * Every cell has a single writer (its worker), which updates it with a relaxed load and a
  * relaxed store; a scrape sums the cells with relaxed loads. The registry's own dropped-series
- * counter gets one extra cell, written only under the registry lock, so no worker shares it. */
+ * counter gets one extra cell, written only under the registry lock, so no worker shares it.
+ *
+ * Exemplars are the exception: a histogram bucket's latest exemplar is shared by all workers.
+ * A series' exemplar slots are allocated on its first exemplar and published with a
+ * compare-and-swap (release; readers load the pointer with acquire), then freed only with the
+ * family. Each slot is a seqlock made of atomic words only (exemplar_slot_t), so no access to
+ * it is a data race: writers claim it with a compare-and-swap, readers retry a torn copy. */
 
 #define NAME_MAX_LEN        255 /* fits hk_prom_cursor_t.family */
 #define SERIES_CHUNK_SHIFT  4
@@ -66,8 +73,27 @@ typedef struct cell_block_s {
   struct cell_block_s *next;
 } cell_block_t;
 
+/* One bucket's latest exemplar, a seqlock over atomic words (so readers and writers on other
+ * threads never race on plain memory): `seq` is 0 while empty, odd while a writer fills the
+ * slot, and even once it is whole. A writer claims the slot by moving seq from even to odd with
+ * a compare-and-swap, so two workers never write it at once (the loser drops its exemplar); a
+ * reader copies the words and retries when seq moved meanwhile. `words` holds the label count,
+ * each label's name and value lengths, then the names and values (encode_exemplar). */
+#define EXEMPLAR_ENCODED_MAX (1 + 2 * HK_METRICS_EXEMPLAR_MAX_LABELS + HK_METRICS_EXEMPLAR_MAX_BYTES)
+#define EXEMPLAR_WORDS       ((EXEMPLAR_ENCODED_MAX + 7) / 8)
+#define EXEMPLAR_READ_TRIES  1000
+
+typedef struct exemplar_slot_s {
+  _Atomic uint64_t seq;
+  _Atomic uint64_t value;     /* the double's bits */
+  _Atomic uint64_t timestamp; /* the double's bits */
+  _Atomic uint64_t length;    /* encoded bytes in `words` */
+  _Atomic uint64_t words[EXEMPLAR_WORDS];
+} exemplar_slot_t;
+
 struct hk_series_s {
   hk_metric_t *metric;
+  _Atomic(exemplar_slot_t *) exemplars; /* histograms: bucket_count + 1 slots, or NULL */
   unsigned char *cells; /* worker 0's cell; NULL for gauges */
   size_t stride;        /* bytes from one worker's cell to the next worker's */
   uint64_t hash;
@@ -372,6 +398,7 @@ static hk_series_t *series_get_locked(hk_metric_t *m, const hk_label_value_t *va
   s->workers = m->registry->workers;
   s->type = m->type;
   atomic_init(&s->gauge, 0.0);
+  atomic_init(&s->exemplars, NULL);
   char *strings = (char *)&s->labels[m->label_count];
   for (size_t i = 0; i < m->label_count; i++) {
     if (values[i].len > 0) memcpy(strings, values[i].str, values[i].len);
@@ -479,10 +506,13 @@ void hk_series_add(hk_series_t *series, unsigned worker, double value) {
   atomic_store_explicit(cell, v + value, memory_order_relaxed);
 }
 
-void hk_series_observe(hk_series_t *series, unsigned worker, double value) {
-  if (series == NULL) return;
+/* Counts the observation; returns its bucket (bucket_count is +Inf), or SIZE_MAX when the
+ * update is ignored. */
+static size_t observe(hk_series_t *series, unsigned worker, double value) {
+  if (series == NULL) return SIZE_MAX;
   assert(series->type == HK_METRIC_HISTOGRAM && worker < series->workers);
-  if (series->type != HK_METRIC_HISTOGRAM || worker >= series->workers || isnan(value)) return;
+  if (series->type != HK_METRIC_HISTOGRAM || worker >= series->workers || isnan(value))
+    return SIZE_MAX;
   const hk_metric_t *m = series->metric;
   /* The first bucket whose upper bound is >= value ("le"); bucket_count is the +Inf bucket. */
   size_t lo = 0, hi = m->bucket_count;
@@ -500,6 +530,11 @@ void hk_series_observe(hk_series_t *series, unsigned worker, double value) {
   atomic_store_explicit(&counts[lo], c + 1, memory_order_relaxed);
   double s = atomic_load_explicit(sum, memory_order_relaxed);
   atomic_store_explicit(sum, s + value, memory_order_relaxed);
+  return lo;
+}
+
+void hk_series_observe(hk_series_t *series, unsigned worker, double value) {
+  (void)observe(series, worker, value);
 }
 
 void hk_series_gauge_set(hk_series_t *series, double value) {
@@ -517,6 +552,213 @@ void hk_series_gauge_add(hk_series_t *series, double value) {
   while (!atomic_compare_exchange_weak_explicit(&series->gauge, &old, old + value,
                                                 memory_order_relaxed, memory_order_relaxed)) {
   }
+}
+
+/* ---- exemplars ---------------------------------------------------------------------------- */
+
+static bool valid_label_name(const char *s);
+
+/* Each label's name and value lengths are stored in one byte each: the byte limit must keep
+ * them there (a name has at least one byte, so a value has at most MAX_BYTES - 1). */
+_Static_assert(HK_METRICS_EXEMPLAR_MAX_BYTES <= 256, "exemplar lengths are encoded in a byte");
+_Static_assert(HK_METRICS_EXEMPLAR_MAX_LABELS <= 255, "the label count is encoded in a byte");
+
+/* The code points of s[0..len), or SIZE_MAX when it is not valid UTF-8 (as hk_text_utf8_valid
+ * defines it). One pass, eight ASCII bytes at a time: request and trace ids, the values every
+ * request carries, are ASCII, and this runs once per request. */
+static size_t utf8_runes(const char *s, size_t len) {
+  size_t runes = 0;
+  for (size_t i = 0; i < len;) {
+    uint64_t word;
+    if (len - i >= sizeof word) {
+      memcpy(&word, s + i, sizeof word);
+      if ((word & 0x8080808080808080ULL) == 0) {
+        i += sizeof word;
+        runes += sizeof word;
+        continue;
+      }
+    }
+    if ((unsigned char)s[i] < 0x80) {
+      i++;
+    } else {
+      uint32_t cp;
+      int n = hk_text_utf8_decode((const unsigned char *)s + i, len - i, &cp);
+      if (n <= 0) return SIZE_MAX;
+      i += (size_t)n;
+    }
+    runes++;
+  }
+  return runes;
+}
+
+int hk_metrics_exemplar_check(const hk_exemplar_label_t *labels, size_t count) {
+  if (count == 0 || count > HK_METRICS_EXEMPLAR_MAX_LABELS || labels == NULL) return -EINVAL;
+  size_t bytes = 0, runes = 0;
+  for (size_t i = 0; i < count; i++) {
+    const char *name = labels[i].name;
+    hk_label_value_t v = labels[i].value;
+    if (name == NULL || (v.str == NULL && v.len > 0)) return -EINVAL;
+    /* Lengths first, so a huge value is refused without being scanned. */
+    size_t name_len = strnlen(name, HK_METRICS_EXEMPLAR_MAX_BYTES + 1);
+    bytes += name_len;
+    if (name_len > HK_METRICS_EXEMPLAR_MAX_BYTES || v.len > HK_METRICS_EXEMPLAR_MAX_BYTES ||
+        bytes + v.len > HK_METRICS_EXEMPLAR_MAX_BYTES)
+      return -E2BIG;
+    bytes += v.len;
+    if (!valid_label_name(name)) return -EINVAL;
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(labels[j].name, name) == 0) return -EINVAL;
+    size_t value_runes = v.len > 0 ? utf8_runes(v.str, v.len) : 0;
+    if (value_runes == SIZE_MAX) return -EINVAL;
+    runes += name_len + value_runes; /* a label name is ASCII */
+    if (runes > HK_METRICS_EXEMPLAR_MAX_RUNES) return -E2BIG;
+  }
+  return 0;
+}
+
+/* Encodes checked labels into out (EXEMPLAR_WORDS * 8 bytes, zeroed by the caller): the count,
+ * then each label's name and value lengths, then the names and values. Returns the length. */
+static size_t encode_exemplar(const hk_exemplar_label_t *labels, size_t count, unsigned char *out) {
+  size_t at = 1 + 2 * count;
+  out[0] = (unsigned char)count;
+  for (size_t i = 0; i < count; i++) {
+    size_t name_len = strlen(labels[i].name), value_len = labels[i].value.len;
+    assert(name_len <= UINT8_MAX && value_len <= UINT8_MAX);
+    out[1 + 2 * i] = (unsigned char)name_len;
+    out[2 + 2 * i] = (unsigned char)value_len;
+    memcpy(out + at, labels[i].name, name_len);
+    at += name_len;
+    if (value_len > 0) memcpy(out + at, labels[i].value.str, value_len);
+    at += value_len;
+  }
+  assert(at <= EXEMPLAR_ENCODED_MAX);
+  return at;
+}
+
+static uint64_t double_bits(double v) {
+  uint64_t bits;
+  memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+
+static double bits_double(uint64_t bits) {
+  double v;
+  memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+/* The series' exemplar slots, allocated on first use: several workers may race to do it, and
+ * the first published array wins (the others free theirs). The array is freed with the family
+ * (family_free), like the series, since a scrape may be reading it until then. */
+static exemplar_slot_t *exemplar_slots(hk_series_t *series) {
+  exemplar_slot_t *slots = atomic_load_explicit(&series->exemplars, memory_order_acquire);
+  if (slots != NULL) return slots;
+  size_t n = series->metric->bucket_count + 1;
+  exemplar_slot_t *fresh = malloc(n * sizeof *fresh);
+  if (fresh == NULL) return NULL;
+  for (size_t i = 0; i < n; i++) {
+    atomic_init(&fresh[i].seq, 0);
+    atomic_init(&fresh[i].value, 0);
+    atomic_init(&fresh[i].timestamp, 0);
+    atomic_init(&fresh[i].length, 0);
+    for (size_t w = 0; w < EXEMPLAR_WORDS; w++)
+      atomic_init(&fresh[i].words[w], 0);
+  }
+  /* Release publishes the initialized slots to readers that load the pointer with acquire. */
+  if (atomic_compare_exchange_strong_explicit(&series->exemplars, &slots, fresh,
+                                              memory_order_acq_rel, memory_order_acquire))
+    return fresh;
+  free(fresh);
+  return slots; /* the winner's, loaded by the failed exchange */
+}
+
+int hk_series_observe_exemplar(hk_series_t *series, unsigned worker, double value,
+                               const hk_exemplar_label_t *labels, size_t count) {
+  /* The labels are checked first (pure), so the observation counts however they are. */
+  int rc = hk_metrics_exemplar_check(labels, count);
+  size_t bucket = observe(series, worker, value);
+  if (bucket == SIZE_MAX) return -EINVAL;
+  if (rc != 0) return rc;
+  uint64_t words[EXEMPLAR_WORDS] = {0};
+  size_t length = encode_exemplar(labels, count, (unsigned char *)words);
+  exemplar_slot_t *slots = exemplar_slots(series);
+  if (slots == NULL) return -ENOMEM;
+  exemplar_slot_t *slot = &slots[bucket];
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  double timestamp = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+
+  /* Seqlock writer (Boehm, "Can seqlocks get along with programming language memory models?",
+   * 2012): even -> odd, a release fence, the words, odd -> even with release. The exchange
+   * makes the writers exclusive: one that finds the slot odd, or loses the exchange, gives up
+   * instead of waiting on a writer that may be preempted. */
+  uint64_t seq = atomic_load_explicit(&slot->seq, memory_order_relaxed);
+  if ((seq & 1) != 0 ||
+      !atomic_compare_exchange_strong_explicit(&slot->seq, &seq, seq + 1, memory_order_relaxed,
+                                               memory_order_relaxed))
+    return -EBUSY;
+  /* Orders the odd seq before the words: a reader that loads any new word, then fences with
+   * acquire, sees seq moved and retries. */
+  atomic_thread_fence(memory_order_release);
+  atomic_store_explicit(&slot->value, double_bits(value), memory_order_relaxed);
+  atomic_store_explicit(&slot->timestamp, double_bits(timestamp), memory_order_relaxed);
+  atomic_store_explicit(&slot->length, (uint64_t)length, memory_order_relaxed);
+  for (size_t w = 0; w < (length + 7) / 8; w++)
+    atomic_store_explicit(&slot->words[w], words[w], memory_order_relaxed);
+  atomic_store_explicit(&slot->seq, seq + 2, memory_order_release);
+  return 0;
+}
+
+bool hk_series_exemplar(const hk_series_t *series, size_t bucket, hk_exemplar_t *out) {
+  if (series == NULL || series->type != HK_METRIC_HISTOGRAM ||
+      bucket > series->metric->bucket_count)
+    return false;
+  exemplar_slot_t *slots =
+      atomic_load_explicit(&((hk_series_t *)series)->exemplars, memory_order_acquire);
+  if (slots == NULL) return false;
+  exemplar_slot_t *slot = &slots[bucket];
+  uint64_t words[EXEMPLAR_WORDS];
+  uint64_t value = 0, timestamp = 0, length = 0;
+  bool whole = false;
+  /* Seqlock reader: seq with acquire, the words relaxed (each may come from a different
+   * write), an acquire fence, seq again; equal and even means the copy is one write's.
+   * A writer holds the slot for a few stores; a reader that keeps meeting one (a preempted
+   * writer) gives up rather than wait: the bucket then shows no exemplar in this scrape. */
+  for (int tries = 0; tries < EXEMPLAR_READ_TRIES && !whole; tries++) {
+    uint64_t before = atomic_load_explicit(&slot->seq, memory_order_acquire);
+    if (before == 0) return false;
+    if ((before & 1) != 0) continue;
+    value = atomic_load_explicit(&slot->value, memory_order_relaxed);
+    timestamp = atomic_load_explicit(&slot->timestamp, memory_order_relaxed);
+    length = atomic_load_explicit(&slot->length, memory_order_relaxed);
+    /* A torn copy is thrown away below, but must not read past the words meanwhile. */
+    if (length > EXEMPLAR_ENCODED_MAX) length = EXEMPLAR_ENCODED_MAX;
+    for (size_t w = 0; w < (length + 7) / 8; w++)
+      words[w] = atomic_load_explicit(&slot->words[w], memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    whole = atomic_load_explicit(&slot->seq, memory_order_relaxed) == before;
+  }
+  if (!whole || length == 0) return false;
+  /* A whole copy is what encode_exemplar wrote; the checks below only keep a corrupted one
+   * from reading past what was copied. */
+  const unsigned char *enc = (const unsigned char *)words;
+  size_t count = enc[0];
+  if (count == 0 || count > HK_METRICS_EXEMPLAR_MAX_LABELS || 1 + 2 * count > length) return false;
+  size_t at = 1 + 2 * count, used = 0;
+  out->value = bits_double(value);
+  out->timestamp = bits_double(timestamp);
+  out->count = count;
+  for (size_t i = 0; i < count; i++) {
+    size_t name_len = enc[1 + 2 * i], value_len = enc[2 + 2 * i];
+    if (at + name_len + value_len > length || used + name_len + value_len > sizeof out->bytes)
+      return false;
+    memcpy(out->bytes + used, enc + at, name_len + value_len);
+    out->names[i] = (hk_label_value_t){out->bytes + used, name_len};
+    out->values[i] = (hk_label_value_t){out->bytes + used + name_len, value_len};
+    at += name_len + value_len;
+    used += name_len + value_len;
+  }
+  return true;
 }
 
 /* ---- registration ------------------------------------------------------------------------- */
@@ -779,7 +1021,9 @@ static void family_free(hk_metric_t *m) {
   for (size_t i = 0; i < count; i++) {
     size_t chunk, offset;
     series_slot(i, &chunk, &offset);
-    free(m->series_chunks[chunk][offset]);
+    hk_series_t *series = m->series_chunks[chunk][offset];
+    free(atomic_load_explicit(&series->exemplars, memory_order_relaxed));
+    free(series);
   }
   for (size_t c = 0; c < SERIES_CHUNK_COUNT; c++)
     free(m->series_chunks[c]);

@@ -28,6 +28,11 @@
 #define HK_METRICS_MAX_LABEL_VALUE 256 /* longer label values are truncated (bytes) */
 #define HK_METRICS_DEFAULT_FAMILY_CAP 1000 /* families registered with HK_METRIC_SCRIPT */
 #define HK_METRICS_MAX_HELP 1024 /* bytes of help text; longer is refused (-E2BIG) */
+/* Exemplars (OpenMetrics): at most this many labels, 128 code points of names and values
+ * together (the OpenMetrics limit) and this many bytes of them. */
+#define HK_METRICS_EXEMPLAR_MAX_LABELS 4
+#define HK_METRICS_EXEMPLAR_MAX_RUNES 128
+#define HK_METRICS_EXEMPLAR_MAX_BYTES 256
 
 typedef enum hk_metric_type_e {
   HK_METRIC_COUNTER,
@@ -121,6 +126,35 @@ void hk_series_observe(hk_series_t *series, unsigned worker, double value); /* h
 void hk_series_gauge_set(hk_series_t *series, double value);
 void hk_series_gauge_add(hk_series_t *series, double value);
 
+/* One label of an exemplar: a label name ([a-zA-Z_][a-zA-Z0-9_]*, NUL-terminated) and a value
+ * (valid UTF-8, not necessarily NUL-terminated). */
+typedef struct hk_exemplar_label_s {
+  const char *name;
+  hk_label_value_t value;
+} hk_exemplar_label_t;
+
+/* Whether labels make an exemplar the registry stores (pure; hk_series_observe_exemplar checks
+ * the same): 0; -EINVAL when count is 0 or over HK_METRICS_EXEMPLAR_MAX_LABELS, a name is not a
+ * label name or repeats, or a value is not valid UTF-8; -E2BIG past HK_METRICS_EXEMPLAR_MAX_RUNES
+ * code points or HK_METRICS_EXEMPLAR_MAX_BYTES bytes of names and values together (lengths are
+ * checked first, so a value too long and not UTF-8 is -E2BIG). */
+int hk_metrics_exemplar_check(const hk_exemplar_label_t *labels, size_t count);
+
+/* hk_series_observe, and the observation becomes the exemplar of the bucket it falls in: each
+ * bucket of each series keeps its latest exemplar (value, labels, wall-clock time), which the
+ * OpenMetrics exposition shows after the bucket's line; the text format never does. Storage
+ * for a series' exemplars is allocated on its first exemplar, (bucket_count + 1) slots of
+ * about 300 bytes, freed with the registry, so a family's exemplars are bounded by its series
+ * cap. The labels are copied; the caller keeps its own.
+ * The observation is counted whatever the exemplar's fate; the exemplar is stored when this
+ * returns 0. Else: hk_metrics_exemplar_check's codes; -EBUSY when another thread was writing
+ * the same bucket's exemplar at that instant (its one is kept: both are as recent); -ENOMEM;
+ * and -EINVAL, without counting, where hk_series_observe ignores the update (NULL series, not
+ * a histogram, NaN, bad worker). Safe from any thread and lock-free: writers never wait for
+ * each other or for a scrape, and a scrape never waits for a writer. */
+int hk_series_observe_exemplar(hk_series_t *series, unsigned worker, double value,
+                               const hk_exemplar_label_t *labels, size_t count);
+
 /* ---- reading (for hk_prom and tests) ------------------------------------------------------ */
 
 /* A collector runs before every render on the rendering thread: it refreshes gauges that are
@@ -168,5 +202,22 @@ double hk_series_value(const hk_series_t *series);
  * sum and count, summed over workers into caller arrays. */
 void hk_series_histogram(const hk_series_t *series, uint64_t *bucket_counts, double *sum,
                          uint64_t *count);
+
+/* A copy of one bucket's exemplar; the names and values point into `bytes`. */
+typedef struct hk_exemplar_s {
+  double value;
+  double timestamp; /* seconds since the epoch (CLOCK_REALTIME at the observation) */
+  size_t count;
+  hk_label_value_t names[HK_METRICS_EXEMPLAR_MAX_LABELS];
+  hk_label_value_t values[HK_METRICS_EXEMPLAR_MAX_LABELS];
+  char bytes[HK_METRICS_EXEMPLAR_MAX_BYTES];
+} hk_exemplar_t;
+
+/* Copies the latest exemplar of bucket `bucket` (0..bucket_count, the last is +Inf) into *out:
+ * true, or false when the bucket has none (or the series is not a histogram). A copy taken
+ * while a writer replaces it is retried, so it is always one whole exemplar; a bucket that a
+ * writer holds through a thousand retries (one preempted mid-write) reads as none, rather
+ * than the scrape waiting for it. */
+bool hk_series_exemplar(const hk_series_t *series, size_t bucket, hk_exemplar_t *out);
 
 #endif

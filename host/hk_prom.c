@@ -136,9 +136,28 @@ static void write_header(writer_t *w, const hk_metric_t *m) {
   put(w, "\n", 1);
 }
 
+/* " # {a="x",b="y"} value timestamp": an exemplar after a bucket's value (OpenMetrics only). */
+static void write_exemplar(writer_t *w, const hk_exemplar_t *e) {
+  put(w, " # {", 4);
+  for (size_t i = 0; i < e->count; i++) {
+    if (i > 0) put(w, ",", 1);
+    put(w, e->names[i].str, e->names[i].len);
+    put(w, "=\"", 2);
+    if (w->rc == 0) w->rc = append_escaped(w->out, e->values[i].str, e->values[i].len, true);
+    put(w, "\"", 1);
+  }
+  char number[40];
+  size_t len = format_value(number, e->value);
+  put(w, "} ", 2);
+  put(w, number, len);
+  /* Seconds with milliseconds, as the client libraries write exemplar timestamps. */
+  int n = snprintf(number, sizeof number, " %.3f", e->timestamp);
+  if (n > 0 && (size_t)n < sizeof number) put(w, number, (size_t)n);
+}
+
 /* name{labels[,extra]} value\n — `extra` is the already formatted le pair or NULL. */
-static void write_sample(writer_t *w, const char *name, const char *suffix, const char *extra,
-                         double value) {
+static void write_sample_exemplar(writer_t *w, const char *name, const char *suffix,
+                                  const char *extra, double value, const hk_exemplar_t *exemplar) {
   put_str(w, name);
   if (suffix != NULL) put_str(w, suffix);
   if (w->labels.len > 0 || extra != NULL) {
@@ -152,7 +171,13 @@ static void write_sample(writer_t *w, const char *name, const char *suffix, cons
   size_t len = format_value(number, value);
   put(w, " ", 1);
   put(w, number, len);
+  if (exemplar != NULL) write_exemplar(w, exemplar);
   put(w, "\n", 1);
+}
+
+static void write_sample(writer_t *w, const char *name, const char *suffix, const char *extra,
+                         double value) {
+  write_sample_exemplar(w, name, suffix, extra, value, NULL);
 }
 
 /* Every line of one series: one sample, or a histogram's buckets, _sum and _count. */
@@ -180,6 +205,7 @@ static void write_series(writer_t *w, const hk_metric_t *m, const hk_series_t *s
   hk_series_histogram(s, counts, &sum, &count);
   uint64_t cumulative = 0;
   char le[48];
+  hk_exemplar_t exemplar;
   for (size_t i = 0; i <= buckets; i++) {
     cumulative += counts[i];
     memcpy(le, "le=\"", 4);
@@ -190,7 +216,10 @@ static void write_series(writer_t *w, const hk_metric_t *m, const hk_series_t *s
       len += (size_t)snprintf(le + len, 8, "+Inf");
     le[len++] = '"';
     le[len] = '\0';
-    write_sample(w, name, "_bucket", le, (double)cumulative);
+    /* Exemplars are OpenMetrics only: the text format 0.0.4 has no place for them. */
+    bool with_exemplar = w->format == HK_PROM_OPENMETRICS && hk_series_exemplar(s, i, &exemplar);
+    write_sample_exemplar(w, name, "_bucket", le, (double)cumulative,
+                          with_exemplar ? &exemplar : NULL);
   }
   write_sample(w, name, "_sum", NULL, sum);
   write_sample(w, name, "_count", NULL, (double)count);

@@ -39,7 +39,10 @@ void hk_prom_cursor_init(hk_prom_cursor_t *cursor, hk_prom_format_t format);
  * family without series still gets its HELP and TYPE lines. Families are written in name order
  * (HELP before TYPE); one registered mid-render shows up when it sorts after the cursor's
  * family, otherwise in the next scrape. On -ENOMEM out keeps only whole lines, the cursor
- * matches them, and the call may be retried. */
+ * matches them, and the call may be retried.
+ * Exemplars (hk_series_observe_exemplar) follow their bucket's value in OpenMetrics only
+ * (`h_bucket{le="0.1"} 3 # {request_id="r1"} 0.07 1700000000.123`); the text format, which
+ * has no syntax for them, never carries one. */
 int hk_prom_render(hk_metrics_t *metrics, hk_prom_cursor_t *cursor, hk_buf_t *out, size_t budget);
 
 /* Convenience for tests and small registries: the whole exposition at once. */

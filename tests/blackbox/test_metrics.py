@@ -5,8 +5,9 @@ registrations, and a 250,000-series scrape that must not stall other requests.
 
 Fixture scripts live in tests/blackbox/scripts_metrics/ (routes/ for traffic and the Lua API,
 big/ for the large scrape, conflict_labels/, conflict_core/ and collide/ for registrations that
-must fail). Every exposition is parsed back by a strict parser written here (both formats) and
-linted with promtool. Only 127.0.0.1 is contacted.
+must fail). Every exposition is parsed back by a strict parser written here (both formats, and
+OpenMetrics exemplars, which the text format must never carry) and linted with promtool. Only
+127.0.0.1 is contacted.
 """
 import gzip
 import http.client
@@ -42,6 +43,8 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
                      "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 LEGACY_COUNTERS = ("hancock_requests_by_endpoint", "hancock_requests_by_mode")
+# OpenMetrics: the label names and values of an exemplar are at most 128 code points together.
+EXEMPLAR_MAX_RUNES = 128
 DEFAULT_BUCKETS = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"]
 METHOD_LABELS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"}
 ESCAPED_MODE = 'back\\slash "quoted"\nnext line'
@@ -282,6 +285,47 @@ def _parse_labels(line, pos, fmt):
         raise ExpositionError("expected , or } at column %d: %r" % (pos, line))
 
 
+def _number(text):
+    return float(text.replace("Inf", "inf").replace("NaN", "nan"))
+
+
+def _finite_number(text):
+    return NUMBER.fullmatch(text) is not None and math.isfinite(_number(text))
+
+
+class Exemplar:
+    def __init__(self, labels, value, timestamp):
+        self.labels = labels  # {name: value}
+        self.value = value
+        self.timestamp = timestamp  # seconds since the epoch, or None
+
+    def __repr__(self):
+        return "Exemplar(%r, %r, %r)" % (self.labels, self.value, self.timestamp)
+
+
+def _parse_exemplar(line, pos, where):
+    """Parses an OpenMetrics exemplar, `{a="x"} value [timestamp]`, from line[pos] to the end: the
+    label set at most EXEMPLAR_MAX_RUNES code points of names and values, the value a float, the
+    timestamp, when there is one, a finite float."""
+    if line[pos:pos + 1] != "{":
+        raise ExpositionError("exemplar without a label set, " + where)
+    labels, pos = _parse_labels(line, pos, "openmetrics")
+    names = [n for n, _ in labels]
+    if len(set(names)) != len(names):
+        raise ExpositionError("repeated exemplar label name, " + where)
+    runes = sum(len(n) + len(v) for n, v in labels)
+    if runes > EXEMPLAR_MAX_RUNES:
+        raise ExpositionError("exemplar labels are %d characters, over %d, %s" % (runes, EXEMPLAR_MAX_RUNES, where))
+    if line[pos:pos + 1] != " ":
+        raise ExpositionError("expected one space before the exemplar's value, " + where)
+    fields = line[pos + 1:].split(" ")
+    if len(fields) > 2 or not NUMBER.fullmatch(fields[0]):
+        raise ExpositionError("bad exemplar value or timestamp, " + where)
+    if len(fields) == 2 and not _finite_number(fields[1]):
+        raise ExpositionError("bad exemplar timestamp, " + where)
+    return Exemplar(dict(labels), _number(fields[0]), _number(fields[1]) if len(fields) == 2 else None)
+
+
 class Family:
     def __init__(self, name):
         self.name = name
@@ -304,6 +348,7 @@ class Exposition:
         self.families = {}
         self.order = []
         self.values = {}  # (sample name, frozenset of labels) -> value
+        self.exemplars = {}  # (sample name, frozenset of labels) -> Exemplar (OpenMetrics only)
         if not text.endswith("\n"):
             raise ExpositionError("exposition does not end with a newline: %r" % text[-80:])
         lines = text[:-1].split("\n")
@@ -368,10 +413,16 @@ class Exposition:
             labels, pos = _parse_labels(line, pos, self.fmt)
         if line[pos:pos + 1] != " ":
             raise ExpositionError("expected one space before the value, " + where)
-        fields = line[pos + 1:].split(" ")
+        # Numbers hold no '#': the first " # " after the labels starts an exemplar.
+        rest, hash_sep, exemplar_text = line[pos + 1:].partition(" # ")
+        if hash_sep and self.fmt == "text":
+            raise ExpositionError("exemplar in the text format (OpenMetrics only), " + where)
+        fields = rest.split(" ")
         if not fields or len(fields) > 2 or not NUMBER.fullmatch(fields[0]):
             raise ExpositionError("bad value or timestamp, " + where)
-        value = float(fields[0].replace("Inf", "inf").replace("NaN", "nan"))
+        if len(fields) == 2 and not _finite_number(fields[1]):
+            raise ExpositionError("bad timestamp, " + where)
+        value = _number(fields[0])
         names = [n for n, _ in labels]
         if len(set(names)) != len(names):
             raise ExpositionError("repeated label name, " + where)
@@ -386,6 +437,13 @@ class Exposition:
         key = (name, frozenset(labels))
         if key in self.values:
             raise ExpositionError("duplicate series, " + where)
+        if hash_sep:
+            # OpenMetrics puts exemplars on counters' _total and (gauge) histograms' _bucket only.
+            if not ((current.type == "counter" and name == current.name + "_total") or
+                    (current.type in ("histogram", "gaugehistogram") and name == current.name + "_bucket")):
+                raise ExpositionError("exemplar on %s, which is not a counter's _total or a bucket, %s" % (
+                    name, where))
+            self.exemplars[key] = _parse_exemplar(line, len(line) - len(exemplar_text), where)
         self.values[key] = value
         current.samples.append((name, labels, value))
 
@@ -420,6 +478,17 @@ class Exposition:
                 raise ExpositionError("%s: missing _count or _sum" % what)
             if counts[-1] != group["count"]:
                 raise ExpositionError("%s: +Inf bucket %s != _count %s" % (what, counts[-1], group["count"]))
+            # A bucket's exemplar is an observation that bucket counted: above the previous bound,
+            # at most its own, and the bucket is not empty.
+            for i, (le, count) in enumerate(group["buckets"]):
+                ex = self.exemplars.get((family.name + "_bucket", rest | {("le", le)}))
+                if ex is None:
+                    continue
+                low = bounds[i - 1] if i > 0 else -math.inf
+                if not low < ex.value <= bounds[i]:
+                    raise ExpositionError("%s: exemplar %s outside its bucket (%s, %s]" % (what, ex.value, low, le))
+                if count - (counts[i - 1] if i > 0 else 0) < 1:
+                    raise ExpositionError("%s: exemplar on the empty bucket le=%s" % (what, le))
 
     # -- lookups --
 
@@ -457,6 +526,14 @@ class Exposition:
             if n == name + "_bucket" and d == labels:
                 buckets[le] = v
         return buckets, self.value(name + "_sum", **labels), self.value(name + "_count", **labels)
+
+    def exemplar(self, name, **labels):
+        """The exemplar of the sample `name{labels}`, or None."""
+        return self.exemplars.get((name, frozenset(labels.items())))
+
+    def exemplars_of(self, name):
+        """{frozenset(labels): Exemplar} for every sample named `name` that carries one."""
+        return {labels: ex for (n, labels), ex in self.exemplars.items() if n == name}
 
     def keys(self):
         return set(self.values)
@@ -819,19 +896,28 @@ class MetricsTest(unittest.TestCase):
         for name in LEGACY_COUNTERS:
             self.assertEqual(exp.family(name).type, "counter")
 
-        # OpenMetrics: promtool 2.42 reads only the text format. It parses up to the first
-        # `# TYPE … unknown` (one of the two legacy counters, typed unknown as OpenMetrics requires)
-        # and stops there; that must be its one complaint. The strict parser above checks the rest.
+        # OpenMetrics: promtool 2.42 reads only the text format. It parses up to the first line
+        # it cannot read and stops there: the first `# TYPE … unknown` (one of the two legacy
+        # counters, typed unknown as OpenMetrics requires) or the first bucket with an exemplar
+        # (every request leaves one on hancock_request_duration_seconds), whichever comes first;
+        # that must be its one complaint. The strict parser above checks the rest
+        # (test_exemplars has promtool's OpenMetrics parser read the whole of it).
         res, exp = self.scrape(server, headers={"Accept": PROMETHEUS_ACCEPT}, fmt="openmetrics")
         self.assertEqual(res.headers["content-type"], OPENMETRICS_CONTENT_TYPE)
         lines = res.body.decode().split("\n")
         first_unknown = next(i for i, line in enumerate(lines, 1) if line.startswith("# TYPE ") and
                              line.endswith(" unknown"))
         self.assertIn(lines[first_unknown - 1].split(" ")[2], LEGACY_COUNTERS)
+        first_exemplar = next(i for i, line in enumerate(lines, 1) if not line.startswith("#") and " # {" in line)
+        self.assertTrue(lines[first_exemplar - 1].startswith("hancock_request_duration_seconds_bucket{"))
         rc, out, err = promtool(res.body)
         self.assertEqual(out, "")
-        self.assertEqual(err, 'error while linting: text format parsing error in line %d: unknown metric type '
-                              '"unknown"\n' % first_unknown)
+        if first_exemplar < first_unknown:
+            complaint = 'expected integer as timestamp, got "#"'
+        else:
+            complaint = 'unknown metric type "unknown"'
+        self.assertEqual(err, 'error while linting: text format parsing error in line %d: %s\n' % (
+            min(first_unknown, first_exemplar), complaint))
         self.assertEqual(rc, 1)
         unknown = sorted(f.name for f in exp.families.values() if f.type == "unknown")
         self.assertEqual(unknown, sorted(LEGACY_COUNTERS))
