@@ -78,11 +78,15 @@ end
 llm.watch_residency(every)
 
 -- Each backend's state (hancock_llm_backend_state: ok, degraded, cooldown) from its check above
--- and the outcome of its last calls, once a second.
+-- and the outcomes of its calls (its last one, its error ratio over a window), once a second. A
+-- check that has not probed yet says nothing of the backend (docs/health.md: "not checked yet").
 llm.watch_state {
   probe = function(backend)
     local check = hk.health.report().checks[CHECK_NAMES[backend]]
-    return check and check.status
+    if check == nil or check.detail == "not checked yet" then
+      return nil
+    end
+    return check.status
   end,
 }
 

@@ -33,7 +33,7 @@ for _, name in ipairs {
   "hancock_llm_cost_total", "hancock_llm_unpriced_calls_total", "hancock_llm_compute_seconds_total",
   "hancock_llm_fallbacks_total", "hancock_llm_empty_answers_total", "hancock_llm_prompt_info",
   "hancock_llm_model_loaded", "hancock_llm_model_size_bytes", "hancock_llm_model_vram_bytes",
-  "hancock_llm_model_context_length", "hancock_llm_backend_state",
+  "hancock_llm_model_context_length", "hancock_llm_backend_state", "hancock_llm_backend_error_ratio",
 } do
   COVERED[name] = true
 end
@@ -139,6 +139,9 @@ local function llm_panels(panels)
     row("LLM backends and quality"),
     timeseries("Backend State (0 ok, 1 degraded, 2 cooldown)", "short", {
       target("max by (backend) (hancock_llm_backend_state)", "{{backend}}"),
+    }),
+    timeseries("Backend Error Ratio (calls failed over HANCOCK_LLM_ERROR_WINDOW_MS)", "percentunit", {
+      target("max by (backend) (hancock_llm_backend_error_ratio)", "{{backend}}"),
     }),
     timeseries("Fallbacks", "reqps", {
       target("sum by (from, to, reason, outcome) (rate(hancock_llm_fallbacks_total[5m]))",

@@ -119,6 +119,27 @@ if cooldown_failures == nil or cooldown_failures < 0 then
   error("HANCOCK_LLM_COOLDOWN_FAILURES must be a number of failures, 0 (no cooldown) or more", 0)
 end
 local cooldown_ms = positive_integer("HANCOCK_LLM_COOLDOWN_MS", "30000")
+
+-- The passive error ratio (llm.watch_state): a backend whose calls in the last
+-- HANCOCK_LLM_ERROR_WINDOW_MS number HANCOCK_LLM_DEGRADED_MIN_CALLS or more, of which a share of
+-- HANCOCK_LLM_DEGRADED_ERROR_RATIO or more failed, is degraded.
+local MAX_WINDOW_MS = 24 * 3600 * 1000
+local error_window_ms = math.tointeger(tonumber(hk.env("HANCOCK_LLM_ERROR_WINDOW_MS", "60000")))
+if error_window_ms == nil or error_window_ms < 1000 or error_window_ms > MAX_WINDOW_MS then
+  error(("HANCOCK_LLM_ERROR_WINDOW_MS must be a whole number of milliseconds from 1000 to %d, not '%s'")
+        :format(MAX_WINDOW_MS, hk.env("HANCOCK_LLM_ERROR_WINDOW_MS")), 0)
+end
+local degraded_ratio_text = hk.env("HANCOCK_LLM_DEGRADED_ERROR_RATIO", "0.25")
+local degraded_ratio = tonumber(degraded_ratio_text)
+if degraded_ratio == nil or not (degraded_ratio > 0 and degraded_ratio <= 1) then
+  error(("HANCOCK_LLM_DEGRADED_ERROR_RATIO must be a fraction of calls above 0 and at most 1 "
+         .. "(0.25: a quarter of them failed), not '%s'"):format(degraded_ratio_text), 0)
+end
+local degraded_min_calls = math.tointeger(tonumber(hk.env("HANCOCK_LLM_DEGRADED_MIN_CALLS", "5")))
+if degraded_min_calls == nil or degraded_min_calls < 1 then
+  error(("HANCOCK_LLM_DEGRADED_MIN_CALLS must be a whole number of calls, 1 or more, not '%s'")
+        :format(hk.env("HANCOCK_LLM_DEGRADED_MIN_CALLS")), 0)
+end
 local queue_timeout_s = positive_integer("HANCOCK_LLM_QUEUE_TIMEOUT_MS", "30000") / 1000
 local max_queue = math.tointeger(tonumber(hk.env("HANCOCK_LLM_MAX_QUEUE", "100")))
 if max_queue == nil or max_queue < 0 then
@@ -257,7 +278,12 @@ local residency = {
 }
 
 local backend_state = metrics.gauge("hancock_llm_backend_state",
-  "Each backend a call may go to: 0 ok, 1 degraded (its probe not ok, or its last calls failed), 2 cooldown.",
+  "Each backend a call may go to: 0 ok, 1 degraded (its probe not ok, its last call failed, or its "
+  .. "error ratio at HANCOCK_LLM_DEGRADED_ERROR_RATIO or more), 2 cooldown.",
+  { "backend" })
+local error_ratio = metrics.gauge("hancock_llm_backend_error_ratio",
+  "Share of each backend's calls that failed (unreachable, timed out, 5xx) over the last "
+  .. "HANCOCK_LLM_ERROR_WINDOW_MS, for the whole process; 0 when it had no call.",
   { "backend" })
 
 local queued = metrics.gauge("hancock_llm_requests_queued",
@@ -272,7 +298,7 @@ local refused = metrics.counter("hancock_llm_admission_refused_total",
 -- The series of every backend a call may go to exist from the start, at 0.
 for _, backend in ipairs { primary, fallback } do
   local labels = { backend = backend.name }
-  for _, family in ipairs { in_flight, hanging, stalled, hangs_total, stalls_total, backend_state } do
+  for _, family in ipairs { in_flight, hanging, stalled, hangs_total, stalls_total, backend_state, error_ratio } do
     family:inc(labels, 0)
   end
   if caps[backend.name] then
@@ -1084,7 +1110,7 @@ local function record_failure(call, err, wall)
   end
 end
 
--- ---- backend state: failures in a row, cooldown ---------------------------------------------
+-- ---- backend state: failures in a row, error ratio, cooldown --------------------------------
 
 -- Shared by the workers through the carry map: "llm-fails:<backend>" counts the backend's
 -- failures in a row (a success clears it; two workers failing at once may count one), and
@@ -1105,8 +1131,146 @@ local function in_cooldown(backend)
   return until_ms ~= nil and until_ms > now_ms()
 end
 
+-- The error window: each backend's calls and failures over the last HANCOCK_LLM_ERROR_WINDOW_MS,
+-- for the whole process. Each copy of the scripts that makes calls (a worker's, per generation)
+-- counts its own in a lane of the carry map that no other writes, so two workers counting at
+-- once lose nothing: "llm-window:<backend>:<lane id>" = "<start> <calls> <errors> <previous
+-- calls> <previous errors>". The lanes are listed under "llm-window:<backend>" (edited under a
+-- short lock) for llm.watch_state, which sums them and drops the lanes the window has left.
+--
+-- A lane holds two buckets of the window's length, back to back: the current one, which starts
+-- with the lane's first call after two idle windows, and the one before it. The approximation:
+-- the window ending now holds all of the current bucket and the part of the previous one still
+-- inside it, counted as if that bucket's calls had been spread evenly over it. So a burst of
+-- calls counts whole for a window after its first call, then fades out over the next one.
+local WINDOW_PREFIX = "llm-window:"
+local LANE_LIST_HOLD_MS = 100 -- the list's lock is held for two carry operations; a lost holder's expires
+local MAX_LANES = 64 -- per backend: the copies that made calls in the last two windows (workers × reloads)
+local lane_id = ("%012x"):format(math.random(0) & 0xffffffffffff)
+local my_lanes = {} -- backend name -> this copy's lane
+
+local function new_lane(start)
+  return { start = start, calls = 0, errors = 0, previous_calls = 0, previous_errors = 0 }
+end
+
+-- Moves `lane` on to `now` (ms): the current bucket becomes the previous one once it has
+-- lasted a window; after two windows both are empty and the next call starts a new bucket.
+local function roll(lane, now)
+  local age = now - lane.start
+  if age >= 2 * error_window_ms then
+    lane.start, lane.calls, lane.errors, lane.previous_calls, lane.previous_errors = now, 0, 0, 0, 0
+  elseif age >= error_window_ms then
+    lane.start = lane.start + error_window_ms
+    lane.previous_calls, lane.previous_errors = lane.calls, lane.errors
+    lane.calls, lane.errors = 0, 0
+  end
+end
+
+local function encode_lane(lane)
+  return ("%d %d %d %d %d"):format(lane.start, lane.calls, lane.errors, lane.previous_calls, lane.previous_errors)
+end
+
+local function decode_lane(text)
+  local fields = {}
+  for n in (text or ""):gmatch("%d+") do
+    fields[#fields + 1] = math.tointeger(n)
+  end
+  if #fields ~= 5 then
+    return nil
+  end
+  local lane = new_lane(fields[1])
+  lane.calls, lane.errors, lane.previous_calls, lane.previous_errors = fields[2], fields[3], fields[4], fields[5]
+  return lane
+end
+
+-- Rewrites the backend's list of lane ids with edit(list) under the list's lock; false when the
+-- lock stays taken (another thread holds it for microseconds; a retired generation, which
+-- cannot release it, for LANE_LIST_HOLD_MS): the caller tries again another time.
+local function edit_lane_list(name, edit)
+  local key, lock = WINDOW_PREFIX .. name, WINDOW_PREFIX .. name .. ":lock"
+  for _ = 1, 50 do
+    if core.carry_claim(lock, LANE_LIST_HOLD_MS) then
+      local before = core.carry_get(key) or ""
+      local after = edit(before)
+      if after ~= before then
+        core.carry_set(key, after ~= "" and after or nil)
+      end
+      core.carry_set(lock, nil)
+      return true
+    end
+  end
+  return false
+end
+
+-- One call's outcome into this copy's lane for the backend (listed, if it is not yet).
+local function count_call(backend, failed)
+  local name, now = backend.name, now_ms()
+  local lane = my_lanes[name] or new_lane(now)
+  my_lanes[name] = lane
+  roll(lane, now)
+  lane.calls = lane.calls + 1
+  if failed then
+    lane.errors = lane.errors + 1
+  end
+  if not core.carry_set(WINDOW_PREFIX .. name .. ":" .. lane_id, encode_lane(lane)) then
+    return -- the carry map is full: this call goes uncounted
+  end
+  if not (core.carry_get(WINDOW_PREFIX .. name) or ""):find(lane_id, 1, true) then
+    edit_lane_list(name, function(list)
+      if list:find(lane_id, 1, true) or select(2, list:gsub("%S+", "")) >= MAX_LANES then
+        return list
+      end
+      return list == "" and lane_id or list .. " " .. lane_id
+    end)
+  end
+end
+
+-- The backend's calls and failures in the window ending at `now` (ms), summed over its lanes;
+-- lanes the window has left are dropped (their key and their place in the list).
+local function window_of(name, now)
+  local calls, errors, gone = 0, 0, {}
+  for id in (core.carry_get(WINDOW_PREFIX .. name) or ""):gmatch("%S+") do
+    local lane = decode_lane(core.carry_get(WINDOW_PREFIX .. name .. ":" .. id))
+    if lane then
+      local at = math.max(now, lane.start) -- a lane written after `now` was read
+      roll(lane, at)
+      local inside = 1 - (at - lane.start) / error_window_ms -- of the previous bucket
+      calls = calls + lane.calls + lane.previous_calls * inside
+      errors = errors + lane.errors + lane.previous_errors * inside
+    end
+    if lane == nil or lane.calls + lane.previous_calls == 0 then
+      gone[id] = true
+    end
+  end
+  if next(gone) then
+    edit_lane_list(name, function(list)
+      local kept = {}
+      for id in list:gmatch("%S+") do
+        -- Checked again under the lock; a lane's owner that writes between this and the
+        -- removal lists it again with its next call (its own copy of the lane has the counts).
+        local key = WINDOW_PREFIX .. name .. ":" .. id
+        local lane = gone[id] and decode_lane(core.carry_get(key))
+        if lane then
+          roll(lane, math.max(now, lane.start))
+        end
+        if gone[id] and (lane == nil or lane.calls + lane.previous_calls == 0) then
+          core.carry_set(key, nil)
+        else
+          kept[#kept + 1] = id
+        end
+      end
+      return table.concat(kept, " ")
+    end)
+  end
+  return calls, errors
+end
+
+-- The outcomes counted against a backend: its successes, and its failures that are its own
+-- (unreachable, timed out, 5xx, a stream that broke before any text) — not the request's
+-- fault (4xx, a response too large), nor ours (refused for want of a slot).
 local function note_outcome(backend, err)
   if err == nil then
+    count_call(backend, false)
     if failures_of(backend) > 0 then
       core.carry_set("llm-fails:" .. backend.name, nil)
     end
@@ -1114,6 +1278,7 @@ local function note_outcome(backend, err)
   elseif not err.retryable or err.error_type == "queue_full" or err.error_type == "queue_timeout" then
     return -- the request's fault, or ours (busy): not the backend's
   end
+  count_call(backend, true)
   local failures = failures_of(backend) + 1
   core.carry_set("llm-fails:" .. backend.name, tostring(failures))
   if cooldown_failures > 0 and fallback and backend == primary and failures >= cooldown_failures
@@ -1126,23 +1291,72 @@ local function note_outcome(backend, err)
   end
 end
 
---- Keeps hancock_llm_backend_state{backend} current, every opts.interval_ms (1000): 2 while the
---- backend cools down, 1 when opts.probe(name) — its active health probe's status — is not
---- "ok" or its last calls failed, 0 otherwise. Call it while the scripts load (scripts/health.lua
---- does): it runs once per process, in the background, the gauge's only writer.
+local STATE_NAMES = { [0] = "ok", "degraded", "cooldown" }
+
+-- A backend's state and why: 2, "cooldown"; 1, "probe", "error_ratio" or "failures" (when
+-- both of the last two hold, the error ratio is the lasting cause, so it is the one named); 0.
+local function judge(backend, probe, calls, ratio)
+  if in_cooldown(backend) then
+    return 2, "cooldown"
+  elseif probe ~= nil and probe ~= "ok" then
+    return 1, "probe"
+  elseif calls >= degraded_min_calls and ratio >= degraded_ratio then
+    return 1, "error_ratio"
+  elseif failures_of(backend) > 0 then
+    return 1, "failures"
+  end
+  return 0, nil
+end
+
+local function rounded(x)
+  return math.floor(x * 10000 + 0.5) / 10000
+end
+
+-- Logs llm_backend_state_changed when the backend's state is not the one seen last, which the
+-- carry map keeps ("llm-state:<backend>" = "<state> <reason>") so that a reload does not log
+-- it again. A return to ok names the reason of the state it leaves.
+local function note_state(backend, state, reason, calls, ratio)
+  local key = "llm-state:" .. backend.name
+  local carried = core.carry_get(key) or "0"
+  local now = state == 0 and "0" or ("%d %s"):format(state, reason)
+  if now == carried then
+    return
+  end
+  core.carry_set(key, state ~= 0 and now or nil)
+  local before, before_reason = carried:match("^(%d) ?(%S*)$")
+  before = math.tointeger(tonumber(before)) or 0
+  if before == state then
+    return -- the same state for another reason: not a change
+  end
+  local log = state == 0 and hk.log.info or hk.log.warn
+  log("llm_backend_state_changed", {
+    message = ("model backend %s is %s"):format(backend.name, STATE_NAMES[state]),
+    backend = backend.name, from = STATE_NAMES[before] or "ok", to = STATE_NAMES[state],
+    reason = state == 0 and (before_reason ~= "" and before_reason or nil) or reason,
+    error_ratio = rounded(ratio), window_calls = rounded(calls), failures = failures_of(backend),
+  })
+end
+
+--- Keeps hancock_llm_backend_state{backend} and hancock_llm_backend_error_ratio{backend}
+--- current, every opts.interval_ms (1000): the state is 2 while the backend cools down; 1 when
+--- opts.probe(name) — its active health probe's status — is not "ok", when its error ratio over
+--- the window is at least HANCOCK_LLM_DEGRADED_ERROR_RATIO with HANCOCK_LLM_DEGRADED_MIN_CALLS
+--- calls or more in it, or when its last call failed; 0 otherwise. Each change of state is
+--- logged once (llm_backend_state_changed). Call it while the scripts load (scripts/health.lua
+--- does): it runs once per process, in the background, the gauges' only writer.
 function llm.watch_state(opts)
   local interval_ms = opts.interval_ms or 1000
   hk.spawn(function()
     while true do
+      local now = now_ms()
       for _, backend in ipairs { primary, fallback } do
-        local probe = opts.probe and opts.probe(backend.name)
-        local state = 0
-        if in_cooldown(backend) then
-          state = 2
-        elseif (probe ~= nil and probe ~= "ok") or failures_of(backend) > 0 then
-          state = 1
-        end
-        backend_state:set({ backend = backend.name }, state)
+        local labels = { backend = backend.name }
+        local calls, errors = window_of(backend.name, now)
+        local ratio = calls > 0 and errors / calls or 0
+        error_ratio:set(labels, ratio)
+        local state, reason = judge(backend, opts.probe and opts.probe(backend.name), calls, ratio)
+        backend_state:set(labels, state)
+        note_state(backend, state, reason, calls, ratio)
       end
       hk.sleep(interval_ms)
     end

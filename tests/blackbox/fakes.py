@@ -132,6 +132,9 @@ class _LLMHandler(_Handler):
             return self.send(200, {"models": list(self.fake.ps_models)})
         if self.path == "/api/tags" and self.fake.tags is not None:
             return self.send(200, {"models": [{"name": name} for name in self.fake.tags]})
+        if self.path == "/v1/models" and self.fake.models is not None:
+            return self.send(200, {"object": "list", "data": [{"id": name, "object": "model"}
+                                                              for name in self.fake.models]})
         return self.send(404, {"error": "not found"})
 
     def do_POST(self):
@@ -171,6 +174,15 @@ class _LLMHandler(_Handler):
             fake.hold.wait(30)
         if self.path not in ("/v1/chat/completions", "/api/chat"):
             return self.send(404, {"error": "not found"})
+        with fake.lock:
+            fake.chat_calls += 1
+            failing = bool(fake.fail_every) and fake.chat_calls % fake.fail_every == 0
+            if failing or fake.status != 200:
+                fake.chat_failures += 1
+        if failing:
+            if native:
+                return self.send(fake.fail_status, {"error": "fake backend failure"})
+            return self.send(fake.fail_status, {"error": {"message": "fake backend failure"}})
         if fake.status != 200:
             if native:
                 return self.send(fake.status, {"error": "fake backend failure"})
@@ -296,10 +308,14 @@ class FakeLLM(_FakeBase):
     for instead), hold (a threading.Event: answer only once it is set), timings (Ollama's timers to report,
     in seconds: load, prefill, decode; decode defaults to the time the stream took), done_reason,
     response_model (the model the answer names; the requested one by default), ps_models (what
-    /api/ps lists), tags (model names GET /api/tags lists; None, the default: 404).
+    /api/ps lists), tags (model names GET /api/tags lists; None, the default: 404), models (model
+    ids GET /v1/models lists, as OpenAI does; None, the default: 404), fail_every (n: every n-th
+    chat call is answered fail_status, 500 by default, whatever `status` says; 0, the default:
+    none).
     `requests` records path, model, messages, temperature, max_tokens, authorization, traceparent,
     body and received_at (time.monotonic()); `max_active` is the most chat calls it has served at
-    once.
+    once; `chat_calls` counts the chat calls it answered (past `delay_ms` and `hold`) and
+    `chat_failures` those it answered with an error status.
     """
 
     # Defaults for the knobs that came later, for subclasses that set only the first ones.
@@ -313,6 +329,11 @@ class FakeLLM(_FakeBase):
     tags = None
     active = 0
     max_active = 0
+    models = None
+    fail_every = 0
+    fail_status = 500
+    chat_calls = 0
+    chat_failures = 0
 
     def __init__(self, reply="fake answer", delay_ms=0, status=200, empty=False, malformed=False,
                  usage=None):

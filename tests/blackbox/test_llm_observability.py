@@ -25,6 +25,8 @@ CLEAN_ENV = {name: "" for name in (
     "HANCOCK_API_KEY", "HANCOCK_WEBHOOK_SECRET", "HANCOCK_SLACK_WEBHOOK", "HANCOCK_TEAMS_WEBHOOK",
     "HANCOCK_LLM_BACKEND", "HANCOCK_LLM_TIMEOUT_MS", "HANCOCK_LLM_CONNECT_TIMEOUT_MS",
     "HANCOCK_LLM_HANG_MS", "HANCOCK_LLM_STALL_MS", "HANCOCK_LLM_COLD_START_MS", "OLLAMA_API",
+    "HANCOCK_LLM_ERROR_WINDOW_MS", "HANCOCK_LLM_DEGRADED_ERROR_RATIO", "HANCOCK_LLM_DEGRADED_MIN_CALLS",
+    "HANCOCK_LLM_COOLDOWN_FAILURES", "HANCOCK_LLM_COOLDOWN_MS", "HANCOCK_LLM_MAX_CONCURRENCY",
     "HANCOCK_RATE_LIMIT", "HANCOCK_RATE_LIMIT_WINDOW", "HANCOCK_NOTIFY_TIMEOUT_MS",
     "OLLAMA_BASE_URL", "OLLAMA_MODEL", "OLLAMA_CODER_MODEL",
     "NVIDIA_BASE_URL", "NVIDIA_API_KEY", "NVIDIA_MODEL", "NVIDIA_CODER_MODEL",
@@ -107,6 +109,27 @@ class LlmObservabilityTest(harness.ServersTestCase):
                 return exp
             if time.monotonic() > deadline:
                 self.fail(f"{name}{labels} stayed {got}, expected {expected}")
+            time.sleep(0.05)
+
+    def wait_close(self, server, name, expected, timeout=8, **labels):
+        """Polls /metrics until name{labels} is expected (to 1e-9); returns the exposition."""
+        deadline = time.monotonic() + timeout
+        while True:
+            exp = self.scrape(server)
+            got = exp.value(name, **labels)
+            if got is not None and abs(got - expected) < 1e-9:
+                return exp
+            if time.monotonic() > deadline:
+                self.fail(f"{name}{labels} stayed {got}, expected {expected}")
+            time.sleep(0.05)
+
+    def state_changes(self, server, backend, at_least=0, timeout=5):
+        """The backend's llm_backend_state_changed events, once there are at_least of them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            changes = [e for e in server.events("llm_backend_state_changed") if e["backend"] == backend]
+            if len(changes) >= at_least or time.monotonic() > deadline:
+                return changes
             time.sleep(0.05)
 
     def completed(self, server, request_id):
@@ -480,6 +503,116 @@ class LlmObservabilityTest(harness.ServersTestCase):
         status, headers, _ = self.post(server, "/v1/ask", {"question": "x"})
         self.assertEqual((status, headers.get("x-hancock-backend")), (200, "ollama"))
         self.wait_metric(server, "hancock_llm_backend_state", 0, backend="ollama")
+
+    def test_error_ratio_degrades_the_backend_until_it_falls_or_the_window_passes(self):
+        # Every second call answers 500. With a ratio of 0.3 from 2 calls on, the ratio holds
+        # from the first failure on (1/2, 1/3, 2/4, 2/5, …), so whenever the state is judged the
+        # reason is the ratio, never a failure in a row alone: the log is the same every run.
+        window = 4.0
+        llm = self.fake(reply="sometimes")
+        llm.tags = [MODEL, "qwen2.5-coder:7b"]  # its health probe passes
+        llm.fail_every = 2
+        server = self.serve(llm, HANCOCK_LLM_ERROR_WINDOW_MS=int(window * 1000),
+                            HANCOCK_LLM_DEGRADED_ERROR_RATIO="0.3", HANCOCK_LLM_DEGRADED_MIN_CALLS=2)
+        self.wait_metric(server, "hancock_llm_backend_state", 0, backend="ollama")
+        self.assertEqual(self.scrape(server).value("hancock_llm_backend_error_ratio", backend="ollama"), 0)
+
+        def burst(calls):
+            return [self.post(server, "/v1/ask", {"question": "x"})[0] for _ in range(calls)]
+
+        # Nine calls, the last a success (so no failure in a row): 4 of 9 failed.
+        first_call = time.monotonic()
+        self.assertEqual(burst(9), [200, 502] * 4 + [200])
+        self.assertEqual((llm.chat_calls, llm.chat_failures), (9, 4))
+        self.wait_close(server, "hancock_llm_backend_error_ratio", 4 / 9, backend="ollama")
+        self.wait_metric(server, "hancock_llm_backend_state", 1, backend="ollama")
+        changes = self.state_changes(server, "ollama", at_least=1)
+        self.assertEqual([(e["from"], e["to"], e["reason"], e["level"]) for e in changes],
+                         [("ok", "degraded", "error_ratio", "WARNING")])
+        self.assertGreaterEqual(changes[0]["error_ratio"], 0.3)
+        self.assertGreaterEqual(changes[0]["window_calls"], 2)
+        # The errors stop and no call comes: the window forgets them. The burst counts whole for
+        # a window after its first call and fades out over the next (calls below the minimum
+        # first: ok), so the ratio is 0 (no call) two windows after the burst, not before.
+        llm.fail_every = 0
+        self.wait_metric(server, "hancock_llm_backend_state", 0, backend="ollama", timeout=2 * window + 4)
+        self.wait_metric(server, "hancock_llm_backend_error_ratio", 0, backend="ollama", timeout=2 * window + 4)
+        self.assertGreaterEqual(time.monotonic() - first_call, 2 * window)
+        changes = self.state_changes(server, "ollama", at_least=2)
+        self.assertEqual([(e["from"], e["to"], e["reason"]) for e in changes],
+                         [("ok", "degraded", "error_ratio"), ("degraded", "ok", "error_ratio")])
+        self.assertEqual(changes[1]["level"], "INFO")
+        # Errors again, then successes only: the ratio falls below 0.3 at 4 of 14 and the state
+        # returns to ok then, inside the window (which counts these calls whole, exactly).
+        llm.fail_every, llm.chat_calls, llm.chat_failures = 2, 0, 0
+        self.assertEqual(burst(9), [200, 502] * 4 + [200])
+        self.wait_metric(server, "hancock_llm_backend_state", 1, backend="ollama")
+        llm.fail_every = 0
+        self.assertEqual(burst(4), [200] * 4)  # 4 of 13: 0.308, still degraded
+        self.assertEqual(burst(1), [200])
+        self.assertEqual((llm.chat_calls, llm.chat_failures), (14, 4))
+        exp = self.wait_metric(server, "hancock_llm_backend_state", 0, backend="ollama")
+        self.assertAlmostEqual(exp.value("hancock_llm_backend_error_ratio", backend="ollama"), 4 / 14, places=9)
+        changes = self.state_changes(server, "ollama", at_least=4)
+        self.assertEqual([(e["from"], e["to"], e["reason"]) for e in changes[2:]],
+                         [("ok", "degraded", "error_ratio"), ("degraded", "ok", "error_ratio")])
+        self.assertAlmostEqual(changes[3]["error_ratio"], round(4 / 14, 4), places=9)
+        self.assertEqual(changes[3]["window_calls"], 14)
+
+    def test_error_ratio_below_the_minimum_calls_changes_nothing(self):
+        # Defaults but for the minimum (4): 1 of 3 failed is a ratio above 0.25 over too few calls.
+        llm = self.fake(reply="sometimes")
+        llm.tags = [MODEL, "qwen2.5-coder:7b"]
+        llm.fail_every = 2
+        server = self.serve(llm, HANCOCK_LLM_ERROR_WINDOW_MS=30000, HANCOCK_LLM_DEGRADED_MIN_CALLS=4)
+        statuses = [self.post(server, "/v1/ask", {"question": "x"})[0] for _ in range(3)]
+        self.assertEqual(statuses, [200, 502, 200])
+        self.wait_close(server, "hancock_llm_backend_error_ratio", 1 / 3, backend="ollama")
+        self.wait_metric(server, "hancock_llm_backend_state", 0, backend="ollama")
+        # (A tick between the failure and the next success sees a failure in a row: that alone.)
+        self.assertEqual([e for e in self.state_changes(server, "ollama") if e["reason"] != "failures"], [])
+        # The fourth call reaches the minimum: 2 of 4 failed, degraded by the ratio.
+        statuses = [self.post(server, "/v1/ask", {"question": "x"})[0] for _ in range(2)]
+        self.assertEqual(statuses, [502, 200])
+        self.wait_close(server, "hancock_llm_backend_error_ratio", 2 / 5, backend="ollama")
+        self.wait_metric(server, "hancock_llm_backend_state", 1, backend="ollama")
+        degraded = server.wait_event("llm_backend_state_changed", predicate=lambda e: e["reason"] == "error_ratio")
+        self.assertEqual((degraded["backend"], degraded["from"], degraded["to"]), ("ollama", "ok", "degraded"))
+        # judged after the fourth call (2 of 4) or after the fifth (2 of 5)
+        self.assertIn((degraded["error_ratio"], degraded["window_calls"]), {(0.5, 4), (0.4, 5)})
+
+    def test_error_ratio_counts_concurrent_calls_exactly(self):
+        # Forty calls from eight clients at once, spread over the workers, every fourth answered
+        # 500: each worker counts in a lane of its own, so none is lost and the ratio is 10 / 40.
+        llm = self.fake(reply="busy")
+        llm.tags = [MODEL, "qwen2.5-coder:7b"]
+        llm.fail_every, llm.delay_ms = 4, 20
+        server = self.serve(llm, HANCOCK_LLM_ERROR_WINDOW_MS=30000)
+        clients = [self.in_background(lambda: [self.post(server, "/v1/ask", {"question": "x"})[0] for _ in range(5)])
+                   for _ in range(8)]
+        statuses = [status for join in clients for status in join()]
+        self.assertEqual((statuses.count(200), statuses.count(502)), (30, 10))
+        self.assertEqual((llm.chat_calls, llm.chat_failures), (40, 10))
+        self.wait_close(server, "hancock_llm_backend_error_ratio", 10 / 40, backend="ollama")
+        self.wait_metric(server, "hancock_llm_backend_state", 1, backend="ollama")  # 0.25 is the default threshold
+
+    def test_error_ratio_settings_are_checked_at_load(self):
+        for name, value, message in (
+                ("HANCOCK_LLM_ERROR_WINDOW_MS", "1m", "HANCOCK_LLM_ERROR_WINDOW_MS must be a whole number of "
+                                                      "milliseconds from 1000 to 86400000, not '1m'"),
+                ("HANCOCK_LLM_ERROR_WINDOW_MS", "500", "from 1000 to 86400000, not '500'"),
+                ("HANCOCK_LLM_DEGRADED_ERROR_RATIO", "25%", "HANCOCK_LLM_DEGRADED_ERROR_RATIO must be a fraction "
+                                                            "of calls above 0 and at most 1"),
+                ("HANCOCK_LLM_DEGRADED_ERROR_RATIO", "1.5", "at most 1 (0.25: a quarter of them failed), not '1.5'"),
+                ("HANCOCK_LLM_DEGRADED_ERROR_RATIO", "0", "not '0'"),
+                ("HANCOCK_LLM_DEGRADED_MIN_CALLS", "0", "HANCOCK_LLM_DEGRADED_MIN_CALLS must be a whole number "
+                                                        "of calls, 1 or more, not '0'"),
+                ("HANCOCK_LLM_DEGRADED_MIN_CALLS", "2.5", "1 or more, not '2.5'")):
+            with self.subTest(name=name, value=value):
+                bad = Server(scripts=SCRIPTS, env=dict(CLEAN_ENV, **{name: value}), wait=False)
+                bad.proc.wait(timeout=10)
+                self.assertEqual(bad.stop(), 1)
+                self.assertIn(message, bad.stderr + "\n".join(bad.lines))
 
     def test_prompt_version_follows_the_scripts(self):
         scripts = tempfile.mkdtemp(prefix="hancock-prompts-")

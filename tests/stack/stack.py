@@ -12,9 +12,18 @@ end of whatever started this process (`make stack`, a shell, a pyenv shim: PR_SE
 it SIGTERM). Should this process be killed outright, the kernel sends the three SIGTERM the same
 way, so none is left behind (the directory then is: its path is printed at start).
 
+    python3 tests/stack/stack.py --fake-llm # hancock's model backends are fakes on loopback
+
+With fake_llm=True (--fake-llm), hancock talks to a fake Ollama (tests/blackbox/fakes.py: its
+native /api/chat, streamed as NDJSON, with Ollama's timers; /api/tags and /api/ps with the
+shipped models resident) and to a fake OpenAI as its fallback, in this process, so the LLM
+metrics and the dashboard's LLM panels have data without a GPU; `stack.ollama` and
+`stack.openai` are the fakes, whose knobs a test may turn.
+
 Environment: HANCOCK_BIN (default build/hancock), STACK_RULES_FOR / STACK_RULES_WINDOW (the
 `for:` and rate windows passed to `hancock rules`; short in tests, real ones by default).
 """
+import argparse
 import ctypes
 import json
 import os
@@ -55,19 +64,57 @@ def find(*names):
     return None
 
 
+# The models the shipped scripts ask for, as the fake Ollama lists them (pulled and resident).
+FAKE_OLLAMA_MODELS = ("llama3.1:8b", "qwen2.5-coder:7b")
+FAKE_OPENAI_MODEL = "gpt-4o-mini"
+
+
+def start_fake_llms():
+    """A fake Ollama and a fake OpenAI (tests/blackbox/fakes.py), answering like the real ones
+    with a little latency; returns (ollama, openai, the environment that points hancock at them)."""
+    blackbox = os.path.join(ROOT, "tests", "blackbox")
+    if blackbox not in sys.path:
+        sys.path.insert(0, blackbox)
+    from fakes import FakeLLM  # noqa: E402 (the black-box tests' fakes, shared)
+
+    ollama = FakeLLM(reply="a fake answer from the stack's Ollama, one word at a time",
+                     delay_ms=40, usage={"prompt_tokens": 42, "completion_tokens": 11})
+    ollama.stream_gap_ms = 5
+    ollama.timings = {"load": 0.003, "prefill": 0.012, "decode": 0.03}
+    ollama.tags = list(FAKE_OLLAMA_MODELS)
+    ollama.ps_models = [{"name": m, "model": m, "size": 5 * 1024 ** 3, "size_vram": 5 * 1024 ** 3,
+                         "context_length": 8192} for m in FAKE_OLLAMA_MODELS]
+    try:
+        openai = FakeLLM(reply="a fake answer from the stack's OpenAI", delay_ms=60,
+                         usage={"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49})
+    except BaseException:
+        ollama.stop()
+        raise
+    openai.models = [FAKE_OPENAI_MODEL]
+    env = {"HANCOCK_LLM_BACKEND": "ollama", "OLLAMA_BASE_URL": ollama.url, "OLLAMA_API": "native",
+           "OLLAMA_MODEL": FAKE_OLLAMA_MODELS[0], "OLLAMA_CODER_MODEL": FAKE_OLLAMA_MODELS[1],
+           "OPENAI_BASE_URL": openai.url, "OPENAI_API_KEY": "sk-fake-stack",
+           "OPENAI_MODEL": FAKE_OPENAI_MODEL, "OPENAI_CODER_MODEL": FAKE_OPENAI_MODEL}
+    return ollama, openai, env
+
+
 class Stack:
+    # The fake backends, with fake_llm (class attributes too, for subclasses that set up their
+    # own processes without Stack.__init__: tests/fleet/fleet.py).
+    ollama = openai = None
+
     def __init__(self, scripts=os.path.join(ROOT, "scripts"), rules_for=None, rules_window=None,
-                 scrape_interval="1s", env=None):
+                 scrape_interval="1s", env=None, fake_llm=False):
         self.dir = tempfile.mkdtemp(prefix="hancock-stack-")
         self.procs = []
         self.hancock_log = None
         try:
-            self._start(scripts, rules_for, rules_window, scrape_interval, env)
+            self._start(scripts, rules_for, rules_window, scrape_interval, env, fake_llm)
         except BaseException:
             self.stop()  # what has started so far, and the directory
             raise
 
-    def _start(self, scripts, rules_for, rules_window, scrape_interval, env):
+    def _start(self, scripts, rules_for, rules_window, scrape_interval, env, fake_llm=False):
         self.hancock_port, self.prom_port, self.am_port = free_port(), free_port(), free_port()
         rules_env = dict(os.environ)
         if rules_for:
@@ -103,6 +150,9 @@ receivers:
         hancock_env = dict(os.environ)
         hancock_env.update({"PROMETHEUS_URL": f"http://127.0.0.1:{self.prom_port}",
                             "ALERTMANAGER_URL": f"http://127.0.0.1:{self.am_port}"})
+        if fake_llm:
+            self.ollama, self.openai, llm_env = start_fake_llms()
+            hancock_env.update(llm_env)
         hancock_env.update(env or {})
         self.hancock_log = open(os.path.join(self.dir, "hancock.log"), "w")
         self.start([BIN, "serve", "--listen", f"127.0.0.1:{self.hancock_port}", "--scripts", scripts],
@@ -167,6 +217,10 @@ receivers:
                 codes.append(p.wait())
         if self.hancock_log is not None:
             self.hancock_log.close()
+        for fake in (self.ollama, self.openai):
+            if fake is not None:
+                fake.stop()
+        self.ollama = self.openai = None
         shutil.rmtree(self.dir, ignore_errors=True)
         return codes[0] if codes else None  # hancock's
 
@@ -179,7 +233,11 @@ def _stop_on_signal(signum, _frame):
     raise _Stop(signum)
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="hancock + Prometheus + Alertmanager, natively")
+    parser.add_argument("--fake-llm", action="store_true",
+                        help="point hancock at a fake Ollama (and a fake OpenAI fallback) on loopback")
+    args = parser.parse_args(argv)
     # Handlers first: a SIGTERM while the stack starts must stop what has started so far.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop_on_signal)
@@ -189,8 +247,10 @@ def main():
         _die_with_parent()
         if os.getppid() != parent:  # the parent is gone already: no signal will come
             raise _Stop(signal.SIGTERM)
-        stack = Stack()
+        stack = Stack(fake_llm=args.fake_llm)
         print(f"hancock      http://127.0.0.1:{stack.hancock_port}/health")
+        if stack.ollama is not None:
+            print(f"fake ollama  {stack.ollama.url} (fallback: fake openai {stack.openai.url})")
         print(f"prometheus   http://127.0.0.1:{stack.prom_port}/alerts")
         print(f"alertmanager http://127.0.0.1:{stack.am_port}/")
         print(f"logs in {stack.dir}; Ctrl-C (or SIGTERM) stops everything", flush=True)
