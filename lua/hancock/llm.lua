@@ -1021,9 +1021,22 @@ local function genai_labels(call, response_model)
   }
 end
 
-local function observe_with(histogram, labels, key, value, amount)
+-- The exemplar of a call's latency observations (OpenMetrics): its request's id and trace id,
+-- as on hancock_request_duration_seconds. OpenMetrics allows 128 characters of exemplar labels:
+-- with a client's request id too long to fit beside the trace id, the trace id goes alone.
+local function exemplar_of(call)
+  local scope = call.scope
+  if scope == nil or scope.trace_id == nil then return nil end
+  local exemplar = { trace_id = scope.trace_id }
+  if scope.id and #"request_id" + #scope.id + #"trace_id" + #scope.trace_id <= 128 then
+    exemplar.request_id = scope.id
+  end
+  return exemplar
+end
+
+local function observe_with(histogram, labels, key, value, amount, exemplar)
   labels[key] = value
-  histogram:observe(labels, amount)
+  histogram:observe(labels, amount, exemplar)
   labels[key] = nil
 end
 
@@ -1052,7 +1065,8 @@ end
 -- A successful call: latency split, tokens, phases, finish reason. `wall` is the call's time.
 local function record_success(call, result, wall)
   local labels = genai_labels(call, response_model_label(result.response_model, call.model))
-  observe_with(operation_duration, labels, "error_type", "", wall)
+  local exemplar = exemplar_of(call)
+  observe_with(operation_duration, labels, "error_type", "", wall, exemplar)
   local usage = result.usage or {}
   local output_tokens = count_of(usage.completion_tokens)
   local t = result.timings
@@ -1065,7 +1079,7 @@ local function record_success(call, result, wall)
     ttft = math.max(0, wall - t.decode)
   end
   if ttft then
-    time_to_first_token:observe(labels, ttft)
+    time_to_first_token:observe(labels, ttft, exemplar)
   end
   -- Time per output token after the first: measured between the first and last pieces when
   -- streamed; else Ollama's decode time per token.
@@ -1077,7 +1091,7 @@ local function record_success(call, result, wall)
     tpot = t.decode / t.output_tokens
   end
   if tpot then
-    time_per_output_token:observe(labels, tpot)
+    time_per_output_token:observe(labels, tpot, exemplar)
   end
   local input_tokens = count_of(usage.prompt_tokens)
   if input_tokens then
@@ -1104,7 +1118,8 @@ local function record_success(call, result, wall)
 end
 
 local function record_failure(call, err, wall)
-  observe_with(operation_duration, genai_labels(call), "error_type", err.error_type or "other", wall)
+  observe_with(operation_duration, genai_labels(call), "error_type", err.error_type or "other", wall,
+    exemplar_of(call))
   if call.scope then
     call.scope.error_type = err.error_type
   end

@@ -716,6 +716,42 @@ class LlmObservabilityTest(harness.ServersTestCase):
             if "X-Request-ID" not in extra:
                 self.assertEqual(started["trace_id"], rid.replace("-", ""))
 
+    def test_latency_histograms_carry_the_request_and_trace_as_exemplars(self):
+        llm = self.fake(reply="one two three four five")
+        server = self.serve(llm)
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        status, headers, _ = self.post(server, "/v1/ask", {"question": "x", "stream": True},
+                                       headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01",
+                                                "X-Request-ID": "exemplar-req-1"})
+        self.assertEqual(status, 200)
+        self.completed(server, "exemplar-req-1")
+        status, _, body = request(server, "GET", "/metrics",
+                                  headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        self.assertEqual(status, 200)
+        found = {}
+        for line in body.decode().splitlines():
+            name = line.split("{", 1)[0]
+            if " # {" in line and name in ("gen_ai_client_operation_duration_seconds_bucket",
+                                           "gen_ai_server_time_to_first_token_seconds_bucket",
+                                           "gen_ai_server_time_per_output_token_seconds_bucket"):
+                found[name] = line.split(" # ", 1)[1]
+        self.assertEqual(set(found), {"gen_ai_client_operation_duration_seconds_bucket",
+                                      "gen_ai_server_time_to_first_token_seconds_bucket",
+                                      "gen_ai_server_time_per_output_token_seconds_bucket"}, found)
+        for name, exemplar in found.items():
+            self.assertIn('request_id="exemplar-req-1"', exemplar, name)
+            self.assertIn(f'trace_id="{trace}"', exemplar, name)
+        # A client's request id too long to sit beside the trace id: the trace id goes alone.
+        long_id = "r" * 100
+        status, _, _ = self.post(server, "/v1/ask", {"question": "y"}, headers={"X-Request-ID": long_id})
+        self.assertEqual(status, 200)
+        done = self.completed(server, long_id)
+        text = request(server, "GET", "/metrics",
+                       headers={"Accept": "application/openmetrics-text; version=1.0.0"})[2].decode()
+        exemplars = [line.split(" # ", 1)[1] for line in text.splitlines()
+                     if line.startswith("gen_ai_client_operation_duration_seconds_bucket") and " # {" in line]
+        self.assertTrue(any(e.startswith('{trace_id="%s"}' % done["trace_id"]) for e in exemplars), exemplars)
+
     # ---- hangs and stalls ------------------------------------------------------------------
 
     def test_hanging_call_is_counted_logged_and_released(self):
