@@ -23,7 +23,7 @@ import unittest
 import harness
 import test_metrics
 import test_prometheus_scrape
-from harness import Server, free_port, write_scripts
+from harness import Server, write_scripts
 from test_metrics import Exposition, ExpositionError
 
 PROMETHEUS = test_prometheus_scrape.PROMETHEUS
@@ -113,15 +113,7 @@ def with_sample_timestamps(body, timestamp):
     return "\n".join(out).encode("utf-8")
 
 
-class ExemplarsTest(unittest.TestCase):
-    def setUp(self):
-        self.servers = []
-
-    def tearDown(self):
-        for server in self.servers:
-            code = server.stop()
-            self.assertEqual(code, 0, "hancock exited with %s; stderr: %s" % (code, server.stderr))
-
+class ExemplarsTest(harness.ServersTestCase):
     def serve(self, scripts=test_metrics.ROUTES_DIR):
         server = Server(scripts=scripts)
         self.servers.append(server)
@@ -364,28 +356,9 @@ class ExemplarsTest(unittest.TestCase):
         it asks for first). Sets what test_prometheus_scrape's helpers use: prom, prom_port."""
         self.tmp = tempfile.mkdtemp(prefix="hancock-prom-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.prom_port = free_port()
-        config = os.path.join(self.tmp, "prometheus.yml")
-        with open(config, "w") as f:
-            f.write(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-                "scrape_configs:\n  - job_name: hancock\n    static_configs:\n"
-                f"      - targets: ['127.0.0.1:{server.port}']\n")
-        self.prom = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={self.tmp}/data",
-             f"--web.listen-address=127.0.0.1:{self.prom_port}", "--log.level=warn",
-             "--enable-feature=exemplar-storage"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.addCleanup(self.stop_prometheus)
-
-    def stop_prometheus(self):
-        self.prom.terminate()
-        try:
-            self.prom.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.prom.kill()
-            self.prom.wait()
-        self.prom.stderr.close()
+        self.prom, self.prom_port = test_prometheus_scrape.start_prometheus(
+            self.tmp, server.port, "--enable-feature=exemplar-storage")
+        self.addCleanup(test_prometheus_scrape.stop_prometheus, self.prom)
 
     # test_prometheus_scrape's helpers, on this test's Prometheus.
     api = test_prometheus_scrape.PrometheusScrapeTest.api

@@ -19,34 +19,45 @@ from harness import free_port
 PROMETHEUS = shutil.which("prometheus")
 
 
+def start_prometheus(tmp, target_port, *flags):
+    """A Prometheus scraping 127.0.0.1:target_port every second, its data under tmp; returns
+    (process, its port). Extra command-line flags (feature flags) follow the standard ones."""
+    port = free_port()
+    config = os.path.join(tmp, "prometheus.yml")
+    with open(config, "w") as f:
+        f.write(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+            "scrape_configs:\n  - job_name: hancock\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{target_port}']\n")
+    proc = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp}/data",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *flags],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, port
+
+
+def stop_prometheus(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stderr.close()
+
+
 class PrometheusScrapeTest(unittest.TestCase):
     def setUp(self):
         if PROMETHEUS is None:
             self.skipTest("prometheus is not installed")
         self.server = harness.Server()
         self.tmp = tempfile.mkdtemp(prefix="hancock-prom-")
-        self.prom_port = free_port()
-        config = os.path.join(self.tmp, "prometheus.yml")
-        with open(config, "w") as f:
-            f.write(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-                "scrape_configs:\n  - job_name: hancock\n    static_configs:\n"
-                f"      - targets: ['127.0.0.1:{self.server.port}']\n")
-        self.prom = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={self.tmp}/data",
-             f"--web.listen-address=127.0.0.1:{self.prom_port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.prom, self.prom_port = start_prometheus(self.tmp, self.server.port)
 
     def tearDown(self):
         if PROMETHEUS is None:
             return
-        self.prom.terminate()
-        try:
-            self.prom.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.prom.kill()
-            self.prom.wait()
-        self.prom.stderr.close()
+        stop_prometheus(self.prom)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.assertEqual(self.server.stop(), 0)
 

@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "stack"))
-from stack import BIN, ROOT, Stack, _die_with_parent, _Stop, _stop_on_signal, find, free_port  # noqa: E402
+from stack import BIN, ROOT, Stack, find, free_port, run_until_signal  # noqa: E402
 
 JOB = "hancock"
 
@@ -202,32 +202,15 @@ class Fleet(Stack):
 
 
 def main():
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _stop_on_signal)
-    fleet = None
-    try:
-        parent = os.getppid()
-        _die_with_parent()
-        if os.getppid() != parent:
-            raise _Stop(signal.SIGTERM)
-        fleet = Fleet(replicas=int(os.environ.get("FLEET_REPLICAS", "3")))
-        for r in fleet.replicas:
-            print(f"{r.pod:<11} http://{r.instance}/health   scripts {r.scripts}")
-        print(f"prometheus  http://127.0.0.1:{fleet.prom_port}/targets   "
-              "(try: sum by (instance) (rate(hancock_requests_total[1m])))")
-        print(f"targets     {fleet.dir}/targets/hancock.json (file_sd: edit it to add or remove a target)")
-        print(f"logs in {fleet.dir}; Ctrl-C (or SIGTERM) stops everything", flush=True)
-        while True:
-            signal.pause()
-    except _Stop:
-        pass
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
-        if fleet is not None:
-            fleet.stop()
-    print("fleet stopped", flush=True)
-    return 0
+    def describe(fleet):
+        lines = [f"{r.pod:<11} http://{r.instance}/health   scripts {r.scripts}" for r in fleet.replicas]
+        lines += [f"prometheus  http://127.0.0.1:{fleet.prom_port}/targets   "
+                  "(try: sum by (instance) (rate(hancock_requests_total[1m])))",
+                  f"targets     {fleet.dir}/targets/hancock.json (file_sd: edit it to add or remove a target)",
+                  f"logs in {fleet.dir}; Ctrl-C (or SIGTERM) stops everything"]
+        return "\n".join(lines)
+
+    return run_until_signal(lambda: Fleet(replicas=int(os.environ.get("FLEET_REPLICAS", "3"))), describe, "fleet")
 
 
 if __name__ == "__main__":

@@ -233,27 +233,21 @@ def _stop_on_signal(signum, _frame):
     raise _Stop(signum)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="hancock + Prometheus + Alertmanager, natively")
-    parser.add_argument("--fake-llm", action="store_true",
-                        help="point hancock at a fake Ollama (and a fake OpenAI fallback) on loopback")
-    args = parser.parse_args(argv)
-    # Handlers first: a SIGTERM while the stack starts must stop what has started so far.
+def run_until_signal(start, describe, name):
+    """Starts what start() returns (an object with stop()), prints describe(it) and waits for
+    SIGINT, SIGTERM or SIGHUP, or for the parent to go away; then stops it and says so. A signal
+    while it starts stops what has started so far. Returns the exit status (0)."""
+    # Handlers first: a SIGTERM while the services start must stop what has started so far.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop_on_signal)
-    stack = None
+    running = None
     try:
         parent = os.getppid()
         _die_with_parent()
         if os.getppid() != parent:  # the parent is gone already: no signal will come
             raise _Stop(signal.SIGTERM)
-        stack = Stack(fake_llm=args.fake_llm)
-        print(f"hancock      http://127.0.0.1:{stack.hancock_port}/health")
-        if stack.ollama is not None:
-            print(f"fake ollama  {stack.ollama.url} (fallback: fake openai {stack.openai.url})")
-        print(f"prometheus   http://127.0.0.1:{stack.prom_port}/alerts")
-        print(f"alertmanager http://127.0.0.1:{stack.am_port}/")
-        print(f"logs in {stack.dir}; Ctrl-C (or SIGTERM) stops everything", flush=True)
+        running = start()
+        print(describe(running), flush=True)
         while True:
             signal.pause()
     except _Stop:
@@ -261,10 +255,28 @@ def main(argv=None):
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the cleanup short
-        if stack is not None:
-            stack.stop()
-    print("stack stopped", flush=True)
+        if running is not None:
+            running.stop()
+    print(f"{name} stopped", flush=True)
     return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="hancock + Prometheus + Alertmanager, natively")
+    parser.add_argument("--fake-llm", action="store_true",
+                        help="point hancock at a fake Ollama (and a fake OpenAI fallback) on loopback")
+    args = parser.parse_args(argv)
+
+    def describe(stack):
+        lines = [f"hancock      http://127.0.0.1:{stack.hancock_port}/health"]
+        if stack.ollama is not None:
+            lines.append(f"fake ollama  {stack.ollama.url} (fallback: fake openai {stack.openai.url})")
+        lines += [f"prometheus   http://127.0.0.1:{stack.prom_port}/alerts",
+                  f"alertmanager http://127.0.0.1:{stack.am_port}/",
+                  f"logs in {stack.dir}; Ctrl-C (or SIGTERM) stops everything"]
+        return "\n".join(lines)
+
+    return run_until_signal(lambda: Stack(fake_llm=args.fake_llm), describe, "stack")
 
 
 if __name__ == "__main__":
