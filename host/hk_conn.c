@@ -421,6 +421,10 @@ static void request_reset(hk_request_t *req) {
   req->owner = owner;
 }
 
+static void request_trace_id(const hk_request_t *req, char out[33]);
+
+/* The request id (the client's X-Request-ID when valid, else a new one) and the trace id that
+ * follows from it, derived once for the log lines and the exemplar. */
 static void request_assign_id(hk_request_t *req) {
   const hk_http_header_t *h = req->http ? hk_http_header_find(req->http, "x-request-id") : NULL;
   if (h != NULL && hk_reqid_is_valid(h->value, h->value_len)) {
@@ -429,6 +433,7 @@ static void request_assign_id(hk_request_t *req) {
   } else if (hk_reqid_new(req->id) != 0) {
     snprintf(req->id, sizeof req->id, "unavailable");
   }
+  request_trace_id(req, req->trace_id);
 }
 
 /* The JSON body's top-level "mode": req.mode's default, for the request_started log line and
@@ -516,14 +521,12 @@ static void request_trace_id(const hk_request_t *req, char out[33]) {
 void hk__conn_log_started(const hk_request_t *req) {
   if (!hk_log_enabled(HK_LOG_INFO)) return;
   const hk_http_request_t *http = req->http;
-  char trace_id[33];
-  request_trace_id(req, trace_id);
   hk_log_field_t fields[] = {
       HK_LOG_SN("method", http->method, http->method_len),
       HK_LOG_S("endpoint", req->endpoint),
       HK_LOG_SN("path", http->path, http->path_len),
       HK_LOG_S("client", req->remote_addr),
-      HK_LOG_SN("trace_id", trace_id, 32),
+      HK_LOG_SN("trace_id", req->trace_id, 32),
       HK_LOG_S("mode", req->mode),
   };
   hk_log_event(HK_LOG_INFO, req->id, "request_started", "request started", fields,
@@ -534,14 +537,12 @@ static void log_request_completed(const hk_request_t *req) {
   if (!hk_log_enabled(HK_LOG_INFO)) return;
   const hk_http_request_t *http = req->http;
   double latency_ms = (double)(hk_now_ns() - req->start_ns) / 1e6;
-  char trace_id[33];
-  request_trace_id(req, trace_id);
   hk_log_field_t fields[] = {
       HK_LOG_SN("method", http->method, http->method_len),
       HK_LOG_S("endpoint", req->endpoint),
       HK_LOG_I("status", req->response.status),
       HK_LOG_D("latency_ms", latency_ms),
-      HK_LOG_SN("trace_id", trace_id, 32),
+      HK_LOG_SN("trace_id", req->trace_id, 32),
       HK_LOG_S("mode", req->mode),
   };
   hk_log_event(HK_LOG_INFO, req->id, "request_completed", "request completed", fields,
@@ -554,8 +555,7 @@ static void log_request_completed(const hk_request_t *req) {
  * characters of a client's request id (10 + 78 + 8 + 32 = 128) the trace id is left out, and
  * past 118 (which no longer fits beside its own name) the request id is, leaving the trace id,
  * from which the log lines can still be found. Request ids are ASCII, so bytes are runes. */
-static size_t request_exemplar(const hk_request_t *req, char trace_id[33],
-                               hk_exemplar_label_t labels[2]) {
+static size_t request_exemplar(const hk_request_t *req, hk_exemplar_label_t labels[2]) {
   size_t id_len = strlen(req->id), count = 0;
   size_t id_runes = sizeof "request_id" - 1 + id_len, trace_runes = sizeof "trace_id" - 1 + 32;
   bool with_id = id_len > 0 && id_runes <= HK_METRICS_EXEMPLAR_MAX_RUNES;
@@ -563,23 +563,18 @@ static size_t request_exemplar(const hk_request_t *req, char trace_id[33],
   if (with_id && with_trace && id_runes + trace_runes > HK_METRICS_EXEMPLAR_MAX_RUNES)
     with_trace = false;
   if (with_id) labels[count++] = (hk_exemplar_label_t){"request_id", {req->id, id_len}};
-  if (with_trace) {
-    request_trace_id(req, trace_id);
-    labels[count++] = (hk_exemplar_label_t){"trace_id", {trace_id, 32}};
-  }
+  if (with_trace) labels[count++] = (hk_exemplar_label_t){"trace_id", {req->trace_id, 32}};
   return count;
 }
 
 static void record_request(hk_worker_t *worker, const hk_request_t *req) {
   const hk_http_request_t *http = req->http;
   double seconds = (double)(hk_now_ns() - req->start_ns) / 1e9;
-  char trace_id[33];
   hk_exemplar_label_t exemplar[2];
-  size_t exemplar_count = request_exemplar(req, trace_id, exemplar);
-  hk_host_metrics_request_exemplar(worker->metrics, worker->index, http ? http->method : "",
-                                   http ? http->method_len : 0,
-                                   req->endpoint ? req->endpoint : "unmatched", req->response.status,
-                                   req->mode_label, seconds, exemplar, exemplar_count);
+  size_t exemplar_count = request_exemplar(req, exemplar);
+  hk_host_metrics_request(worker->metrics, worker->index, http ? http->method : "", http ? http->method_len : 0,
+                          req->endpoint ? req->endpoint : "unmatched", req->response.status, req->mode_label,
+                          seconds, exemplar, exemplar_count);
 }
 
 static void conn_dispatch(hk_conn_t *conn) {

@@ -325,15 +325,8 @@ const char *hk_host_metrics_method_label(const char *method, size_t len) {
 
 void hk_host_metrics_request(hk_host_metrics_t *host, unsigned worker, const char *method,
                              size_t method_len, const char *endpoint, int status,
-                             const char *mode, double seconds) {
-  hk_host_metrics_request_exemplar(host, worker, method, method_len, endpoint, status, mode, seconds,
-                                   NULL, 0);
-}
-
-void hk_host_metrics_request_exemplar(hk_host_metrics_t *host, unsigned worker, const char *method,
-                                      size_t method_len, const char *endpoint, int status,
-                                      const char *mode, double seconds,
-                                      const hk_exemplar_label_t *exemplar, size_t exemplar_count) {
+                             const char *mode, double seconds,
+                             const hk_exemplar_label_t *exemplar, size_t exemplar_count) {
   hk_series_add(host->requests_total_series, worker, 1);
   if (status >= 400) hk_series_add(host->errors_total_series, worker, 1);
   hk_series_add(hk_metric_series_str(host->requests_by_endpoint, &endpoint, 1), worker, 1);

@@ -80,18 +80,14 @@ int hk_host_metrics_init(hk_host_metrics_t *host, hk_metrics_t *registry, unsign
 int hk_host_metrics_sample(hk_host_metrics_t *host);
 
 /* Records one answered request. `endpoint` is the route pattern (or "unmatched"), `mode` may be
- * NULL or empty (then requests_by_mode is not touched). */
+ * NULL or empty (then requests_by_mode is not touched). The duration's observation becomes the
+ * exemplar of its bucket in hancock_request_duration_seconds with the `exemplar` labels (NULL or
+ * count 0: none; labels the registry refuses, e.g. past HK_METRICS_EXEMPLAR_MAX_RUNES, are not
+ * stored, and the request still counts). */
 void hk_host_metrics_request(hk_host_metrics_t *host, unsigned worker, const char *method,
                              size_t method_len, const char *endpoint, int status,
-                             const char *mode, double seconds);
-
-/* The same, and the duration's observation becomes the exemplar of its bucket in
- * hancock_request_duration_seconds with these labels (NULL or count 0: none; labels the
- * registry refuses, e.g. past HK_METRICS_EXEMPLAR_MAX_RUNES, are not stored). */
-void hk_host_metrics_request_exemplar(hk_host_metrics_t *host, unsigned worker, const char *method,
-                                      size_t method_len, const char *endpoint, int status,
-                                      const char *mode, double seconds,
-                                      const hk_exemplar_label_t *exemplar, size_t exemplar_count);
+                             const char *mode, double seconds,
+                             const hk_exemplar_label_t *exemplar, size_t exemplar_count);
 
 /* Records a reload's outcome; `generation` is the one serving afterwards. */
 void hk_host_metrics_reload(hk_host_metrics_t *host, unsigned collector_cell, bool success,

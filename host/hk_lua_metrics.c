@@ -135,17 +135,6 @@ static int metric_set(lua_State *L) {
   return 0;
 }
 
-/* [a-zA-Z_][a-zA-Z0-9_]*, over all len bytes (a Lua string may hold a NUL). */
-static bool label_name_valid(const char *s, size_t len) {
-  if (len == 0) return false;
-  for (size_t i = 0; i < len; i++) {
-    unsigned char c = (unsigned char)s[i];
-    bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-    if (!alpha && (i == 0 || c < '0' || c > '9')) return false;
-  }
-  return true;
-}
-
 static int compare_exemplar_labels(const void *a, const void *b) {
   return strcmp(((const hk_exemplar_label_t *)a)->name, ((const hk_exemplar_label_t *)b)->name);
 }
@@ -169,7 +158,8 @@ static size_t read_exemplar(lua_State *L, int idx, const metric_box_t *box, hk_e
       luaL_error(L, "metric %s: exemplar label names must be strings, got %s", metric, luaL_typename(L, -2));
     size_t name_len;
     const char *name = lua_tolstring(L, -2, &name_len);
-    if (!label_name_valid(name, name_len))
+    /* strlen: a Lua string may hold a NUL, which the registry's C string would cut at. */
+    if (strlen(name) != name_len || !hk_metrics_label_name_valid(name))
       luaL_error(L, "metric %s: exemplar label name '%s' is not valid ([a-zA-Z_][a-zA-Z0-9_]*)", metric, name);
     int type = lua_type(L, -1);
     if (type != LUA_TSTRING && type != LUA_TNUMBER)

@@ -778,6 +778,8 @@ static bool valid_metric_name(const char *s) { return valid_name(s, true); }
 
 static bool valid_label_name(const char *s) { return valid_name(s, false); }
 
+bool hk_metrics_label_name_valid(const char *name) { return name != NULL && valid_label_name(name); }
+
 /* Checks everything about opts that needs no registry; resolves the bucket list. */
 static int validate(const hk_metric_opts_t *o, const double **buckets, size_t *bucket_count,
                     char *err, size_t errsize) {

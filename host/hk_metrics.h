@@ -133,6 +133,9 @@ typedef struct hk_exemplar_label_s {
   hk_label_value_t value;
 } hk_exemplar_label_t;
 
+/* Whether name is a label name as the registry takes one: [a-zA-Z_][a-zA-Z0-9_]*. */
+bool hk_metrics_label_name_valid(const char *name);
+
 /* Whether labels make an exemplar the registry stores (pure; hk_series_observe_exemplar checks
  * the same): 0; -EINVAL when count is 0 or over HK_METRICS_EXEMPLAR_MAX_LABELS, a name is not a
  * label name or repeats, or a value is not valid UTF-8; -E2BIG past HK_METRICS_EXEMPLAR_MAX_RUNES

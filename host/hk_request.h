@@ -48,6 +48,7 @@ typedef struct hk_request_s {
   hk_route_match_t match;
   const char *endpoint; /* the route pattern, or "unmatched": a bounded label */
   char id[HK_REQID_SIZE];
+  char trace_id[33]; /* W3C trace id, 32 hex digits, set with the id (hk_conn, request_trace_id) */
   char mode[HK_MODE_MAX + 1]; /* from the JSON body's "mode", or set by the script */
   const char *mode_label;     /* hancock_requests_by_mode's label: `mode` when the scripts
                                  registered it, "other" when not, NULL without a mode */

@@ -228,9 +228,9 @@ HK_TEST(reload_leaves_host_metrics_alone) {
   fixture_init(&f);
   write_script(&f, "a.lua", RELOAD_SCRIPT);
   hk_lua_t *lua = load_ok(&f);
-  hk_host_metrics_request(&f.host, 0, "GET", 3, "/v1/items/:id", 200, "soc", 0.01);
-  hk_host_metrics_request(&f.host, 0, "POST", 4, "unmatched", 404, NULL, 0.02);
-  hk_host_metrics_request(&f.host, 0, "BREW", 4, "/v1/items/:id", 500, "soc", 0.03);
+  hk_host_metrics_request(&f.host, 0, "GET", 3, "/v1/items/:id", 200, "soc", 0.01, NULL, 0);
+  hk_host_metrics_request(&f.host, 0, "POST", 4, "unmatched", 404, NULL, 0.02, NULL, 0);
+  hk_host_metrics_request(&f.host, 0, "BREW", 4, "/v1/items/:id", 500, "soc", 0.03, NULL, 0);
   hk_metric_t *requests = f.host.requests_total;
   hk_lua_free(lua);
   lua = load_ok(&f);

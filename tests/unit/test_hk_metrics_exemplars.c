@@ -296,8 +296,8 @@ HK_TEST(host_request_duration_carries_the_exemplar) {
   char err[256];
   if (hk_host_metrics_init(&host, r, 1, err, sizeof err) != 0) HK_FAIL_("host metrics: %s", err);
   hk_exemplar_label_t labels[] = {{"request_id", lv("req-42")}, {"trace_id", lv("4bf92f3577b34da6a3ce929d0e0e4736")}};
-  hk_host_metrics_request_exemplar(&host, 0, "GET", 3, "/v1/items/:id", 200, "", 0.003, labels, 2);
-  hk_host_metrics_request(&host, 0, "GET", 3, "/v1/items/:id", 200, "", 0.2);
+  hk_host_metrics_request(&host, 0, "GET", 3, "/v1/items/:id", 200, "", 0.003, labels, 2);
+  hk_host_metrics_request(&host, 0, "GET", 3, "/v1/items/:id", 200, "", 0.2, NULL, 0);
   char *om = render(r, HK_PROM_OPENMETRICS);
   char line[512];
   line_starting(om, "hancock_request_duration_seconds_bucket{method=\"GET\",endpoint=\"/v1/items/:id\",status_code=\"200\",le=\"0.005\"}",
