@@ -26,6 +26,7 @@ local CARRY_ALERTS = "alerts.json"
 local CARRY_STATUS = "status.json"
 local CARRY_TICK = "alerts.tick" -- monotonic ms of the last evaluation, whichever generation ran it
 local CARRY_MAX = 16 * 1024 - 64 -- what one carry value holds (HK_CARRY_MAX_VALUE)
+local TREND_SPAN_MS, TREND_POINTS = 10 * 60 * 1000, 60
 
 -- ---- numbers and templates as Prometheus prints them -------------------------------------------
 
@@ -323,7 +324,8 @@ local function series_storage(input, interval_ms)
     by_name[tree.name] = by_name[tree.name] or {}
     table.insert(by_name[tree.name], stream)
   end
-  return { select = function(name) return by_name[name] or {} end }
+  for name, streams in pairs(by_name) do by_name[name] = promql.sort_streams(streams) end
+  return { sorted = true, select = function(name) return by_name[name] or {} end }
 end
 
 local function without_alertname(labels)
@@ -655,13 +657,22 @@ function M.attach(hk)
     end
 
     local now_ms = 0
+    -- Every rule and status query of a tick reads the same history: each name is copied out
+    -- of it (and sorted) once per tick, not once per expression.
+    local selected = {}
     local storage = {
+      sorted = true,
       select = function(name)
+        local streams = selected[name]
+        if streams then return streams end
         if name == "up" then
-          return { { labels = { __name__ = "up", instance = instance, job = job }, t = { now_ms }, v = { 1 } } }
+          streams = { { labels = { __name__ = "up", instance = instance, job = job }, t = { now_ms }, v = { 1 } } }
+        else
+          streams = core.history_select(name)
+          for _, stream in ipairs(streams) do stream.labels = target_labels(stream.labels) end
+          streams = promql.sort_streams(streams)
         end
-        local streams = core.history_select(name)
-        for _, stream in ipairs(streams) do stream.labels = target_labels(stream.labels) end
+        selected[name] = streams
         return streams
       end,
     }
@@ -731,6 +742,30 @@ function M.attach(hk)
       if #state_text <= CARRY_MAX then core.carry_set(CARRY_STATE, state_text) end
     end
 
+    -- The status page's sparklines: request rate and error ratio over the last ten minutes, at
+    -- most TREND_POINTS points. Each tick adds its own point (and the first one backfills from
+    -- the history), so a tick evaluates two expressions for the trend whatever the interval.
+    local trend_step = math.max(interval_ms, TREND_SPAN_MS // TREND_POINTS)
+    local trend_points = {}
+    local function trend_point(t)
+      return { t = t, rps = scalar_of(promql.eval(STATUS_TREES.requests_per_second, storage, t)),
+               errors = scalar_of(promql.eval(STATUS_TREES.error_ratio, storage, t)) }
+    end
+    local function update_trend()
+      local last = trend_points[#trend_points]
+      if last == nil then
+        local history_from = now_ms - (retention - 2 * interval_ms)
+        for k = TREND_POINTS - 1, 1, -1 do
+          local t = now_ms - k * trend_step
+          if t >= history_from then trend_points[#trend_points + 1] = trend_point(t) end
+        end
+      elseif now_ms - last.t < trend_step - interval_ms // 2 then
+        return
+      end
+      trend_points[#trend_points + 1] = trend_point(now_ms)
+      while #trend_points > TREND_POINTS do table.remove(trend_points, 1) end
+    end
+
     local function status_summary(wall, counts)
       local values = {}
       for key, tree in pairs(STATUS_TREES) do
@@ -743,16 +778,10 @@ function M.attach(hk)
         end
         table.sort(modes, function(a, b) return a.requests_per_second > b.requests_per_second end)
       end
-      -- The last minutes of request rate and error ratio, from the same history.
+      update_trend()
       local trend = {}
-      local step = interval_ms
-      local from = now_ms - (retention - 2 * interval_ms)
-      local t = now_ms - ((now_ms - from) // step) * step
-      while t <= now_ms do
-        local rps = scalar_of(promql.eval(STATUS_TREES.requests_per_second, storage, t))
-        local errors = scalar_of(promql.eval(STATUS_TREES.error_ratio, storage, t))
-        trend[#trend + 1] = { seconds_ago = (now_ms - t) / 1000, requests_per_second = rps, error_ratio = errors }
-        t = t + step
+      for i, p in ipairs(trend_points) do
+        trend[i] = { seconds_ago = (now_ms - p.t) / 1000, requests_per_second = p.rps, error_ratio = p.errors }
       end
       local rules = {}
       for _, c in ipairs(compiled) do
@@ -803,6 +832,7 @@ function M.attach(hk)
         return
       end
       now_ms = recorded
+      selected = {}
       local wall = core.wall_time()
       local counts = { firing = 0, pending = 0 }
       local per_rule = {}

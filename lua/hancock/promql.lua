@@ -3,7 +3,8 @@
 -- would on the same samples. It owns the parser, the evaluator and the RE2-style regular
 -- expressions of =~ and !~; it knows nothing of where samples come from: eval reads them
 -- through a storage with select(name) -> streams, each { labels = {__name__ = …}, t = {ms…},
--- v = {…}, stale = {[i] = true} or nil }, t ascending.
+-- v = {…}, stale = {[i] = true} or nil }, t ascending. A storage with `sorted = true` hands
+-- streams over in labels order already (M.sort_streams); others are sorted at each select.
 --
 -- Supported: selectors with = != =~ !~, range selectors, + - * / % ^, comparisons (with bool),
 -- and / or / unless with on / ignoring, sum min max avg count group (by / without), rate
@@ -1165,7 +1166,8 @@ function M.eval(tree, storage, t_ms)
     select = function(name)
       local streams = cache[name]
       if streams == nil then
-        streams = sort_streams(storage.select(name) or {})
+        streams = storage.select(name) or {}
+        if not storage.sorted then streams = sort_streams(streams) end
         cache[name] = streams
       end
       return streams
@@ -1177,5 +1179,6 @@ function M.eval(tree, storage, t_ms)
 end
 
 M.LOOKBACK_MS = LOOKBACK_MS
+M.sort_streams = sort_streams
 
 return M

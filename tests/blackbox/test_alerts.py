@@ -303,6 +303,24 @@ class AlertsTest(ServersTestCase):
         self.assertEqual(len(server.events("alert_firing")), 1, "the reload must not fire it again")
         self.assertEqual(len(server.events("alert_pending")), 1)
 
+    def test_shipped_rules_keep_evaluating_at_a_short_interval(self):
+        """The shipped rules read ranges of up to an hour: at a 200 ms interval the history holds
+        thousands of samples a series, and a tick must still stay small (a tick that rebuilt the
+        status trend from the whole history ran past the Lua time limit and ended the loop)."""
+        server = Server(scripts=SCRIPTS, env=dict(FAST, HANCOCK_LLM_BACKEND="ollama",
+                                                  OLLAMA_BASE_URL=f"http://127.0.0.1:{free_port()}"))
+        self.servers.append(server)
+
+        def evaluations():
+            metrics = request(server, "GET", "/metrics")[2].decode()
+            return metric_value(metrics, "hancock_alert_evaluations_total", result="ok") or 0
+
+        first = wait_for(evaluations, "a first evaluation")
+        wait_for(lambda: evaluations() >= first * 10, "ten more ticks", timeout=30)
+        self.assertEqual(server.events("task_error"), [])
+        status = json.loads(request(server, "GET", "/status.json")[2])
+        self.assertLessEqual(len(status["trend"]), 60)
+
     def test_alerts_endpoint_refuses_an_unknown_state(self):
         server = self.level_server()
         status, _, body = request(server, "GET", "/alerts?state=bogus")
